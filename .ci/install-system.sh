@@ -1,0 +1,11 @@
+#!/usr/bin/env bash
+# System packages the tests use: tshark (pyshark's independent oracle). Idempotent; needs root or sudo.
+set -euo pipefail
+need=()
+command -v tshark >/dev/null 2>&1 || need+=(tshark)
+[ ${#need[@]} -eq 0 ] && exit 0
+SUDO=""; [ "$(id -u)" -eq 0 ] || SUDO="sudo"
+export DEBIAN_FRONTEND=noninteractive
+# Another apt may hold the dpkg lock for a while on a fresh machine; wait for it rather than fail.
+$SUDO apt-get -o DPkg::Lock::Timeout=300 update -qq
+$SUDO apt-get -o DPkg::Lock::Timeout=300 install -y -qq --no-install-recommends "${need[@]}" >/dev/null

@@ -1,0 +1,1 @@
+"""The lab (real VPN software in network namespaces) and the project's own labelled captures."""
