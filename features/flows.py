@@ -1,0 +1,351 @@
+"""Bidirectional flows from decoded packet chunks, with dissectors fed along the way.
+
+A flow is keyed direction-free by (transport, the two endpoints); the sender of its first packet is the
+initiator (`src`), except that a TCP SYN-ACK names its sender the responder. A flow ends when it has been
+idle for `idle_timeout` seconds, when it has lasted `active_timeout` seconds (the next packet starts a new
+flow), when a TCP SYN (without ACK) arrives after a FIN or RST (the 5-tuple is being reused), at the end of
+the capture, or when the table is full (the least recently seen flows are evicted and counted).
+
+The work per chunk is columnar: packets are grouped by key with one sort, split into segments where a
+flow boundary falls, and aggregated per segment with `reduceat`. Python runs once per segment, and once
+per packet only for the first payload packets of flows whose dissectors are still undecided.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from features.dissectors.base import Dissector, FlowPacket, State
+from features.packets import PORTED, TCP_ACK, TCP_FIN, TCP_RST, TCP_SYN, PacketTable
+
+NS = 1_000_000_000
+KEY_BYTES = 37  # proto(1) + low address(16) + high address(16) + low port(2) + high port(2)
+
+
+@dataclass(slots=True)
+class Verdict:
+    """What the deciding dissector said about a flow, kept after the dissector object is dropped."""
+
+    family: str
+    confidence: float
+    evidence: list[str]
+    attributes: dict[str, str]
+    packet: int  # flow packet number at which it decided
+
+
+@dataclass(slots=True)
+class Flow:
+    """One bidirectional flow; direction 0 is initiator (`src`) to responder (`dst`)."""
+
+    proto: int
+    src: bytes  # 16-byte address (IPv4-mapped for IPv4)
+    sport: int
+    dst: bytes
+    dport: int
+    first_ns: int
+    last_ns: int
+    first_frame: int
+    packets: list[int] = field(default_factory=lambda: [0, 0])
+    bytes: list[int] = field(default_factory=lambda: [0, 0])
+    tcp_flags: list[int] = field(default_factory=lambda: [0, 0])  # OR of flags seen per direction
+    end_reason: str = ""  # idle | active | fin | rst | end_of_capture | evicted
+    verdict: Verdict | None = None
+    pending: list[Dissector] = field(default_factory=list)  # dissectors still undecided
+
+    @property
+    def total_packets(self) -> int:
+        return self.packets[0] + self.packets[1]
+
+    @property
+    def closed(self) -> bool:
+        """TCP FIN or RST seen: a later SYN reuses the 5-tuple for a new flow."""
+        return bool((self.tcp_flags[0] | self.tcp_flags[1]) & (TCP_FIN | TCP_RST))
+
+    def finish(self, reason: str) -> None:
+        """Give undecided dissectors their last word and record why the flow ended."""
+        for d in self.pending:
+            d.on_end()
+            if d.state is State.CONFIRMED:
+                self._decide(d)
+                break
+        self.pending = []
+        flags = self.tcp_flags[0] | self.tcp_flags[1]
+        if reason in ("idle", "active", "end_of_capture") and flags & TCP_RST:
+            reason = "rst"
+        elif reason in ("idle", "active", "end_of_capture") and flags & TCP_FIN:
+            reason = "fin"
+        self.end_reason = reason
+
+    def feed(self, pkt: FlowPacket) -> None:
+        """Hand one payload packet to every undecided dissector; the first to confirm decides."""
+        for d in self.pending:
+            if d.feed(pkt) is State.CONFIRMED:
+                self._decide(d)
+                self.pending = []
+                return
+        self.pending = [d for d in self.pending if d.state is State.CANDIDATE]
+
+    def _decide(self, d: Dissector) -> None:
+        self.verdict = Verdict(d.family, d.confidence, list(d.evidence), dict(d.attributes), d.verdict_packet)
+
+
+@dataclass(slots=True)
+class FlowTableConfig:
+    idle_timeout: float = 120.0
+    active_timeout: float = 1800.0
+    max_flows: int = 1_000_000
+
+
+class FlowTable:
+    """Open flows of one capture. `add(table)` per chunk, `drain()` for ended flows, `close()` at the end."""
+
+    def __init__(self, dissectors: Sequence[type[Dissector]], config: FlowTableConfig | None = None) -> None:
+        self.dissectors = tuple(dissectors)
+        self.config = config or FlowTableConfig()
+        self.open: dict[bytes, Flow] = {}
+        self.ended: list[Flow] = []
+        self.now_ns = np.iinfo(np.int64).min
+        self.stats = {"packets": 0, "flows": 0, "evicted": 0}
+
+    # ---------------------------------------------------------------- chunk processing
+    def add(self, t: PacketTable) -> None:
+        n = len(t)
+        if n == 0:
+            return
+        cfg = self.config
+        idle_ns, active_ns = int(cfg.idle_timeout * NS), int(cfg.active_timeout * NS)
+        keys, src_is_lo = _flow_keys(t)
+        ukeys, inv = np.unique(keys, return_inverse=True)
+        order = np.argsort(inv, kind="stable")
+        inv_s = inv[order]
+        ts_s = t.ts_ns[order]
+        flags_s = t.tcp_flags[order]
+        is_tcp_s = t.proto[order] == 6
+        syn_only_s = is_tcp_s & ((flags_s & (TCP_SYN | TCP_ACK)) == TCP_SYN)
+        finrst_s = is_tcp_s & ((flags_s & (TCP_FIN | TCP_RST)) != 0)
+
+        # Per unique key: the open flow it continues, if any.
+        ukey_bytes = [k.tobytes() for k in ukeys]
+        open_flows = [self.open.get(kb) for kb in ukey_bytes]
+        has_open = np.fromiter((f is not None for f in open_flows), bool, len(open_flows))
+        open_first = np.fromiter((f.first_ns if f else 0 for f in open_flows), np.int64, len(open_flows))
+        open_last = np.fromiter((f.last_ns if f else 0 for f in open_flows), np.int64, len(open_flows))
+        open_closed = np.fromiter((f.closed if f else False for f in open_flows), bool, len(open_flows))
+
+        first_of_key = np.ones(n, bool)
+        first_of_key[1:] = inv_s[1:] != inv_s[:-1]
+        bound = first_of_key.copy()
+        bound[1:] |= (ts_s[1:] - ts_s[:-1]) > idle_ns
+
+        # Does the first packet of each key continue the open flow?
+        fk = np.flatnonzero(first_of_key)
+        kk = inv_s[fk]
+        continues_key = np.zeros(len(ukeys), bool)
+        continues_key[kk] = (
+            has_open[kk]
+            & (ts_s[fk] - open_last[kk] <= idle_ns)
+            & (ts_s[fk] - open_first[kk] <= active_ns)
+            & ~(syn_only_s[fk] & open_closed[kk])
+        )
+
+        # Split segments where the active timeout runs out or a SYN follows a FIN/RST; repeat until stable.
+        csum = np.cumsum(finrst_s)
+        while True:
+            starts = np.flatnonzero(bound)
+            seg = np.cumsum(bound) - 1
+            cont = first_of_key[starts] & continues_key[inv_s[starts]]
+            t0 = ts_s[starts].copy()
+            t0[cont] = open_first[inv_s[starts[cont]]]
+            carried = np.zeros(len(starts), np.int64)
+            carried[cont] = open_closed[inv_s[starts[cont]]]
+            fin_before = csum - finrst_s - (csum[starts] - finrst_s[starts])[seg] + carried[seg]
+            viol = ((ts_s - t0[seg]) > active_ns) | (syn_only_s & (fin_before > 0))
+            viol[starts] = False
+            if not viol.any():
+                break
+            vpos = np.flatnonzero(viol)
+            vseg = seg[vpos]
+            bound[vpos[np.r_[True, vseg[1:] != vseg[:-1]]]] = True
+
+        self._apply_segments(t, order, starts, cont, inv_s, ukey_bytes, open_flows, src_is_lo, idle_ns)
+        self.stats["packets"] += n
+        self.now_ns = max(self.now_ns, int(t.ts_ns.max()))
+        self._expire_idle(idle_ns)
+
+    def _apply_segments(
+        self,
+        t: PacketTable,
+        order: np.ndarray,
+        starts: np.ndarray,
+        cont: np.ndarray,
+        inv_s: np.ndarray,
+        ukey_bytes: list[bytes],
+        open_flows: list[Flow | None],
+        src_is_lo: np.ndarray,
+        idle_ns: int,
+    ) -> None:
+        lo_s = src_is_lo[order]
+        ipb_s = t.ip_bytes[order]
+        flags_s = t.tcp_flags[order].astype(np.int64)
+        ts_s = t.ts_ns[order]
+        has_payload_s = t.payload_len[order] > 0
+        count = np.diff(np.r_[starts, len(order)])
+        first_ts = np.minimum.reduceat(ts_s, starts)
+        last_ts = np.maximum.reduceat(ts_s, starts)
+        pk_lo = np.add.reduceat(lo_s.astype(np.int64), starts)
+        by_all = np.add.reduceat(ipb_s, starts)
+        by_lo = np.add.reduceat(np.where(lo_s, ipb_s, 0), starts)
+        fl_lo = np.bitwise_or.reduceat(np.where(lo_s, flags_s, 0), starts)
+        fl_hi = np.bitwise_or.reduceat(np.where(lo_s, 0, flags_s), starts)
+        payload_any = np.add.reduceat(has_payload_s.astype(np.int64), starts) > 0
+
+        seg_lists = (
+            starts.tolist(),
+            cont.tolist(),
+            inv_s[starts].tolist(),
+            count.tolist(),
+            first_ts.tolist(),
+            last_ts.tolist(),
+            pk_lo.tolist(),
+            by_all.tolist(),
+            by_lo.tolist(),
+            fl_lo.tolist(),
+            fl_hi.tolist(),
+            payload_any.tolist(),
+        )
+        for s0, c, k, cnt, t_first, t_last, plo, ball, blo, flo, fhi, anyp in zip(*seg_lists):
+            kb = ukey_bytes[k]
+            if c:
+                flow = open_flows[k]
+                assert flow is not None
+            else:
+                old = self.open.pop(kb, None)
+                if old is not None:
+                    self._end(old, "idle" if t_first - old.last_ns > idle_ns else "active")
+                flow = self._new_flow(t, int(order[s0]))
+                self.open[kb] = flow
+                open_flows[k] = flow
+            before = flow.total_packets
+            # Map low/high endpoint aggregates onto initiator (0) / responder (1).
+            d_lo, d_hi = (0, 1) if self._initiator_is_lo(flow, kb) else (1, 0)
+            flow.packets[d_lo] += plo
+            flow.packets[d_hi] += cnt - plo
+            flow.bytes[d_lo] += blo
+            flow.bytes[d_hi] += ball - blo
+            flow.tcp_flags[d_lo] |= flo
+            flow.tcp_flags[d_hi] |= fhi
+            flow.first_ns = min(flow.first_ns, t_first)
+            flow.last_ns = max(flow.last_ns, t_last)
+            if flow.pending and anyp:
+                self._feed(flow, t, order[s0 : s0 + cnt], lo_s[s0 : s0 + cnt], before, d_lo == 0)
+
+    # ---------------------------------------------------------------- helpers
+    @staticmethod
+    def _initiator_is_lo(flow: Flow, key: bytes) -> bool:
+        return flow.src == key[1:17] and flow.sport == int.from_bytes(key[33:35], "big")
+
+    def _new_flow(self, t: PacketTable, row: int) -> Flow:
+        """Start a flow at `row`; its sender is the initiator unless it is a TCP SYN-ACK."""
+        proto = int(t.proto[row])
+        flags = int(t.tcp_flags[row])
+        src, sport, dst, dport = t.src[row].tobytes(), int(t.sport[row]), t.dst[row].tobytes(), int(t.dport[row])
+        if proto == 6 and flags & (TCP_SYN | TCP_ACK) == TCP_SYN | TCP_ACK:
+            src, sport, dst, dport = dst, dport, src, sport
+        ts = int(t.ts_ns[row])
+        self.stats["flows"] += 1
+        return Flow(
+            proto=proto,
+            src=src,
+            sport=sport,
+            dst=dst,
+            dport=dport,
+            first_ns=ts,
+            last_ns=ts,
+            first_frame=int(t.frame[row]),
+            pending=[d() for d in self.dissectors if proto in d.transports],
+        )
+
+    @staticmethod
+    def _feed(flow: Flow, t: PacketTable, rows: np.ndarray, lo: np.ndarray, before: int, init_lo: bool) -> None:
+        """Feed the segment's payload packets to the flow's undecided dissectors, in capture order."""
+        for i, (row, is_lo) in enumerate(zip(rows.tolist(), lo.tolist())):
+            if not flow.pending:
+                return
+            if t.payload_len[row] <= 0:
+                continue
+            flow.feed(
+                FlowPacket(
+                    index=before + i + 1,
+                    direction=0 if is_lo == init_lo else 1,
+                    ts=int(t.ts_ns[row]) / NS,
+                    payload=t.payload(row),
+                    tcp_seq=int(t.tcp_seq[row]),
+                    tcp_flags=int(t.tcp_flags[row]),
+                )
+            )
+
+    def _end(self, flow: Flow, reason: str) -> None:
+        flow.finish(reason)
+        self.ended.append(flow)
+
+    def _expire_idle(self, idle_ns: int) -> None:
+        stale = [k for k, f in self.open.items() if self.now_ns - f.last_ns > idle_ns]
+        for k in stale:
+            self._end(self.open.pop(k), "idle")
+        excess = len(self.open) - self.config.max_flows
+        if excess > 0:
+            victims = sorted(self.open.items(), key=lambda kv: (kv[1].last_ns, kv[0]))[:excess]
+            for k, f in victims:
+                del self.open[k]
+                self._end(f, "evicted")
+            self.stats["evicted"] += excess
+
+    # ---------------------------------------------------------------- output
+    def drain(self) -> list[Flow]:
+        """Flows that ended since the last call, in a stable order (first packet time, then key)."""
+        out, self.ended = self.ended, []
+        out.sort(key=_flow_order)
+        return out
+
+    def close(self) -> list[Flow]:
+        """End every open flow (end of capture) and return all flows not yet drained."""
+        for f in self.open.values():
+            self._end(f, "end_of_capture")
+        self.open = {}
+        return self.drain()
+
+
+def _flow_order(f: Flow) -> tuple[int, int, bytes, int, bytes, int, int]:
+    return (f.first_ns, f.proto, f.src, f.sport, f.dst, f.dport, f.first_frame)
+
+
+def _flow_keys(t: PacketTable) -> tuple[np.ndarray, np.ndarray]:
+    """Direction-free key per packet (big-endian bytes, so byte order is numeric order) and whether
+    the packet's sender is the key's low endpoint."""
+    n = len(t)
+    src = np.ascontiguousarray(t.src).view(np.uint8).reshape(n, 16)
+    dst = np.ascontiguousarray(t.dst).view(np.uint8).reshape(n, 16)
+    s64 = src.view(">u8")
+    d64 = dst.view(">u8")
+    ported = np.isin(t.proto, list(PORTED))
+    sport = np.where(ported, t.sport, 0).astype(np.uint16)
+    dport = np.where(ported, t.dport, 0).astype(np.uint16)
+    src_is_lo = (s64[:, 0] < d64[:, 0]) | (
+        (s64[:, 0] == d64[:, 0]) & ((s64[:, 1] < d64[:, 1]) | ((s64[:, 1] == d64[:, 1]) & (sport <= dport)))
+    )
+    lo_addr = np.where(src_is_lo[:, None], src, dst)
+    hi_addr = np.where(src_is_lo[:, None], dst, src)
+    lo_port = np.where(src_is_lo, sport, dport)
+    hi_port = np.where(src_is_lo, dport, sport)
+    buf = np.empty((n, KEY_BYTES), np.uint8)
+    buf[:, 0] = t.proto
+    buf[:, 1:17] = lo_addr
+    buf[:, 17:33] = hi_addr
+    buf[:, 33] = lo_port >> 8
+    buf[:, 34] = lo_port & 0xFF
+    buf[:, 35] = hi_port >> 8
+    buf[:, 36] = hi_port & 0xFF
+    return buf.view(f"V{KEY_BYTES}").ravel(), src_is_lo
