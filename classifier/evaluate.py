@@ -1,0 +1,202 @@
+"""Score vpnid's labels against a labelled-flows CSV (`vpnid eval`).
+
+The CSV has columns pcap, transport, a_ip, a_port, b_ip, b_port, family and optionally confidence; pcap
+paths are relative to the CSV's folder; endpoints are in no particular order. A row whose transport and
+a_ip are `*` labels every flow of its capture that no specific row names. A row can match several flow
+records (a 5-tuple reused, or split by a timeout): it counts as correct only when all of them carry its
+family, and any VPN label on a `none` row is a false positive.
+"""
+
+from __future__ import annotations
+
+import csv
+import ipaddress
+from collections import defaultdict
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from classifier.labels import NONE, TUNNEL_FAMILIES
+from classifier.records import FlowRecord
+
+REQUIRED = ("pcap", "transport", "a_ip", "a_port", "b_ip", "b_port", "family")
+OTHER_VPN = "other_vpn"
+UNSCORED = ("unknown", "")
+
+
+class LabelsError(Exception):
+    """The labels CSV is unusable; the message names the file and, where it applies, the line."""
+
+
+@dataclass(frozen=True, slots=True)
+class LabelRow:
+    line: int
+    pcap: str  # as written in the CSV
+    path: Path  # resolved against the CSV's folder
+    transport: str
+    ends: frozenset[tuple[str, int]]  # the two endpoints, or empty for a whole-capture row
+    family: str
+    confidence: str
+
+
+def _endpoint(ip: str, port: str, where: str) -> tuple[str, int]:
+    try:
+        return str(ipaddress.ip_address(ip.strip())), int(port or 0)
+    except ValueError as e:
+        raise LabelsError(f"{where}: bad endpoint {ip!r}:{port!r} ({e})") from None
+
+
+def read_labels(path: str | Path) -> list[LabelRow]:
+    path = Path(path)
+    try:
+        f = path.open(newline="", encoding="utf-8")
+    except OSError as e:
+        raise LabelsError(f"{path}: {e.strerror}") from None
+    with f:
+        reader = csv.DictReader(f)
+        missing = [c for c in REQUIRED if c not in (reader.fieldnames or ())]
+        if missing:
+            raise LabelsError(f"{path}: not a labelled-flows CSV (missing column {', '.join(missing)})")
+        rows = []
+        for rec in reader:
+            where = f"{path}:{reader.line_num}"
+            whole = rec["transport"].strip() == "*" and rec["a_ip"].strip() == "*"
+            ends = frozenset() if whole else frozenset(
+                (_endpoint(rec["a_ip"], rec["a_port"], where), _endpoint(rec["b_ip"], rec["b_port"], where)))
+            rows.append(LabelRow(
+                line=reader.line_num,
+                pcap=rec["pcap"],
+                path=path.parent / rec["pcap"],
+                transport="*" if whole else rec["transport"].strip().lower(),
+                ends=ends,
+                family=rec["family"].strip().lower(),
+                confidence=(rec.get("confidence") or "").strip(),
+            ))
+    return rows
+
+
+def matches(truth: str, label: str) -> bool:
+    """`other_vpn` in a truth file stands for any tunnel family beyond the three vpnid names."""
+    if truth == OTHER_VPN:
+        return label not in (*TUNNEL_FAMILIES, NONE)
+    return truth == label
+
+
+@dataclass
+class FamilyScore:
+    rows: int = 0
+    correct: int = 0
+    predicted: int = 0  # rows of any truth whose prediction was this family
+    predicted_right: int = 0
+
+    @property
+    def recall(self) -> float | None:
+        return self.correct / self.rows if self.rows else None
+
+    @property
+    def precision(self) -> float | None:
+        return self.predicted_right / self.predicted if self.predicted else None
+
+
+@dataclass
+class Report:
+    families: dict[str, FamilyScore] = field(default_factory=lambda: defaultdict(FamilyScore))
+    false_positives: list[dict] = field(default_factory=list)
+    misses: list[dict] = field(default_factory=list)
+    missing: list[dict] = field(default_factory=list)  # rows no flow matched
+    untrusted: int = 0
+    unscored: int = 0
+    errors: list[str] = field(default_factory=list)
+
+    def as_json(self) -> dict:
+        return {
+            "families": {
+                k: {"rows": v.rows, "correct": v.correct, "recall": v.recall, "precision": v.precision}
+                for k, v in sorted(self.families.items())
+            },
+            "false_positives": self.false_positives,
+            "misses": self.misses,
+            "missing": self.missing,
+            "rows_untrusted": self.untrusted,
+            "rows_unscored": self.unscored,
+            "errors": self.errors,
+        }
+
+    @property
+    def perfect(self) -> bool:
+        return not (self.false_positives or self.misses or self.missing or self.errors)
+
+
+def _prediction(records: list[FlowRecord]) -> str:
+    labels = sorted({r.label for r in records})
+    return labels[0] if len(labels) == 1 else "+".join(labels)
+
+
+def _describe(row: LabelRow, predicted: str, records: list[FlowRecord]) -> dict:
+    ends = sorted(row.ends)
+    return {
+        "line": row.line,
+        "pcap": row.pcap,
+        "transport": row.transport,
+        "endpoints": [f"{ip}:{port}" for ip, port in ends] if ends else "*",
+        "family": row.family,
+        "predicted": predicted,
+        "flow_ids": [r.flow_id for r in records],
+    }
+
+
+def score(rows: list[LabelRow], records_of: Callable[[Path], Iterable[FlowRecord]], trust: str = "DPI") -> Report:
+    """Classify each capture named in `rows` once (via `records_of`) and score every trusted row.
+
+    Rows with a confidence column that does not start with `trust` are counted but not scored; so are
+    rows whose family is `unknown`.
+    """
+    report = Report()
+    by_pcap: dict[Path, list[LabelRow]] = defaultdict(list)
+    for row in rows:
+        by_pcap[row.path].append(row)
+    for path, prow in by_pcap.items():
+        try:
+            records = list(records_of(path))
+        except Exception as e:  # noqa: BLE001 - one bad capture must not hide the others' scores
+            report.errors.append(f"{path}: {e}")
+            continue
+        by_key: dict[tuple[str, frozenset], list[FlowRecord]] = defaultdict(list)
+        for r in records:
+            by_key[(r.transport, frozenset(((r.src_ip, r.src_port), (r.dst_ip, r.dst_port))))].append(r)
+        named = {(row.transport, row.ends) for row in prow if row.ends}
+        units: list[tuple[LabelRow, list[FlowRecord]]] = []
+        for row in prow:
+            if row.ends:
+                units.append((row, by_key.get((row.transport, row.ends), [])))
+            else:
+                units += [(row, recs) for key, recs in sorted(by_key.items(), key=str) if key not in named]
+        for row, recs in units:
+            if row.family in UNSCORED:
+                report.unscored += 1
+                continue
+            if trust and row.confidence and not row.confidence.startswith(trust):
+                report.untrusted += 1
+                continue
+            _score_unit(report, row, recs)
+    return report
+
+
+def _score_unit(report: Report, row: LabelRow, recs: list[FlowRecord]) -> None:
+    fam = report.families[row.family]
+    fam.rows += 1
+    if not recs:
+        report.missing.append(_describe(row, "", recs))
+        return
+    predicted = _prediction(recs)
+    right = all(matches(row.family, r.label) for r in recs)
+    fam.correct += right
+    report.families[predicted].predicted += 1  # precision is per predicted label
+    report.families[predicted].predicted_right += right
+    if right:
+        return
+    if row.family == NONE:
+        report.false_positives.append(_describe(row, predicted, recs))
+    else:
+        report.misses.append(_describe(row, predicted, recs))
+
