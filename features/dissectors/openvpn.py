@@ -1,0 +1,476 @@
+"""OpenVPN over UDP and TCP, recognised from the protocol's own consistency, never from ports.
+
+Only the first byte (opcode << 3 | key_id) and, on control packets, the 8-byte session ID are in fixed
+places. Everything after the session ID depends on the control-channel wrapping (none, tls-auth with an
+HMAC of unknown size, tls-crypt), which the header does not announce. So every wrapping is tried as a
+hypothesis, a hypothesis dies as soon as a packet does not parse under it, and a flow is confirmed only on
+facts that random bytes and look-alike protocols (QUIC, DTLS, STUN, DNS) do not produce:
+
+* handshake echo: one side's ACK carries the other side's session ID as its remote session ID (0.99 when
+  both hard resets were seen, 0.9 for a capture that starts later in the handshake);
+* tls-crypt handshake: client and server hard resets plus further packets with the same session IDs and
+  increasing replay packet-ids, under the only wrapping in which no ACK array is visible (0.99);
+* one-way handshake: a hard reset, a control packet whose payload is a TLS record at the derived offset,
+  and ACKs naming one constant peer session, all from one side (0.9; asymmetric captures);
+* mid-flow data: data packets both ways with the same key_id, the same peer-id when both use P_DATA_V2,
+  and clear AEAD packet-id counters increasing in each direction (0.9).
+
+Layouts follow OpenVPN's ssl_pkt.h / reliable.h. Over TCP every packet is preceded by a 2-byte
+big-endian length; a per-direction walker follows it across segments.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from features.dissectors.base import Dissector, FlowPacket, State
+from features.packets import IPPROTO_TCP, IPPROTO_UDP
+
+# Opcodes (ssl_pkt.h); the wire byte is opcode << P_OPCODE_SHIFT | key_id.
+P_CONTROL_HARD_RESET_CLIENT_V1 = 1
+P_CONTROL_HARD_RESET_SERVER_V1 = 2
+P_CONTROL_SOFT_RESET_V1 = 3
+P_CONTROL_V1 = 4
+P_ACK_V1 = 5
+P_DATA_V1 = 6
+P_CONTROL_HARD_RESET_CLIENT_V2 = 7
+P_CONTROL_HARD_RESET_SERVER_V2 = 8
+P_DATA_V2 = 9
+P_CONTROL_HARD_RESET_CLIENT_V3 = 10  # tls-crypt-v2: wrapped client key appended
+P_CONTROL_WKC_V1 = 11  # tls-crypt-v2 control packet carrying the wrapped client key
+P_OPCODE_SHIFT = 3
+P_KEY_ID_MASK = 0x07
+
+OPCODE_NAMES = {
+    P_CONTROL_HARD_RESET_CLIENT_V1: "P_CONTROL_HARD_RESET_CLIENT_V1",
+    P_CONTROL_HARD_RESET_SERVER_V1: "P_CONTROL_HARD_RESET_SERVER_V1",
+    P_CONTROL_SOFT_RESET_V1: "P_CONTROL_SOFT_RESET_V1",
+    P_CONTROL_V1: "P_CONTROL_V1",
+    P_ACK_V1: "P_ACK_V1",
+    P_DATA_V1: "P_DATA_V1",
+    P_CONTROL_HARD_RESET_CLIENT_V2: "P_CONTROL_HARD_RESET_CLIENT_V2",
+    P_CONTROL_HARD_RESET_SERVER_V2: "P_CONTROL_HARD_RESET_SERVER_V2",
+    P_DATA_V2: "P_DATA_V2",
+    P_CONTROL_HARD_RESET_CLIENT_V3: "P_CONTROL_HARD_RESET_CLIENT_V3",
+    P_CONTROL_WKC_V1: "P_CONTROL_WKC_V1",
+}
+CLIENT_RESETS = frozenset(
+    {P_CONTROL_HARD_RESET_CLIENT_V1, P_CONTROL_HARD_RESET_CLIENT_V2, P_CONTROL_HARD_RESET_CLIENT_V3}
+)
+SERVER_RESETS = frozenset({P_CONTROL_HARD_RESET_SERVER_V1, P_CONTROL_HARD_RESET_SERVER_V2})
+HARD_RESETS = CLIENT_RESETS | SERVER_RESETS
+DATA_OPCODES = frozenset({P_DATA_V1, P_DATA_V2})
+TLS_CRYPT_V2_OPCODES = frozenset({P_CONTROL_HARD_RESET_CLIENT_V3, P_CONTROL_WKC_V1})
+
+SID_SIZE = 8  # session_id
+PACKET_ID_SIZE = 4
+NET_TIME_SIZE = 4  # long-form replay packet-id: id + time
+RELIABLE_ACK_SIZE = 8  # most packet-ids one ACK array carries (reliable.h)
+TLS_CRYPT_TAG_SIZE = 32  # HMAC-SHA256 tag of tls-crypt
+WKC_LEN_SIZE = 2  # a wrapped client key ends with its own length
+PEER_ID_SIZE = 3
+AEAD_TAG_SIZE = 16
+HEADER_SIZE = 1 + SID_SIZE  # opcode byte + session ID: the only fixed part of a control packet
+TLS_CRYPT_HEADER = HEADER_SIZE + PACKET_ID_SIZE + NET_TIME_SIZE + TLS_CRYPT_TAG_SIZE
+
+# Plausibility bounds, not spec values.
+MAX_RESET_SIZE = 1200  # a reset this large is a QUIC Initial (nDPI's rule)
+MAX_COUNTER = 1 << 24  # packet-ids start at 1 per session/key; far larger ones are random bytes
+MAX_COUNTER_STEP = 64  # data packet-ids may skip lost or reordered datagrams, not thousands
+MAX_TCP_PACKET = 0x4000  # far above tun-mtu 1500; ASCII-led streams (HTTP, SSH) declare more
+MIN_DATA_PACKETS = 3  # per direction, for the mid-flow rule
+STUN_MAGIC_COOKIE = 0x2112A442
+TLS_HANDSHAKE = 22
+MAX_TLS_RECORD = (1 << 14) + 2048
+
+
+@dataclass(frozen=True, slots=True)
+class Wrap:
+    """One control-channel wrapping hypothesis (--tls-auth digest size, or --tls-crypt)."""
+
+    variant: str  # "plain", "tls-auth" or "tls-crypt"
+    digest: str = ""  # tls-auth HMAC digest
+    hmac_size: int = 0
+    crypt: bool = False
+
+    @property
+    def replay_offset(self) -> int | None:
+        """Where the clear replay packet-id sits (tls-auth: after the HMAC; tls-crypt: before the tag)."""
+        if self.crypt:
+            return HEADER_SIZE
+        return HEADER_SIZE + self.hmac_size if self.hmac_size else None
+
+
+    def describe(self) -> str:
+        if self.crypt:
+            return "tls-crypt: clear packet-id/time, 32-byte tag, rest encrypted"
+        if self.hmac_size:
+            return f"tls-auth HMAC-{self.digest.upper()} ({self.hmac_size} B) + packet-id/time"
+        return "no tls-auth/tls-crypt: ACK array right after the session ID"
+
+
+WRAPS = (
+    Wrap("plain"),
+    Wrap("tls-auth", "md5", 16),
+    Wrap("tls-auth", "sha1", 20),
+    Wrap("tls-auth", "sha256", 32),
+    Wrap("tls-auth", "sha512", 64),
+    Wrap("tls-crypt", crypt=True),
+)
+
+
+@dataclass(frozen=True, slots=True)
+class Control:
+    """A control-channel packet parsed under one wrapping; fields hidden by tls-crypt are None."""
+
+    opcode: int
+    key_id: int
+    sid: bytes
+    replay_id: int | None
+    remote_sid: bytes | None
+    msg_id: int | None
+    payload: bytes
+
+
+def _u32(b: bytes, off: int) -> int:
+    return int.from_bytes(b[off : off + 4], "big")
+
+
+def _is_tlv_run(b: bytes) -> bool:
+    """True when b is empty or a sequence of (type u16, length u16, value) items (2.6 early negotiation)."""
+    pos = 0
+    while pos < len(b):
+        if pos + 4 > len(b):
+            return False
+        pos += 4 + int.from_bytes(b[pos + 2 : pos + 4], "big")
+    return pos == len(b)
+
+
+def _parse_crypt(b: bytes, opcode: int) -> Control | None:
+    """tls-crypt: only the replay id is clear; tls-crypt-v2 packets end with the wrapped key's length."""
+    body = len(b)
+    if opcode in TLS_CRYPT_V2_OPCODES:
+        wkc = int.from_bytes(b[-WKC_LEN_SIZE:], "big")
+        if wkc < TLS_CRYPT_TAG_SIZE + WKC_LEN_SIZE or wkc > body:
+            return None
+        body -= wkc
+    least = 1 + PACKET_ID_SIZE + (SID_SIZE if opcode == P_ACK_V1 else 0)  # ack count + (ack + remote) or msg id
+    if body < TLS_CRYPT_HEADER + least:
+        return None
+    return Control(opcode, b[0] & P_KEY_ID_MASK, b[1:HEADER_SIZE], _u32(b, HEADER_SIZE), None, None, b"")
+
+
+def parse_control(b: bytes, wrap: Wrap) -> Control | None:
+    """Parse a control-channel packet under `wrap`; None when its layout cannot hold these bytes."""
+    opcode = b[0] >> P_OPCODE_SHIFT
+    if wrap.crypt:
+        return _parse_crypt(b, opcode)
+    if opcode in TLS_CRYPT_V2_OPCODES:
+        return None
+    pos = HEADER_SIZE
+    replay_id = None
+    if wrap.hmac_size:
+        replay_id = _u32(b, pos + wrap.hmac_size)
+        pos += wrap.hmac_size + PACKET_ID_SIZE + NET_TIME_SIZE
+    if len(b) <= pos or b[pos] > RELIABLE_ACK_SIZE:
+        return None
+    acks = b[pos]
+    pos += 1
+    if any(_u32(b, pos + 4 * i) >= MAX_COUNTER for i in range(acks)):
+        return None
+    pos += 4 * acks
+    remote = b[pos : pos + SID_SIZE] if acks else None
+    pos += SID_SIZE if acks else 0
+    key_id, sid = b[0] & P_KEY_ID_MASK, b[1:HEADER_SIZE]
+    if opcode == P_ACK_V1:  # an ACK is exactly its ACK array: nothing may follow
+        return Control(opcode, key_id, sid, replay_id, remote, None, b"") if acks and pos == len(b) else None
+    if len(b) < pos + PACKET_ID_SIZE:
+        return None
+    return Control(opcode, key_id, sid, replay_id, remote, _u32(b, pos), b[pos + PACKET_ID_SIZE :])
+
+
+def _plausible(c: Control) -> bool:
+    """Counter ranges and hard-reset shape: the checks that kill wrong wrapping hypotheses quickly."""
+    if c.replay_id is not None and not 0 < c.replay_id < MAX_COUNTER:
+        return False
+    if c.msg_id is not None and c.msg_id >= MAX_COUNTER:
+        return False
+    if c.opcode in HARD_RESETS:
+        return (c.msg_id in (None, 0)) and _is_tlv_run(c.payload)
+    return True
+
+
+def _starts_tls_record(b: bytes) -> bool:
+    """A TLS handshake record header: what the first control packet of each side carries."""
+    if len(b) < 5 or b[0] != TLS_HANDSHAKE or b[1] != 3 or b[2] > 4:
+        return False
+    return int.from_bytes(b[3:5], "big") <= MAX_TLS_RECORD
+
+
+class PduWalker:
+    """One direction of an OpenVPN-over-TCP stream cut into packets by their 2-byte length prefixes.
+
+    Uses sequence numbers to drop retransmitted bytes; after a gap (lost or unseen segment) the framing
+    cannot be trusted any more, so the walker goes quiet for good.
+    """
+
+    __slots__ = ("next_seq", "buf", "broken")
+
+    def __init__(self) -> None:
+        self.next_seq: int | None = None
+        self.buf = bytearray()
+        self.broken = False
+
+    def push(self, seq: int, data: bytes) -> list[bytes]:
+        """Add one segment; returns the packets it completed."""
+        if self.broken:
+            return []
+        if self.next_seq is not None:
+            ahead = (seq - self.next_seq) & 0xFFFFFFFF
+            if ahead >= 1 << 31:  # starts before what we have: retransmission, maybe with new bytes
+                data = data[(self.next_seq - seq) & 0xFFFFFFFF :]
+                seq = self.next_seq
+            elif ahead:
+                self.broken = True
+                return []
+        self.next_seq = (seq + len(data)) & 0xFFFFFFFF
+        self.buf += data
+        out = []
+        while len(self.buf) >= 2:
+            size = int.from_bytes(self.buf[:2], "big")
+            if len(self.buf) < 2 + size:
+                break
+            out.append(bytes(self.buf[2 : 2 + size]))
+            del self.buf[: 2 + size]
+        return out
+
+    def partial(self) -> tuple[int, bytes] | None:
+        """Declared size and first bytes of the packet still being assembled, to reject early."""
+        if len(self.buf) < 3:
+            return None
+        return int.from_bytes(self.buf[:2], "big"), bytes(self.buf[2:HEADER_SIZE + 2])
+
+
+@dataclass(slots=True)
+class DataTrack:
+    """Data packets of one direction: constant first byte and peer-id, clear AEAD packet-id counter."""
+
+    first_byte: int = -1
+    peer_id: bytes | None = None
+    counters: list[int] = field(default_factory=list)
+    consistent: bool = True
+
+    def add(self, b: bytes) -> None:
+        opcode = b[0] >> P_OPCODE_SHIFT
+        head = 1 + (PEER_ID_SIZE if opcode == P_DATA_V2 else 0)
+        peer = b[1:head] if opcode == P_DATA_V2 else None
+        counter = _u32(b, head)
+        if self.first_byte < 0:
+            self.first_byte, self.peer_id = b[0], peer
+        elif b[0] != self.first_byte or peer != self.peer_id:
+            self.consistent = False
+        if self.counters and not 0 < counter - self.counters[-1] <= MAX_COUNTER_STEP:
+            self.consistent = False
+        self.counters.append(counter)
+
+    def counting(self) -> bool:
+        return self.consistent and len(self.counters) >= MIN_DATA_PACKETS and 0 < self.counters[0] < MAX_COUNTER
+
+
+def _min_data_size(opcode: int) -> int:
+    """Header + AEAD packet-id + tag + one byte; CBC packets (HMAC + IV + block) are larger still."""
+    return 1 + (PEER_ID_SIZE if opcode == P_DATA_V2 else 0) + PACKET_ID_SIZE + AEAD_TAG_SIZE + 1
+
+
+def _short(sid: bytes) -> str:
+    return sid[:4].hex() + "…"
+
+
+class OpenVPN(Dissector):
+    family = "openvpn"
+    transports = frozenset({IPPROTO_UDP, IPPROTO_TCP})
+    budget = 16  # nDPI needs up to 12 packets on TCP; data-only flows need 3 per direction
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._tcp: bool | None = None
+        self._walkers = (PduWalker(), PduWalker())
+        self._sids: list[bytes | None] = [None, None]
+        self._resets: list[int | None] = [None, None]
+        self._parsed: dict[Wrap, list[tuple[int, Control]]] = {w: [] for w in WRAPS}
+        self._data = (DataTrack(), DataTrack())
+
+    # -- framing ---------------------------------------------------------------------------------------
+
+    def on_packet(self, pkt: FlowPacket) -> None:
+        if self._tcp is None:
+            self._tcp = pkt.tcp_flags != 0  # UDP packets carry no flags; TCP data always has ACK set
+            self.attributes["transport"] = "tcp" if self._tcp else "udp"
+        if not self._tcp:
+            self._packet(pkt, pkt.direction, pkt.payload)
+            return
+        walker = self._walkers[pkt.direction]
+        for pdu in walker.push(pkt.tcp_seq, pkt.payload):
+            self._packet(pkt, pkt.direction, pdu)
+            if self.state is not State.CANDIDATE:
+                return
+        head = walker.partial()
+        if head is not None:
+            size, first = head
+            problem = self._bad_size(size, first[0] >> P_OPCODE_SHIFT) or self._bad_start(first)
+            if problem:
+                self.reject(problem)
+
+    def on_end(self) -> None:
+        if None in self._resets:
+            self.reject("no OpenVPN handshake seen in both directions")
+        else:
+            self.reject("hard resets both ways but no consistent follow-up")
+
+    # -- per OpenVPN packet ----------------------------------------------------------------------------
+
+    def _packet(self, pkt: FlowPacket, direction: int, b: bytes) -> None:
+        opcode = b[0] >> P_OPCODE_SHIFT if b else 0
+        problem = self._bad_start(b) or self._bad_size(len(b), opcode)
+        if problem:
+            self.reject(problem)
+        elif opcode in DATA_OPCODES:
+            self._data[direction].add(b)
+            self._check_data(pkt)
+        else:
+            self._control(pkt, direction, b)
+
+    def _bad_start(self, b: bytes) -> str | None:
+        """Reasons one packet's first bytes cannot be OpenVPN (checked before any state is kept)."""
+        if not b:
+            return "empty OpenVPN packet"
+        opcode, key_id = b[0] >> P_OPCODE_SHIFT, b[0] & P_KEY_ID_MASK
+        if opcode not in OPCODE_NAMES:
+            return f"first byte 0x{b[0]:02x} is no OpenVPN opcode"
+        if opcode in HARD_RESETS and key_id:
+            return f"{OPCODE_NAMES[opcode]} with key_id {key_id} (hard resets use key_id 0)"
+        if len(b) >= 8 and _u32(b, 4) == STUN_MAGIC_COOKIE:
+            return "STUN magic cookie at offset 4"
+        return None
+
+    def _bad_size(self, size: int, opcode: int) -> str | None:
+        if self._tcp and size > MAX_TCP_PACKET:
+            return f"TCP length prefix {size} too large for OpenVPN"
+        if opcode in DATA_OPCODES:
+            return None if size >= _min_data_size(opcode) else f"{size}-byte data packet too short"
+        if size < HEADER_SIZE + 1 + PACKET_ID_SIZE:
+            return f"{size}-byte control packet too short"
+        if opcode in HARD_RESETS and size >= MAX_RESET_SIZE:
+            return f"{size}-byte hard reset (QUIC-sized)"
+        return None
+
+    def _control(self, pkt: FlowPacket, direction: int, b: bytes) -> None:
+        sid = b[1:HEADER_SIZE]
+        if self._sids[direction] is None:
+            self._sids[direction] = sid
+        elif self._sids[direction] != sid:
+            self.reject(f"session ID changed within direction {direction}")
+            return
+        opcode = b[0] >> P_OPCODE_SHIFT
+        if opcode in HARD_RESETS:
+            self._resets[direction] = opcode
+        for wrap in list(self._parsed):
+            self._extend(wrap, direction, b)
+        if not self._parsed:
+            self.reject(f"{OPCODE_NAMES[opcode]} fits no OpenVPN control-channel layout")
+            return
+        self._check_control(pkt)
+
+    def _extend(self, wrap: Wrap, direction: int, b: bytes) -> None:
+        """Add a packet to one wrapping hypothesis, or drop the hypothesis if the packet contradicts it."""
+        seen = self._parsed[wrap]
+        c = parse_control(b, wrap)
+        previous = [p.replay_id for d, p in seen if d == direction]
+        if c is None or not _plausible(c) or (previous and c.replay_id is not None and c.replay_id <= previous[-1]):
+            del self._parsed[wrap]
+        else:
+            seen.append((direction, c))
+
+    # -- verdicts --------------------------------------------------------------------------------------
+
+    def _check_control(self, pkt: FlowPacket) -> None:
+        for wrap, seen in self._parsed.items():
+            found = self._crypt_handshake(seen) if wrap.crypt else self._echo(seen) or self._one_way(seen)
+            if found:
+                confidence, evidence = found
+                self._describe(wrap)
+                self.confirm(pkt, confidence, *evidence, wrap.describe())
+                return
+
+    def _reset_names(self) -> str:
+        names = [OPCODE_NAMES[r] for r in self._resets if r is not None]
+        return " / ".join(names)
+
+    def _echo(self, seen: list[tuple[int, Control]]) -> tuple[float, list[str]] | None:
+        for direction, c in seen:
+            other = self._sids[1 - direction]
+            if c.remote_sid is not None and c.remote_sid == other:
+                both = self._resets[0] is not None and self._resets[1] is not None
+                return 0.99 if both else 0.9, [
+                    f"{OPCODE_NAMES[c.opcode]} acknowledges the peer's session {_short(other)} "
+                    f"(own session {_short(c.sid)})",
+                    f"hard resets both ways: {self._reset_names()}" if both else "handshake partly before capture",
+                ]
+        return None
+
+    def _crypt_handshake(self, seen: list[tuple[int, Control]]) -> tuple[float, list[str]] | None:
+        """tls-crypt hides ACKs, so ask for client and server resets and follow-ups with the same IDs."""
+        roles = {self._resets[0] in CLIENT_RESETS, self._resets[1] in CLIENT_RESETS}
+        if roles != {True, False} or None in self._resets:
+            return None
+        counts = [sum(1 for d, _ in seen if d == side) for side in (0, 1)]
+        if min(counts) < 2:
+            return None
+        ids = [[c.replay_id for d, c in seen if d == side] for side in (0, 1)]
+        return 0.99, [
+            f"hard resets both ways: {self._reset_names()}, sessions {_short(self._sids[0] or b'')} / "
+            f"{_short(self._sids[1] or b'')} kept",
+            f"replay packet-ids rising {ids[0]} / {ids[1]}",
+        ]
+
+    def _one_way(self, seen: list[tuple[int, Control]]) -> tuple[float, list[str]] | None:
+        """Asymmetric capture: one side's reset, its TLS record, and ACKs naming one constant peer."""
+        for side in (0, 1):
+            mine = [c for d, c in seen if d == side]
+            remotes = {c.remote_sid for c in mine if c.remote_sid is not None}
+            tls = any(c.opcode == P_CONTROL_V1 and _starts_tls_record(c.payload) for c in mine)
+            acks = sum(c.remote_sid is not None for c in mine)
+            steady = acks >= 2 and len(remotes) == 1 and self._sids[side] not in remotes
+            if self._resets[side] is not None and tls and steady:
+                return 0.9, [
+                    f"one direction only: {OPCODE_NAMES[self._resets[side]]} then P_CONTROL_V1 carrying a TLS "
+                    f"handshake record, session {_short(mine[0].sid)}",
+                    f"{acks} packets acknowledge one peer session {_short(remotes.pop())}",
+                ]
+        return None
+
+    def _check_data(self, pkt: FlowPacket) -> None:
+        """Mid-flow rule; QUIC short headers fail it (protected first byte, one CID per direction)."""
+        a, b = self._data
+        if not (a.counting() and b.counting()) or (a.first_byte ^ b.first_byte) & P_KEY_ID_MASK:
+            return
+        if a.peer_id is not None and b.peer_id is not None and a.peer_id != b.peer_id:
+            return
+        peer = a.peer_id if a.peer_id is not None else b.peer_id
+        names = {OPCODE_NAMES[t.first_byte >> P_OPCODE_SHIFT] for t in self._data}
+        if peer is not None:
+            self.attributes["peer_id"] = peer.hex()
+        self.attributes["data"] = "+".join(sorted(names))
+        self.confirm(
+            pkt,
+            0.9,
+            f"{' and '.join(sorted(names))} both ways, key_id {a.first_byte & P_KEY_ID_MASK}"
+            + (f", peer-id 0x{peer.hex()} both ways" if a.peer_id is not None and b.peer_id is not None else ""),
+            f"AEAD packet-ids rising {a.counters[0]}..{a.counters[-1]} / {b.counters[0]}..{b.counters[-1]}",
+        )
+
+    def _describe(self, wrap: Wrap) -> None:
+        v2 = wrap.crypt and P_CONTROL_HARD_RESET_CLIENT_V3 in self._resets
+        self.attributes["variant"] = "tls-crypt-v2" if v2 else wrap.variant
+        if wrap.digest:
+            self.attributes["hmac"] = wrap.digest

@@ -1,0 +1,364 @@
+"""OpenVPN dissector on handshakes, TCP framing, mid-flow data and look-alike protocols (bytes built here)."""
+
+from __future__ import annotations
+
+import random
+import struct
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from features.dissectors.base import FlowPacket, State
+from features.dissectors.openvpn import (
+    P_ACK_V1,
+    P_CONTROL_HARD_RESET_CLIENT_V2,
+    P_CONTROL_HARD_RESET_SERVER_V2,
+    P_CONTROL_V1,
+    OpenVPN,
+    PduWalker,
+)
+from tests.vpnbytes_openvpn import (
+    CLIENT,
+    SERVER,
+    Session,
+    TcpStreams,
+    client_hello,
+    data_v1,
+    data_v2,
+    framed,
+    udp_packets,
+)
+
+WRAPS = ["plain", "md5", "sha1", "sha256", "sha512", "tls-crypt"]
+
+
+def run(packets: list[FlowPacket]) -> OpenVPN:
+    d = OpenVPN()
+    for p in packets:
+        d.feed(p)
+    if d.state is State.CANDIDATE:
+        d.on_end()
+    return d
+
+
+def handshake_packets(session: Session, tcp: bool, **kw: object) -> list[FlowPacket]:
+    items = session.handshake(**kw)  # type: ignore[arg-type]
+    return TcpStreams().one_pdu_each(items) if tcp else udp_packets(items)
+
+
+# -- handshakes -----------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("tcp", [False, True], ids=["udp", "tcp"])
+@pytest.mark.parametrize("wrap", WRAPS)
+def test_handshake_confirmed_for_every_wrapping(wrap: str, tcp: bool) -> None:
+    s = Session(wrap, seed=7)
+    d = run(handshake_packets(s, tcp))
+    assert d.state is State.CONFIRMED
+    assert d.confidence == pytest.approx(0.99)
+    assert d.attributes["transport"] == ("tcp" if tcp else "udp")
+    text = " ".join(d.evidence)
+    if wrap == "tls-crypt":
+        # ACKs are encrypted: both resets plus one more packet per side with the same session IDs
+        assert d.verdict_packet == 5 and d.attributes["variant"] == "tls-crypt"
+        assert s.sids[CLIENT][:4].hex() in text and "replay packet-ids rising [1, 2, 3] / [1, 2]" in text
+    else:
+        # the server reset's ACK names the client's session ID: decided on packet 2
+        assert d.verdict_packet == 2
+        assert f"peer's session {s.sids[CLIENT][:4].hex()}" in text
+        assert d.attributes["variant"] == ("plain" if wrap == "plain" else "tls-auth")
+        assert d.attributes.get("hmac") == (None if wrap == "plain" else wrap)
+
+
+@pytest.mark.parametrize("tcp", [False, True], ids=["udp", "tcp"])
+def test_tls_crypt_v2_client_reset_with_wrapped_key(tcp: bool) -> None:
+    s = Session("tls-crypt", seed=3)
+    d = run(handshake_packets(s, tcp, v3=True))
+    assert d.state is State.CONFIRMED and d.confidence == pytest.approx(0.99)
+    assert d.attributes["variant"] == "tls-crypt-v2"
+    assert "P_CONTROL_HARD_RESET_CLIENT_V3" in " ".join(d.evidence)
+
+
+def test_client_reset_with_early_negotiation_tlv() -> None:
+    tlv = struct.pack(">HHHHH", 0x0F00, 6, 0x0001, 2, 0x0001)
+    d = run(handshake_packets(Session("sha256", seed=5), False, reset_tlv=tlv))
+    assert d.state is State.CONFIRMED and d.verdict_packet == 2 and d.attributes["hmac"] == "sha256"
+
+
+def test_reset_with_trailing_garbage_is_not_a_reset() -> None:
+    s = Session("plain", seed=5)
+    items = s.handshake(reset_tlv=b"\x0f\x00\x00\x09abc")  # TLV claims 9 bytes, carries 3
+    d = run(udp_packets(items[:1]))
+    assert d.state is State.REJECTED and "fits no OpenVPN control-channel layout" in d.evidence[-1]
+
+
+def test_capture_starting_mid_handshake_confirms_at_lower_confidence() -> None:
+    s = Session("sha1", seed=11)
+    items = s.handshake()[3:]  # resets and first ACK not captured: starts with the client's TLS flight
+    d = run(udp_packets(items))
+    assert d.state is State.CONFIRMED and d.confidence == pytest.approx(0.9)
+    assert d.verdict_packet == 2 and "handshake partly before capture" in d.evidence
+
+
+@pytest.mark.parametrize("side", [CLIENT, SERVER])
+def test_one_direction_handshake_with_tls_record(side: int) -> None:
+    """Asymmetric routing: only one side's packets exist, but they carry a TLS record and steady ACKs."""
+    s = Session("plain", seed=13)
+    mine = [p for d, p in s.handshake() if d == side]
+    d = run(udp_packets([(0, p) for p in mine]))
+    assert d.state is State.CONFIRMED and d.confidence == pytest.approx(0.9)
+    assert "one direction only" in d.evidence[0] and s.sids[1 - side][:4].hex() in d.evidence[1]
+
+
+def test_one_way_resets_only_are_rejected() -> None:
+    s = Session("sha1", seed=17)
+    resets = [(0, s.packet(CLIENT, P_CONTROL_HARD_RESET_CLIENT_V2, resend=i > 0)) for i in range(6)]
+    for _, p in resets:  # retransmitted resets keep message id 0 but take new replay ids
+        assert p[-4:] == b"\x00\x00\x00\x00"
+    d = run(udp_packets(resets))
+    assert d.state is State.REJECTED and "both directions" in d.evidence[-1]
+
+
+def test_reset_of_quic_size_is_rejected() -> None:
+    s = Session("plain", seed=19)
+    big = s.packet(CLIENT, P_CONTROL_HARD_RESET_CLIENT_V2, payload=struct.pack(">HH", 1, 1200) + bytes(1200))
+    d = run(udp_packets([(0, big)]))
+    assert d.state is State.REJECTED and "QUIC-sized" in d.evidence[-1]
+
+
+def test_session_id_change_rejects() -> None:
+    a, b = Session("plain", seed=1), Session("plain", seed=2)
+    items = [(0, a.packet(CLIENT, P_CONTROL_HARD_RESET_CLIENT_V2)), (0, b.packet(CLIENT, P_ACK_V1, acks=(0,)))]
+    d = run(udp_packets(items))
+    assert d.state is State.REJECTED and "session ID changed" in d.evidence[-1]
+
+
+# -- TCP framing ----------------------------------------------------------------------------------------
+
+
+def test_tcp_two_pdus_in_one_segment_and_one_pdu_over_two_segments() -> None:
+    s = Session("sha1", seed=23)
+    items = s.handshake()
+    t = TcpStreams()
+    cr = framed(items[0][1])
+    sr = framed(items[1][1])
+    packets = [
+        t.segment(CLIENT, cr[:5]),  # client reset split in two
+        t.segment(CLIENT, cr[5:]),
+        t.segment(SERVER, sr + framed(items[4][1])[:7]),  # server reset + head of its next packet
+    ]
+    d = run(packets)
+    assert d.state is State.CONFIRMED and d.verdict_packet == 3
+    assert f"peer's session {s.sids[CLIENT][:4].hex()}" in d.evidence[0]
+
+
+def test_tcp_retransmission_is_skipped() -> None:
+    s = Session("plain", seed=29)
+    items = s.handshake()
+    t = TcpStreams()
+    first = t.segment(CLIENT, framed(items[0][1]))
+    again = t.segment(CLIENT, first.payload, seq=first.tcp_seq)  # same bytes, same seq
+    d = run([first, again, t.segment(SERVER, framed(items[1][1]))])
+    assert d.state is State.CONFIRMED and d.verdict_packet == 3
+
+
+def test_pdu_walker_follows_lengths_and_stops_after_gap() -> None:
+    w = PduWalker()
+    assert w.push(100, b"\x00\x03abc\x00\x02x") == [b"abc"]
+    assert w.push(108, b"y\x00\x01") == [b"xy"]
+    assert w.push(100, b"\x00\x03abc\x00\x02xy\x00\x01z") == [b"z"]  # retransmission with one new byte
+    assert w.push(200, b"\x00\x01q") == [] and w.broken  # gap: the framing is lost
+    assert w.push(114, b"\x00\x01q") == []
+
+
+@pytest.mark.parametrize("lost", [0, 6])
+def test_tcp_gap_stops_the_walker(lost: int) -> None:
+    """A lost segment inside the server reset: the rest of that stream is not trusted (no echo seen)."""
+    s = Session("plain", seed=31)
+    items = s.handshake()
+    t = TcpStreams()
+    server = framed(items[1][1])
+    packets = [t.segment(CLIENT, framed(items[0][1])), t.segment(SERVER, server[:10])]
+    t.seq[SERVER] += lost
+    packets.append(t.segment(SERVER, server[10 + lost :]))
+    d = run(packets)
+    assert d.state is (State.REJECTED if lost else State.CONFIRMED)
+
+
+# -- mid-flow data ---------------------------------------------------------------------------------------
+
+
+def _data_flow(server_v1: bool = False, server_peer: int = 0x21, start: int = 5000) -> list[FlowPacket]:
+    rng = random.Random(37)
+    items = []
+    for i in range(4):
+        items.append((0, data_v2(0x21, start + i, rng.randrange(40, 1300), rng)))
+        server = data_v1(900 + i, 60, rng) if server_v1 else data_v2(server_peer, 900 + i, 60, rng)
+        items.append((1, server))
+    return udp_packets(items)
+
+
+def test_mid_flow_data_v2_both_ways() -> None:
+    d = run(_data_flow())
+    assert d.state is State.CONFIRMED and d.confidence == pytest.approx(0.9)
+    assert d.verdict_packet == 6 and d.attributes["peer_id"] == "000021"
+    assert "peer-id 0x000021 both ways" in d.evidence[0] and "5000..5002" in d.evidence[1]
+
+
+def test_mid_flow_data_v2_client_v1_server() -> None:
+    d = run(_data_flow(server_v1=True))
+    assert d.state is State.CONFIRMED and d.attributes["data"] == "P_DATA_V1+P_DATA_V2"
+
+
+def test_mid_flow_different_peer_ids_are_not_openvpn() -> None:
+    d = run(_data_flow(server_peer=0x22))
+    assert d.state is State.REJECTED
+
+
+def test_mid_flow_over_tcp() -> None:
+    t = TcpStreams()
+    d = run([t.segment(p.direction, framed(p.payload)) for p in _data_flow()])
+    assert d.state is State.CONFIRMED and d.attributes["transport"] == "tcp"
+
+
+# -- look-alikes -----------------------------------------------------------------------------------------
+
+
+def _quic_short(rng: random.Random, dcid: bytes, first: int | None = None) -> bytes:
+    b0 = first if first is not None else 0x40 | rng.randrange(32)  # header protection masks 5 bits
+    return bytes([b0]) + dcid + rng.randbytes(rng.randrange(30, 1200))
+
+
+@pytest.mark.parametrize("fixed_first_byte", [None, 0x48])
+def test_quic_short_headers_both_ways_rejected(fixed_first_byte: int | None) -> None:
+    """Constant DCID per direction is QUIC's own 'peer-id'; it differs between directions."""
+    rng = random.Random(41)
+    cid_c, cid_s = rng.randbytes(8), rng.randbytes(8)
+    items = [(i % 2, _quic_short(rng, cid_c if i % 2 == 0 else cid_s, fixed_first_byte)) for i in range(20)]
+    assert run(udp_packets(items)).state is State.REJECTED
+
+
+def test_quic_initial_rejected_on_first_packet() -> None:
+    rng = random.Random(43)
+    initial = b"\xc3\x00\x00\x00\x01\x08" + rng.randbytes(8) + b"\x00\x00\x44\xd0" + rng.randbytes(1180)
+    d = run(udp_packets([(0, initial)]))
+    assert d.state is State.REJECTED and d.seen == 1
+
+
+def test_dtls_client_hello_rejected() -> None:
+    rec = b"\x16\xfe\xfd" + bytes(8) + struct.pack(">H", 60) + b"\x01" + bytes(59)
+    d = run(udp_packets([(0, rec), (1, b"\x16\xfe\xff" + rec[3:])]))
+    assert d.state is State.REJECTED and d.seen == 1
+
+
+def _stun(msg_type: int, rng: random.Random) -> bytes:
+    return struct.pack(">HHI", msg_type, 8, 0x2112A442) + rng.randbytes(12) + b"\x80\x22\x00\x04test"
+
+
+def test_stun_binding_rejected() -> None:
+    rng = random.Random(47)
+    d = run(udp_packets([(0, _stun(0x0001, rng)), (1, _stun(0x0101, rng))]))
+    assert d.state is State.REJECTED and d.seen == 1
+
+
+def test_stun_magic_cookie_rejects_even_with_a_reset_opcode() -> None:
+    odd = b"\x38\x00\x00\x00" + struct.pack(">I", 0x2112A442) + bytes(20)
+    d = run(udp_packets([(0, odd)]))
+    assert d.state is State.REJECTED and "STUN" in d.evidence[-1]
+
+
+def _dns(txid: int, response: bool) -> bytes:
+    flags = 0x8180 if response else 0x0100
+    q = b"\x07example\x03com\x00\x00\x01\x00\x01"
+    ans = b"\xc0\x0c\x00\x01\x00\x01\x00\x00\x0e\x10\x00\x04\x5d\xb8\xd8\x22" if response else b""
+    return struct.pack(">HHHHHH", txid, flags, 1, int(response), 0, 0) + q + ans
+
+
+@pytest.mark.parametrize("tcp", [False, True], ids=["udp", "tcp"])
+def test_dns_queries_and_responses_rejected(tcp: bool) -> None:
+    """Transaction IDs chosen so byte 0 reads as resets, ACKs and data opcodes."""
+    items = []
+    for txid in (0x3800, 0x3801, 0x4000, 0x4801, 0x2800, 0x2000):
+        items += [(0, _dns(txid, False)), (1, _dns(txid, True))]
+    t = TcpStreams()
+    packets = [t.segment(dr, framed(p)) for dr, p in items] if tcp else udp_packets(items)
+    assert run(packets).state is State.REJECTED
+
+
+def test_one_way_dns_queries_not_confirmed() -> None:
+    items = [(0, _dns(0x3800 + i, False)) for i in range(10)]
+    assert run(udp_packets(items)).state is State.REJECTED
+
+
+def test_rtp_rejected() -> None:
+    rng = random.Random(53)
+    items = [(i % 2, struct.pack(">BBHII", 0x80, 0x60, i, 160 * i, 0xDEADBEEF) + rng.randbytes(160)) for i in range(6)]
+    d = run(udp_packets(items))
+    assert d.state is State.REJECTED and d.seen == 1
+
+
+@pytest.mark.parametrize(
+    "client, server",
+    [
+        (client_hello(random.Random(1), 512), b"\x16\x03\x03\x00\x5a\x02" + bytes(89)),
+        (b"SSH-2.0-OpenSSH_9.6\r\n", b"SSH-2.0-OpenSSH_8.9p1 Ubuntu-3\r\n"),
+        (b"GET / HTTP/1.1\r\nHost: example.com\r\n\r\n", b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n"),
+    ],
+    ids=["tls", "ssh", "http"],
+)
+def test_tcp_text_and_tls_rejected_on_first_segment(client: bytes, server: bytes) -> None:
+    t = TcpStreams()
+    d = run([t.segment(CLIENT, client), t.segment(SERVER, server)])
+    assert d.state is State.REJECTED and d.seen == 1
+
+
+def test_random_bytes_of_all_sizes_never_confirmed() -> None:
+    rng = random.Random(59)
+    for size in range(1, 1500, 7):
+        items = [(rng.randrange(2), rng.randbytes(size)) for _ in range(12)]
+        assert run(udp_packets(items)).state is State.REJECTED, size
+
+
+def test_random_bytes_behind_openvpn_first_bytes_never_confirmed() -> None:
+    """The hard case: valid-looking opcodes, random everything else, both directions."""
+    rng = random.Random(61)
+    firsts = [0x38, 0x40, 0x28, 0x20, 0x48, 0x30, 0x50, 0x58]
+    for _ in range(300):
+        items = [(i % 2, bytes([rng.choice(firsts)]) + rng.randbytes(rng.randrange(13, 300))) for i in range(12)]
+        assert run(udp_packets(items)).state is not State.CONFIRMED
+
+
+def test_ack_and_control_opcodes_parse_consistently() -> None:
+    """Sanity for the builders: the sizes the notes derive for plain packets."""
+    s = Session("plain", seed=67)
+    assert len(s.packet(CLIENT, P_CONTROL_HARD_RESET_CLIENT_V2)) == 14
+    assert len(s.packet(SERVER, P_CONTROL_HARD_RESET_SERVER_V2, acks=(0,))) == 26
+    assert len(s.packet(CLIENT, P_ACK_V1, acks=(0,))) == 22
+    assert Session("sha1").packet(CLIENT, P_CONTROL_V1)[0] == 0x20
+
+
+# -- robustness -----------------------------------------------------------------------------------------
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    st.lists(st.tuples(st.integers(0, 1), st.binary(min_size=1, max_size=120), st.integers(0, 2**32 - 1)), max_size=20),
+    st.booleans(),
+)
+def test_never_raises_on_random_or_truncated_payloads(packets: list[tuple[int, bytes, int]], tcp: bool) -> None:
+    s = Session("sha1", seed=71)
+    real = [(d, p[: len(p) // 2]) for d, p in s.handshake()]  # truncated real packets mixed in
+    d = OpenVPN()
+    for i, (direction, payload, seq) in enumerate(packets + [(a, b, 0) for a, b in real], 1):
+        d.feed(FlowPacket(i, direction, 0.0, payload, seq if tcp else 0, 0x18 if tcp else 0))
+    if d.state is State.CANDIDATE:
+        d.on_end()
+    assert d.state is not State.CANDIDATE
+
+
+def test_one_way_acks_of_own_session_are_not_a_handshake() -> None:
+    s = Session("plain", seed=73)
+    s.sids = (s.sids[CLIENT], s.sids[CLIENT])  # a sender "acknowledging" itself is echoing, not OpenVPN
+    mine = [p for d, p in s.handshake() if d == CLIENT]
+    assert run(udp_packets([(0, p) for p in mine])).state is State.REJECTED

@@ -1,0 +1,132 @@
+"""OpenVPN packets built from the ssl_pkt.h layouts, for dissector tests (no captured bytes).
+
+A `Session` plays both ends of one handshake with one control-channel wrapping, keeping the per-direction
+replay and message packet-ids the way OpenVPN does, so sizes, echoed session IDs and counters are right.
+"""
+
+from __future__ import annotations
+
+import random
+import struct
+from dataclasses import dataclass, field
+
+from features.dissectors.base import FlowPacket
+from features.dissectors.openvpn import (
+    P_ACK_V1,
+    P_CONTROL_HARD_RESET_CLIENT_V2,
+    P_CONTROL_HARD_RESET_CLIENT_V3,
+    P_CONTROL_HARD_RESET_SERVER_V2,
+    P_CONTROL_V1,
+    P_DATA_V1,
+    P_DATA_V2,
+)
+
+CLIENT, SERVER = 0, 1
+HMAC_SIZES = {"md5": 16, "sha1": 20, "sha256": 32, "sha512": 64}
+NET_TIME = 0x66AA2300
+TCP_ACK_PSH = 0x18
+
+
+def client_hello(rng: random.Random, size: int = 250) -> bytes:
+    """A TLS 1.2 record holding a ClientHello-shaped body (content is random past the header)."""
+    body = b"\x01" + (size - 4).to_bytes(3, "big") + b"\x03\x03" + rng.randbytes(size - 6)
+    return b"\x16\x03\x01" + len(body).to_bytes(2, "big") + body
+
+
+@dataclass
+class Session:
+    """Both ends of an OpenVPN control channel. wrap: "plain", "md5".."sha512", "tls-crypt"."""
+
+    wrap: str = "plain"
+    seed: int = 1
+    rng: random.Random = field(init=False)
+    sids: tuple[bytes, bytes] = field(init=False)
+    replay: list[int] = field(default_factory=lambda: [0, 0])
+    msg: list[int] = field(default_factory=lambda: [0, 0])
+
+    def __post_init__(self) -> None:
+        self.rng = random.Random(self.seed)
+        self.sids = (self.rng.randbytes(8), self.rng.randbytes(8))
+
+    def packet(
+        self,
+        side: int,
+        opcode: int,
+        acks: tuple[int, ...] = (),
+        payload: bytes = b"",
+        key_id: int = 0,
+        wkc: bytes = b"",
+        resend: bool = False,
+    ) -> bytes:
+        """One control-channel packet from `side`; control opcodes consume a message packet-id unless
+        `resend` (a retransmission repeats the last one, but is re-wrapped with a new replay id)."""
+        if resend:
+            self.msg[side] -= 1
+        inner = bytes([len(acks)]) + b"".join(struct.pack(">I", a) for a in acks)
+        if acks:
+            inner += self.sids[1 - side]
+        if opcode != P_ACK_V1:
+            inner += struct.pack(">I", self.msg[side]) + payload
+            self.msg[side] += 1
+        head = bytes([opcode << 3 | key_id]) + self.sids[side]
+        if self.wrap == "plain":
+            return head + inner
+        self.replay[side] += 1
+        clear_id = struct.pack(">II", self.replay[side], NET_TIME)
+        if self.wrap == "tls-crypt":
+            return head + clear_id + self.rng.randbytes(32) + self.rng.randbytes(len(inner)) + wkc
+        return head + self.rng.randbytes(HMAC_SIZES[self.wrap]) + clear_id + inner
+
+    def handshake(self, v3: bool = False, reset_tlv: bytes = b"") -> list[tuple[int, bytes]]:
+        """Client reset, server reset acking it, client ACK, then a TLS flight each way with ACKs."""
+        reset = P_CONTROL_HARD_RESET_CLIENT_V3 if v3 else P_CONTROL_HARD_RESET_CLIENT_V2
+        wkc = self.rng.randbytes(32 + 290) + (32 + 290 + 2).to_bytes(2, "big") if v3 else b""
+        return [
+            (CLIENT, self.packet(CLIENT, reset, payload=reset_tlv, wkc=wkc)),
+            (SERVER, self.packet(SERVER, P_CONTROL_HARD_RESET_SERVER_V2, acks=(0,))),
+            (CLIENT, self.packet(CLIENT, P_ACK_V1, acks=(0,))),
+            (CLIENT, self.packet(CLIENT, P_CONTROL_V1, payload=client_hello(self.rng))),
+            (SERVER, self.packet(SERVER, P_CONTROL_V1, acks=(1,), payload=client_hello(self.rng, 900))),
+            (CLIENT, self.packet(CLIENT, P_ACK_V1, acks=(1,))),
+            (SERVER, self.packet(SERVER, P_CONTROL_V1, payload=self.rng.randbytes(300))),
+            (CLIENT, self.packet(CLIENT, P_ACK_V1, acks=(2,))),
+        ]
+
+
+def data_v2(peer_id: int, counter: int, size: int, rng: random.Random, key_id: int = 0) -> bytes:
+    """P_DATA_V2 with AEAD: opcode, peer-id, clear packet-id, 16-byte tag, ciphertext."""
+    head = bytes([P_DATA_V2 << 3 | key_id]) + peer_id.to_bytes(3, "big") + struct.pack(">I", counter)
+    return head + rng.randbytes(16 + size)
+
+
+def data_v1(counter: int, size: int, rng: random.Random, key_id: int = 0) -> bytes:
+    """P_DATA_V1 with AEAD: opcode, clear packet-id, tag, ciphertext."""
+    return bytes([P_DATA_V1 << 3 | key_id]) + struct.pack(">I", counter) + rng.randbytes(16 + size)
+
+
+def udp_packets(items: list[tuple[int, bytes]]) -> list[FlowPacket]:
+    return [FlowPacket(i, d, 1_700_000_000.0 + i / 100, p) for i, (d, p) in enumerate(items, 1)]
+
+
+def framed(pdu: bytes) -> bytes:
+    """OpenVPN over TCP: 2-byte big-endian length, excluding itself."""
+    return len(pdu).to_bytes(2, "big") + pdu
+
+
+class TcpStreams:
+    """Sequence numbers per direction, so tests can split, merge and repeat segments."""
+
+    def __init__(self) -> None:
+        self.seq = [1_000_000, 4_000_000_000]  # the second one wraps around 2**32
+        self.index = 0
+
+    def segment(self, direction: int, data: bytes, seq: int | None = None) -> FlowPacket:
+        """Next segment of `direction` (or a repeat at an explicit earlier `seq`)."""
+        self.index += 1
+        if seq is None:
+            seq = self.seq[direction]
+            self.seq[direction] = (seq + len(data)) & 0xFFFFFFFF
+        return FlowPacket(self.index, direction, 1_700_000_000.0 + self.index / 100, data, seq, TCP_ACK_PSH)
+
+    def one_pdu_each(self, items: list[tuple[int, bytes]]) -> list[FlowPacket]:
+        return [self.segment(d, framed(p)) for d, p in items]
