@@ -1,0 +1,161 @@
+"""IPsec data plane: ESP (RFC 4303), ESP-in-UDP (RFC 3948) and AH (RFC 4302).
+
+IP protocols 50 and 51 are ESP and AH by IANA assignment, so one well-formed header is enough there. ESP
+carried in UDP has no such guarantee: its only cleartext is SPI + sequence number, a shape that RTP,
+QUIC short headers and game protocols come close to. There we require the full record-layer pattern in
+both directions (see `seqtrack`), 4-byte alignment and a body that looks encrypted (few zero bytes).
+"""
+
+from __future__ import annotations
+
+from typing import ClassVar
+
+from features.dissectors.base import Dissector, FlowPacket
+from features.dissectors.seqtrack import CounterTrack
+from features.packets import IPPROTO_AH, IPPROTO_ESP, IPPROTO_UDP
+
+ESP_HEADER = 8  # SPI (4) + sequence number (4), RFC 4303 §2
+SPI_RESERVED_MAX = 255  # SPIs 1-255 are reserved by IANA, 0 is local-only (RFC 4303 §2.1)
+ESP_ALIGNMENT = 4  # ciphertext, hence the whole packet, ends on a 4-byte boundary (RFC 4303 §2.4)
+# Smallest ESP packet seen in practice: header + one aligned word (pad length, next header) + a 96-bit ICV.
+ESP_MIN_PACKET = ESP_HEADER + 4 + 12
+# Bytes after the header are IV + ciphertext + ICV: about 1 in 256 is zero. Cleartext game or media
+# payloads are full of zeros; a body with more than 1 zero byte in 16 is not encrypted.
+MAX_ZERO_SHARE = 1 / 16
+NON_ESP_MARKER = b"\x00\x00\x00\x00"  # IKE in the same UDP flow (RFC 3948 §2.2)
+NAT_KEEPALIVE = b"\xff"  # RFC 3948 §2.3
+
+AH_FIXED = 12  # next header, payload length, reserved (2), SPI, sequence number (RFC 4302 §2)
+AH_MIN_ICV = 12  # HMAC-*-96 is the shortest ICV in use (RFC 8221)
+
+# ESP-in-UDP: packets per direction before a mid-flow verdict; a new SA's first sequence number is 1,
+# so a rekeyed SPI must start near it.
+UDP_MIN_PER_DIRECTION = 3
+NEW_SA_MAX_SEQ = 8
+
+
+def esp_shaped(first4: bytes, size: int) -> bool:
+    """Could a `size`-byte UDP payload or TCP frame starting with `first4` be an ESP packet?
+    (assigned SPI, 4-byte aligned, long enough for header, trailer and ICV)"""
+    spi = int.from_bytes(first4, "big")
+    return size >= ESP_MIN_PACKET and size % ESP_ALIGNMENT == 0 and spi > SPI_RESERVED_MAX
+
+
+class ESP(Dissector):
+    """ESP over IP protocol 50 (one header decides) or inside UDP (mid-flow record pattern)."""
+
+    family: ClassVar[str] = "ipsec"
+    transports: ClassVar[frozenset[int]] = frozenset({IPPROTO_ESP, IPPROTO_UDP})
+    budget: ClassVar[int] = 32
+
+    def __init__(self, transport: int = IPPROTO_UDP) -> None:
+        """`transport` is the flow's IP protocol: the payload alone cannot tell raw ESP from ESP-in-UDP,
+        and only the former may be decided on one packet. The default is the cautious one."""
+        super().__init__()
+        self.transport = transport
+        self._tracks = (CounterTrack(), CounterTrack())
+        self._body_bytes = 0
+        self._body_zeros = 0
+
+    def on_packet(self, pkt: FlowPacket) -> None:
+        if self.transport == IPPROTO_ESP:
+            self._raw(pkt)
+        else:
+            self._in_udp(pkt)
+
+    def _raw(self, pkt: FlowPacket) -> None:
+        """IP protocol 50 is ESP by definition; only a reserved SPI or a cut header speaks against it.
+        Deciding on the first packet (nDPI does the same) also covers short flows: an SA pair used for a
+        single exchange shows one packet per direction, each under its own SPI."""
+        p = pkt.payload
+        if len(p) < ESP_HEADER:
+            self.reject(f"ESP header cut short ({len(p)} B)")
+            return
+        spi, seq = int.from_bytes(p[:4], "big"), int.from_bytes(p[4:8], "big")
+        if spi <= SPI_RESERVED_MAX:
+            self.reject(f"reserved ESP SPI {spi}")
+            return
+        self.attributes["encapsulation"] = "none"
+        self.attributes["spi"] = f"{spi:08x}"
+        self.confirm(pkt, 0.95, f"IP protocol 50, ESP header: SPI 0x{spi:08x}, sequence {seq}, {len(p)} B")
+
+    def _in_udp(self, pkt: FlowPacket) -> None:
+        p = pkt.payload
+        if p == NAT_KEEPALIVE or p[:4] == NON_ESP_MARKER:
+            return  # NAT-T keepalive or IKE sharing the flow: neutral here, the IKE dissector judges it
+        if not esp_shaped(p[:4], len(p)):
+            self.reject(f"not ESP-in-UDP: {len(p)} B payload fails SPI/alignment/size")
+            return
+        problem = self._record(pkt.direction, p)
+        if problem:
+            self.reject(problem)
+            return
+        fwd, rev = self._tracks
+        if fwd.steady(UDP_MIN_PER_DIRECTION) and rev.steady(UDP_MIN_PER_DIRECTION):
+            self._decide(pkt, fwd, rev)
+
+    def _decide(self, pkt: FlowPacket, fwd: CounterTrack, rev: CounterTrack) -> None:
+        """Both directions show the SPI/sequence pattern; the body must also look encrypted."""
+        if self._body_zeros > MAX_ZERO_SHARE * self._body_bytes:
+            zeros = f"{self._body_zeros} of {self._body_bytes}"
+            self.reject(f"SPI/sequence pattern, but {zeros} body bytes are zero (cleartext)")
+            return
+        self.attributes["encapsulation"] = "udp"
+        self.attributes["spi"] = f"{fwd.key:08x}/{rev.key:08x}"
+        self.confirm(
+            pkt,
+            0.9,
+            f"ESP-in-UDP both ways: SPI 0x{fwd.key:08x} ({fwd.packets} pkts) and 0x{rev.key:08x} "
+            f"({rev.packets} pkts), sequence numbers stepping by one, 4-byte aligned, encrypted-looking",
+        )
+
+    def _record(self, direction: int, p: bytes) -> str | None:
+        """Add one ESP-shaped packet to its direction's track; return why the flow is not ESP, if so."""
+        spi, seq = int.from_bytes(p[:4], "big"), int.from_bytes(p[4:8], "big")
+        track, other = self._tracks[direction], self._tracks[1 - direction]
+        if spi == other.key:
+            return f"same 4-byte prefix 0x{spi:08x} in both directions (ESP SAs are one-way)"
+        self._body_bytes += len(p) - ESP_HEADER
+        self._body_zeros += p.count(0, ESP_HEADER)
+        if track.key is None:
+            track.start(spi, seq)
+        elif spi != track.key:
+            if seq > NEW_SA_MAX_SEQ:
+                return f"4-byte prefix changed to 0x{spi:08x} without a new SA's sequence restart"
+            track.start(spi, seq)
+        else:
+            track.step(seq)
+        if track.erratic:
+            return "sequence field does not step by one (not an ESP sequence number)"
+        return None
+
+
+class AH(Dissector):
+    """AH over IP protocol 51: the fixed header fields are checkable, so one packet decides."""
+
+    family: ClassVar[str] = "ipsec"
+    transports: ClassVar[frozenset[int]] = frozenset({IPPROTO_AH})
+    budget: ClassVar[int] = 4
+
+    def on_packet(self, pkt: FlowPacket) -> None:
+        p = pkt.payload
+        if len(p) < AH_FIXED:
+            self.reject(f"AH header cut short ({len(p)} B)")
+            return
+        ah_len = (p[1] + 2) * 4  # Payload Len is in 32-bit words, minus 2 (RFC 4302 §2.2)
+        spi, seq = int.from_bytes(p[4:8], "big"), int.from_bytes(p[8:12], "big")
+        if p[2:4] != b"\x00\x00":
+            self.reject("AH reserved field not zero")
+        elif spi <= SPI_RESERVED_MAX:
+            self.reject(f"reserved AH SPI {spi}")
+        elif ah_len < AH_FIXED + AH_MIN_ICV:
+            self.reject(f"AH length {ah_len} B leaves no room for an ICV")
+        else:
+            self.attributes["spi"] = f"{spi:08x}"
+            self.attributes["next_header"] = str(p[0])
+            self.confirm(
+                pkt,
+                0.95,
+                f"IP protocol 51 with AH header: SPI 0x{spi:08x}, sequence {seq}, "
+                f"ICV {ah_len - AH_FIXED} B, next header {p[0]}",
+            )

@@ -1,0 +1,166 @@
+"""WireGuard dissector on handshakes, cookie replies, mid-flow transport data, blocked tunnels and
+look-alikes, all built from the message layout of the whitepaper (§5.4)."""
+
+from __future__ import annotations
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from scapy.layers.dns import DNS, DNSQR, DNSRR
+
+from features.dissectors.base import FlowPacket, State
+from features.dissectors.wireguard import WireGuard
+from tests import vpnbytes_wg_ipsec as b
+
+INIT, RESP = 0x30D037D8, 0xAB7DF406
+
+
+def test_handshake_response_echoing_the_sender_index_confirms_at_the_response() -> None:
+    d = WireGuard()
+    state = b.run(d, [(0, 0.0, b.wg_initiation(INIT)), (1, 0.01, b.wg_response(RESP, INIT))])
+    assert state is State.CONFIRMED and d.confidence >= 0.99
+    assert d.verdict_packet == 2
+    assert f"{INIT:08x}" in d.evidence[-1] and "148 B" in d.evidence[-1] and "92 B" in d.evidence[-1]
+
+
+def test_cookie_reply_to_an_initiation_confirms() -> None:
+    d = WireGuard()
+    assert b.run(d, [(0, 0.0, b.wg_initiation(INIT)), (1, 0.01, b.wg_cookie(INIT))]) is State.CONFIRMED
+    assert d.verdict_packet == 2 and "cookie reply 64 B" in d.evidence[-1]
+
+
+def test_tunnelbear_handshake_sizes_are_a_variant() -> None:
+    d = WireGuard()
+    state = b.run(d, [(0, 0.0, b.wg_initiation(INIT, 204)), (1, 0.01, b.wg_response(RESP, INIT, 100))])
+    assert state is State.CONFIRMED and d.attributes["variant"] == "tunnelbear"
+
+
+def test_response_that_echoes_no_initiation_is_rejected() -> None:
+    d = WireGuard()
+    state = b.run(d, [(0, 0.0, b.wg_initiation(INIT)), (1, 0.01, b.wg_response(RESP, INIT ^ 1))])
+    assert state is State.REJECTED and "matches no initiation" in d.evidence[-1]
+
+
+def test_capture_starting_at_the_response_confirms_on_the_first_data_packet() -> None:
+    d = WireGuard()
+    packets = [(0, 0.0, b.wg_response(RESP, INIT)), (1, 0.01, b.wg_data(RESP, 0, 80))]
+    assert b.run(d, packets) is State.CONFIRMED and d.confidence >= 0.99 and d.verdict_packet == 2
+
+
+def mid_flow(start: tuple[int, int], n: int) -> list[tuple[int, float, bytes]]:
+    """Transport data both ways from counters already in use; sizes vary, some are keepalives."""
+    sizes = [1380, 52, 600, 0, 1380, 40, 0, 300]
+    packets, counters = [], list(start)
+    for i in range(n):
+        direction = i % 2 if i > 1 else 0
+        packets.append((direction, i * 0.02, b.wg_data((RESP, INIT)[direction], counters[direction], sizes[i % 8])))
+        counters[direction] += 1
+    return packets
+
+
+def test_mid_flow_transport_data_both_ways_confirms_at_0_9() -> None:
+    d = WireGuard()
+    packets = mid_flow((107, 112), 12)
+    assert b.run(d, packets) is State.CONFIRMED
+    assert 0.85 <= d.confidence < 0.99 and d.attributes["mid_flow"] == "true"
+    assert d.verdict_packet == 8  # third packet of the direction that started later (packets 4, 6, 8)
+    assert f"{RESP:08x}" in d.evidence[-1] and f"{INIT:08x}" in d.evidence[-1]
+
+
+def test_keepalives_alone_both_ways_confirm() -> None:
+    d = WireGuard()
+    packets = [(i % 2, 25.0 * i, b.wg_data((RESP, INIT)[i % 2], 40 + i // 2, 0)) for i in range(6)]
+    assert all(len(p) == 32 for _, _, p in packets)
+    assert b.run(d, packets) is State.CONFIRMED and d.verdict_packet == 6
+
+
+def test_one_way_type4_looking_traffic_is_never_confirmed() -> None:
+    d = WireGuard()
+    packets = [(0, 0.02 * i, b.wg_data(RESP, 500 + i, 200)) for i in range(40)]
+    assert b.run(d, packets) is not State.CONFIRMED
+
+
+def test_counters_that_do_not_step_by_one_are_rejected() -> None:
+    d = WireGuard()
+    packets = [(i % 2, 0.01 * i, b.wg_data((RESP, INIT)[i % 2], b.RNG.randrange(1 << 20), 64)) for i in range(8)]
+    assert b.run(d, packets) is State.REJECTED and "step by one" in d.evidence[-1]
+
+
+def test_same_receiver_index_both_ways_is_rejected() -> None:
+    d = WireGuard()
+    packets = [(i % 2, 0.01 * i, b.wg_data(RESP, i // 2, 64)) for i in range(6)]
+    assert b.run(d, packets) is State.REJECTED
+
+
+def test_huge_counter_is_rejected() -> None:
+    d = WireGuard()
+    assert b.run(d, [(0, 0.0, b.wg_data(RESP, 1 << 40, 64))]) is State.REJECTED
+
+
+def blocked(n: int, spacing: float, same_index: bool = False) -> list[tuple[int, float, bytes]]:
+    return [(0, i * spacing, b.wg_initiation(INIT if same_index else INIT + i)) for i in range(n)]
+
+
+def test_unanswered_initiations_on_the_rekey_timer_confirm_at_flow_end() -> None:
+    d = WireGuard()
+    assert b.run(d, blocked(4, 5.12)) is State.CONFIRMED
+    assert 0.7 <= d.confidence < 0.9 and d.verdict_packet == 4 and "4 WireGuard initiations" in d.evidence[-1]
+
+
+def test_many_unanswered_initiations_confirm_without_waiting_for_the_end() -> None:
+    d = WireGuard()
+    assert b.run(d, blocked(6, 5.2), end=False) is State.CONFIRMED and d.verdict_packet == 6
+
+
+@pytest.mark.parametrize("packets", [blocked(5, 1.0), blocked(5, 5.1, same_index=True), blocked(2, 5.1)])
+def test_initiations_without_the_retry_pattern_stay_unconfirmed(packets: list) -> None:
+    d = WireGuard()
+    assert b.run(d, packets) is not State.CONFIRMED
+
+
+def dns_pair() -> list[tuple[int, float, bytes]]:
+    query = DNS(id=0x0401, rd=1, qd=DNSQR(qname="example.org"))
+    record = DNSRR(rrname="example.org", rdata="93.184.216.34")
+    answer = DNS(id=0x0401, qr=1, rd=1, ra=1, qd=DNSQR(qname="example.org"), an=record)
+    return [(0, 0.0, bytes(query)), (1, 0.02, bytes(answer))]
+
+
+LOOKALIKES = {
+    "quic": [(0, 0.0, b.quic_initial(b.rnd(8))), (1, 0.05, b.quic_short(b.rnd(8), 300))],
+    "dtls": [(0, 0.0, b.dtls_record(22, 0xFEFD, 0, 0, 180)), (1, 0.03, b.dtls_record(22, 0xFEFD, 0, 0, 90))],
+    "stun": [(0, 0.0, b.stun_binding()), (1, 0.03, b.stun_binding(response=True))],
+    "dns": dns_pair(),
+    "rtp": [(0, 0.02 * i, b.rtp(4000 + i, 160 * i, 0x04000000, 172)) for i in range(10)],
+    "game": [(i % 2, 0.05 * i, b.game(0x04000000 + i % 2, i // 2, 48)) for i in range(10)],
+    "random": [(i % 2, 0.01 * i, b.rnd(n)) for i, n in enumerate([148, 92, 64, 32, 48, 1200, 17, 3])],
+}
+
+
+@pytest.mark.parametrize("name", sorted(LOOKALIKES))
+def test_lookalikes_are_rejected_on_their_first_packet(name: str) -> None:
+    d = WireGuard()
+    assert b.run(d, LOOKALIKES[name]) is State.REJECTED and d.seen == 1
+
+
+@settings(max_examples=150, deadline=None)
+@given(st.lists(st.tuples(st.integers(0, 1), st.binary(min_size=1, max_size=220)), min_size=1, max_size=40))
+def test_never_raises_on_random_payloads(packets: list[tuple[int, bytes]]) -> None:
+    d = WireGuard()
+    b.run(d, [(direction, float(i), p) for i, (direction, p) in enumerate(packets)])
+    assert d.state in (State.CANDIDATE, State.CONFIRMED, State.REJECTED)
+
+
+@settings(max_examples=150, deadline=None)
+@given(st.lists(st.tuples(st.integers(0, 1), st.integers(0, 3), st.integers(1, 160)), min_size=1, max_size=20))
+def test_never_raises_on_truncated_messages(cuts: list[tuple[int, int, int]]) -> None:
+    whole = [b.wg_initiation(INIT), b.wg_response(RESP, INIT), b.wg_cookie(INIT), b.wg_data(RESP, 3, 40)]
+    d = WireGuard()
+    b.run(d, [(direction, 5.0 * i, whole[kind][:cut]) for i, (direction, kind, cut) in enumerate(cuts)])
+    assert d.state in (State.CANDIDATE, State.CONFIRMED, State.REJECTED)
+
+
+def test_budget_bounds_the_work() -> None:
+    d = WireGuard()
+    for i in range(WireGuard.budget + 5):
+        d.feed(FlowPacket(i + 1, 0, float(i), b.wg_data(RESP, 9 + i, 64)))
+    assert d.state is State.REJECTED and d.seen == WireGuard.budget
