@@ -1,0 +1,1 @@
+"""Real-traffic lab: real VPN daemons in network namespaces, captured underlay, labelled pcaps."""
