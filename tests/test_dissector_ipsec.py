@@ -120,6 +120,22 @@ def test_ike_over_tcp_skips_esp_frames() -> None:
     assert b.run(d, [(0, 0.0, auth), (1, 0.1, reply)], tcp=True) is State.CONFIRMED and d.confidence >= 0.99
 
 
+def test_unanswered_request_settles_at_095_after_a_few_packets() -> None:
+    d = IKE()
+    packets = [(0, 0.0, b.nat_t(b.ikev2_encrypted(I_SPI, R_SPI, 37, 0x08, 4, 48)))]
+    packets += [(i % 2, 0.1 * i, b.esp((ESP_IN, ESP_OUT)[i % 2], 50 + i, 132)) for i in range(1, 5)]
+    assert b.run(d, packets, end=False) is State.CONFIRMED
+    assert 0.9 <= d.confidence < 0.99 and d.verdict_packet == 1 and "INFORMATIONAL request" in d.evidence[-1]
+
+
+def test_trailing_bytes_after_the_payload_chain_are_not_ike() -> None:
+    msg = b.ikev2_sa_init_request(I_SPI) + b.rnd(8)
+    msg = msg[:24] + len(msg).to_bytes(4, "big") + msg[28:]  # length field covers the junk
+    d = IKE()
+    assert b.run(d, [(0, 0.0, msg), (1, 0.1, msg)]) is not State.CONFIRMED
+    assert "8 B before the message end" in d.attributes["malformed"]
+
+
 def test_tls_over_tcp_is_rejected_on_its_first_segment() -> None:
     hello = b"\x16\x03\x01\x02\x00\x01\x00\x01\xfc\x03\x03" + b.rnd(500)
     d = IKE()
