@@ -282,6 +282,7 @@ class FlowTable:
                     direction=0 if is_lo == init_lo else 1,
                     ts=int(t.ts_ns[row]) / NS,
                     payload=t.payload(row),
+                    proto=flow.proto,
                     tcp_seq=int(t.tcp_seq[row]),
                     tcp_flags=int(t.tcp_flags[row]),
                 )

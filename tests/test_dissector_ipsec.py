@@ -11,7 +11,7 @@ from scapy.layers.dns import DNS, DNSQR, DNSRR
 from features.dissectors.base import State
 from features.dissectors.esp import AH, ESP
 from features.dissectors.ike import IKE
-from features.packets import IPPROTO_ESP, IPPROTO_UDP
+from features.packets import IPPROTO_AH, IPPROTO_ESP, IPPROTO_UDP
 from tests import vpnbytes_wg_ipsec as b
 
 I_SPI, R_SPI = bytes.fromhex("05ac0f4d122013f4"), bytes.fromhex("5f46ee70bc4c5d0d")
@@ -215,7 +215,7 @@ def test_lookalikes_are_not_ike(name: str) -> None:
 
 @pytest.mark.parametrize("name", sorted(LOOKALIKES))
 def test_lookalikes_are_not_esp_in_udp(name: str) -> None:
-    d = ESP(transport=IPPROTO_UDP)
+    d = ESP()
     assert b.run(d, LOOKALIKES[name]) is not State.CONFIRMED
 
 
@@ -233,14 +233,14 @@ def test_lookalikes_fail_early() -> None:
 
 
 def test_raw_esp_confirms_on_its_first_packet() -> None:
-    d = ESP(transport=IPPROTO_ESP)
-    assert b.run(d, [(0, 0.0, b.esp(0x2360B0E3, 1, 132)), (1, 0.01, b.esp(0xF0092CB5, 1, 132))]) is State.CONFIRMED
+    d = ESP()
+    assert b.run(d, [(0, 0.0, b.esp(0x2360B0E3, 1, 132)), (1, 0.01, b.esp(0xF0092CB5, 1, 132))], proto=IPPROTO_ESP) is State.CONFIRMED
     assert 0.9 <= d.confidence < 0.99 and d.verdict_packet == 1 and "0x2360b0e3" in d.evidence[-1]
 
 
 def test_raw_esp_with_reserved_spi_is_rejected() -> None:
-    d = ESP(transport=IPPROTO_ESP)
-    assert b.run(d, [(0, 0.0, b.esp(200, 1, 132))]) is State.REJECTED and "reserved" in d.evidence[-1]
+    d = ESP()
+    assert b.run(d, [(0, 0.0, b.esp(200, 1, 132))], proto=IPPROTO_ESP) is State.REJECTED and "reserved" in d.evidence[-1]
 
 
 def esp_in_udp_mid_flow(n: int) -> list[tuple[int, float, bytes]]:
@@ -318,7 +318,7 @@ VALID = [
     b.esp(ESP_IN, 3, 100),
     b.ah(0x1000A, 1),
 ]
-DISSECTORS = [IKE, lambda: ESP(IPPROTO_ESP), lambda: ESP(IPPROTO_UDP), AH]
+DISSECTORS = [(IKE, IPPROTO_UDP), (ESP, IPPROTO_ESP), (ESP, IPPROTO_UDP), (AH, IPPROTO_AH)]
 
 
 @settings(max_examples=200, deadline=None)
@@ -335,7 +335,8 @@ DISSECTORS = [IKE, lambda: ESP(IPPROTO_ESP), lambda: ESP(IPPROTO_UDP), AH]
     ),
 )
 def test_never_raises_on_random_or_truncated_payloads(which: int, tcp: bool, packets: list) -> None:
-    d = DISSECTORS[which]()
+    cls, proto = DISSECTORS[which]
     flow = [(dirn, float(i), p if isinstance(p, bytes) else p[0][: p[1]]) for i, (dirn, p) in enumerate(packets)]
-    b.run(d, flow, tcp=tcp)
+    d = cls()
+    b.run(d, flow, tcp=tcp, proto=proto)
     assert d.state in (State.CANDIDATE, State.CONFIRMED, State.REJECTED)

@@ -351,7 +351,7 @@ def test_never_raises_on_random_or_truncated_payloads(packets: list[tuple[int, b
     real = [(d, p[: len(p) // 2]) for d, p in s.handshake()]  # truncated real packets mixed in
     d = OpenVPN()
     for i, (direction, payload, seq) in enumerate(packets + [(a, b, 0) for a, b in real], 1):
-        d.feed(FlowPacket(i, direction, 0.0, payload, seq if tcp else 0, 0x18 if tcp else 0))
+        d.feed(FlowPacket(i, direction, 0.0, payload, seq if tcp else 0, 0x18 if tcp else 0, 6 if tcp else 17))
     if d.state is State.CANDIDATE:
         d.on_end()
     assert d.state is not State.CANDIDATE

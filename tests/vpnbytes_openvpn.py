@@ -126,7 +126,7 @@ class TcpStreams:
         if seq is None:
             seq = self.seq[direction]
             self.seq[direction] = (seq + len(data)) & 0xFFFFFFFF
-        return FlowPacket(self.index, direction, 1_700_000_000.0 + self.index / 100, data, seq, TCP_ACK_PSH)
+        return FlowPacket(self.index, direction, 1_700_000_000.0 + self.index / 100, data, seq, TCP_ACK_PSH, 6)
 
     def one_pdu_each(self, items: list[tuple[int, bytes]]) -> list[FlowPacket]:
         return [self.segment(d, framed(p)) for d, p in items]

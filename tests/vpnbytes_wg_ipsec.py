@@ -17,12 +17,13 @@ def rnd(n: int) -> bytes:
     return RNG.randbytes(n)
 
 
-def run(d: Dissector, packets: list[tuple[int, float, bytes]], *, tcp: bool = False, end: bool = True) -> State:
+def run(d: Dissector, packets: list[tuple[int, float, bytes]], *, tcp: bool = False, proto: int = 17,
+        end: bool = True) -> State:
     """Feed (direction, ts, payload) packets in order; TCP packets get ACK flags and per-direction
     sequence numbers. Calls on_end when the dissector is still undecided and `end` is set."""
     seq = [1000, 5000]
     for i, (direction, ts, payload) in enumerate(packets, 1):
-        pkt = FlowPacket(i, direction, ts, payload, seq[direction] if tcp else 0, 0x18 if tcp else 0)
+        pkt = FlowPacket(i, direction, ts, payload, seq[direction] if tcp else 0, 0x18 if tcp else 0, 6 if tcp else proto)
         seq[direction] += len(payload)
         if d.feed(pkt) is not State.CANDIDATE:
             return d.state

@@ -30,6 +30,7 @@ class FlowPacket:
     payload: bytes  # transport payload as captured (for ESP/AH: from the ESP/AH header on)
     tcp_seq: int = 0  # TCP sequence number of the first payload byte (TCP only)
     tcp_flags: int = 0
+    proto: int = 17  # the flow's IP protocol number (6 TCP, 17 UDP, 50 ESP, ...)
 
 
 class Dissector:

@@ -48,17 +48,15 @@ class ESP(Dissector):
     transports: ClassVar[frozenset[int]] = frozenset({IPPROTO_ESP, IPPROTO_UDP})
     budget: ClassVar[int] = 32
 
-    def __init__(self, transport: int = IPPROTO_UDP) -> None:
-        """`transport` is the flow's IP protocol: the payload alone cannot tell raw ESP from ESP-in-UDP,
-        and only the former may be decided on one packet. The default is the cautious one."""
+    def __init__(self) -> None:
         super().__init__()
-        self.transport = transport
         self._tracks = (CounterTrack(), CounterTrack())
         self._body_bytes = 0
         self._body_zeros = 0
 
     def on_packet(self, pkt: FlowPacket) -> None:
-        if self.transport == IPPROTO_ESP:
+        # The payload alone cannot tell raw ESP from ESP-in-UDP; only the former may decide on one packet.
+        if pkt.proto == IPPROTO_ESP:
             self._raw(pkt)
         else:
             self._in_udp(pkt)

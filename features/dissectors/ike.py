@@ -215,8 +215,7 @@ class IKE(Dissector):
         self._streams = (_Stream(), _Stream())
 
     def on_packet(self, pkt: FlowPacket) -> None:
-        # TCP segments always carry ACK (or SYN); UDP and ESP packets have no flags.
-        units = self._tcp_frames(pkt) if pkt.tcp_flags else [self._datagram(pkt.payload)]
+        units = self._tcp_frames(pkt) if pkt.proto == IPPROTO_TCP else [self._datagram(pkt.payload)]
         for unit in units:
             self._judge(pkt, unit)
             if self.state is not State.CANDIDATE:

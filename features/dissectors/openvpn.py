@@ -304,7 +304,7 @@ class OpenVPN(Dissector):
 
     def on_packet(self, pkt: FlowPacket) -> None:
         if self._tcp is None:
-            self._tcp = pkt.tcp_flags != 0  # UDP packets carry no flags; TCP data always has ACK set
+            self._tcp = pkt.proto == IPPROTO_TCP
             self.attributes["transport"] = "tcp" if self._tcp else "udp"
         if not self._tcp:
             self._packet(pkt, pkt.direction, pkt.payload)
