@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import csv
 import ipaddress
+import socket
 from collections import defaultdict
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
@@ -18,6 +19,7 @@ from pathlib import Path
 
 from classifier.labels import NONE, TUNNEL_FAMILIES
 from classifier.records import FlowRecord
+from features.packets import TRANSPORT_NAMES, transport_name
 
 REQUIRED = ("pcap", "transport", "a_ip", "a_port", "b_ip", "b_port", "family")
 OTHER_VPN = "other_vpn"
@@ -39,6 +41,18 @@ class LabelRow:
     confidence: str
 
 
+def _transport(name: str) -> str:
+    """Records name only common transports and give others as the protocol number: accept a truth
+    file's IANA keyword (igmp, sctp, vrrp...) for those, as /etc/protocols knows it."""
+    name = name.strip().lower()
+    if name in TRANSPORT_NAMES.values() or name.isdigit():
+        return name
+    try:
+        return transport_name(socket.getprotobyname(name))
+    except OSError:
+        return name
+
+
 def _endpoint(ip: str, port: str, where: str) -> tuple[str, int]:
     try:
         return str(ipaddress.ip_address(ip.strip())), int(port or 0)
@@ -46,7 +60,11 @@ def _endpoint(ip: str, port: str, where: str) -> tuple[str, int]:
         raise LabelsError(f"{where}: bad endpoint {ip!r}:{port!r} ({e})") from None
 
 
-def read_labels(path: str | Path) -> list[LabelRow]:
+def read_labels(path: str | Path) -> tuple[list[LabelRow], list[str]]:
+    """Rows of a labelled-flows CSV, and one message per row that cannot be used (file:line: why).
+
+    A bad row does not stop the rest: third-party truth files have the odd mangled address, and one such
+    row should cost one row, not the whole evaluation."""
     path = Path(path)
     try:
         f = path.open(newline="", encoding="utf-8")
@@ -57,22 +75,26 @@ def read_labels(path: str | Path) -> list[LabelRow]:
         missing = [c for c in REQUIRED if c not in (reader.fieldnames or ())]
         if missing:
             raise LabelsError(f"{path}: not a labelled-flows CSV (missing column {', '.join(missing)})")
-        rows = []
+        rows, problems = [], []
         for rec in reader:
             where = f"{path}:{reader.line_num}"
             whole = rec["transport"].strip() == "*" and rec["a_ip"].strip() == "*"
-            ends = frozenset() if whole else frozenset(
-                (_endpoint(rec["a_ip"], rec["a_port"], where), _endpoint(rec["b_ip"], rec["b_port"], where)))
+            try:
+                ends = frozenset() if whole else frozenset(
+                    (_endpoint(rec["a_ip"], rec["a_port"], where), _endpoint(rec["b_ip"], rec["b_port"], where)))
+            except LabelsError as e:
+                problems.append(str(e))
+                continue
             rows.append(LabelRow(
                 line=reader.line_num,
                 pcap=rec["pcap"],
                 path=path.parent / rec["pcap"],
-                transport="*" if whole else rec["transport"].strip().lower(),
+                transport="*" if whole else _transport(rec["transport"]),
                 ends=ends,
                 family=rec["family"].strip().lower(),
                 confidence=(rec.get("confidence") or "").strip(),
             ))
-    return rows
+    return rows, problems
 
 
 def matches(truth: str, label: str) -> bool:

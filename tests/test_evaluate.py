@@ -24,7 +24,7 @@ def write(tmp_path: Path, body: str) -> Path:
 
 
 def test_endpoints_match_in_either_order_and_paths_resolve_against_the_csv(tmp_path):
-    rows = read_labels(write(tmp_path, "caps/x.pcap,udp,10.0.0.2,1194,10.0.0.1,5000,openvpn,DPI\n"))
+    rows, _ = read_labels(write(tmp_path, "caps/x.pcap,udp,10.0.0.2,1194,10.0.0.1,5000,openvpn,DPI\n"))
     assert rows[0].path == tmp_path / "caps" / "x.pcap"
     seen = []
 
@@ -38,7 +38,7 @@ def test_endpoints_match_in_either_order_and_paths_resolve_against_the_csv(tmp_p
 
 
 def test_tunnel_label_on_a_none_row_is_a_false_positive(tmp_path):
-    rows = read_labels(write(tmp_path, "x.pcap,udp,10.0.0.1,53,10.0.0.2,5353,none,DPI\n"))
+    rows, _ = read_labels(write(tmp_path, "x.pcap,udp,10.0.0.1,53,10.0.0.2,5353,none,DPI\n"))
     report = score(rows, lambda p: [rec("10.0.0.2", 5353, "10.0.0.1", 53, "wireguard")])
     assert [fp["predicted"] for fp in report.false_positives] == ["wireguard"]
     assert report.families["wireguard"].precision == 0.0
@@ -46,7 +46,7 @@ def test_tunnel_label_on_a_none_row_is_a_false_positive(tmp_path):
 
 
 def test_a_row_is_correct_only_if_every_matching_record_carries_its_family(tmp_path):
-    rows = read_labels(write(tmp_path, "x.pcap,udp,10.0.0.1,1,10.0.0.2,2,ipsec,DPI\n"))
+    rows, _ = read_labels(write(tmp_path, "x.pcap,udp,10.0.0.1,1,10.0.0.2,2,ipsec,DPI\n"))
     report = score(rows, lambda p: [rec("10.0.0.1", 1, "10.0.0.2", 2, "ipsec", fid="a"),
                                     rec("10.0.0.1", 1, "10.0.0.2", 2, "none", fid="b")])
     assert report.misses[0]["predicted"] == "ipsec+none"
@@ -54,7 +54,7 @@ def test_a_row_is_correct_only_if_every_matching_record_carries_its_family(tmp_p
 
 
 def test_untrusted_unknown_and_missing_rows(tmp_path):
-    rows = read_labels(write(tmp_path, "x.pcap,udp,10.0.0.1,1,10.0.0.2,2,openvpn,Match by port\n"
+    rows, _ = read_labels(write(tmp_path, "x.pcap,udp,10.0.0.1,1,10.0.0.2,2,openvpn,Match by port\n"
                                        "x.pcap,udp,10.0.0.1,3,10.0.0.2,4,unknown,\n"
                                        "x.pcap,tcp,10.0.0.1,5,10.0.0.2,6,none,DPI\n"))
     report = score(rows, lambda p: [])
@@ -63,7 +63,7 @@ def test_untrusted_unknown_and_missing_rows(tmp_path):
 
 
 def test_whole_capture_row_labels_every_flow_no_other_row_names(tmp_path):
-    rows = read_labels(write(tmp_path, "x.pcap,*,*,,,,wireguard,\nx.pcap,udp,10.0.0.1,53,10.0.0.9,53,none,\n"))
+    rows, _ = read_labels(write(tmp_path, "x.pcap,*,*,,,,wireguard,\nx.pcap,udp,10.0.0.1,53,10.0.0.9,53,none,\n"))
     recs = [rec("10.0.0.1", 1, "10.0.0.2", 51820, "wireguard", fid="a"),
             rec("10.0.0.1", 2, "10.0.0.2", 51820, "wireguard", fid="b"),
             rec("10.0.0.1", 53, "10.0.0.9", 53, "none", fid="c")]
@@ -73,13 +73,13 @@ def test_whole_capture_row_labels_every_flow_no_other_row_names(tmp_path):
 
 
 def test_other_vpn_truth_accepts_any_further_tunnel_family(tmp_path):
-    rows = read_labels(write(tmp_path, "x.pcap,tcp,10.0.0.1,1,10.0.0.2,443,other_vpn,DPI\n"))
+    rows, _ = read_labels(write(tmp_path, "x.pcap,tcp,10.0.0.1,1,10.0.0.2,443,other_vpn,DPI\n"))
     assert score(rows, lambda p: [rec("10.0.0.1", 1, "10.0.0.2", 443, "openconnect", "tcp")]).perfect
     assert not score(rows, lambda p: [rec("10.0.0.1", 1, "10.0.0.2", 443, "openvpn", "tcp")]).perfect
 
 
 def test_a_capture_that_fails_is_reported_and_others_still_score(tmp_path):
-    rows = read_labels(write(tmp_path, "bad.pcap,udp,10.0.0.1,1,10.0.0.2,2,none,\n"
+    rows, _ = read_labels(write(tmp_path, "bad.pcap,udp,10.0.0.1,1,10.0.0.2,2,none,\n"
                                        "x.pcap,udp,10.0.0.1,1,10.0.0.2,2,none,\n"))
 
     def records_of(path):
@@ -97,8 +97,15 @@ def test_bad_label_files_name_the_file_and_line(tmp_path):
     p.write_text("pcap,family\nx,none\n")
     with pytest.raises(LabelsError, match=r"l\.csv: not a labelled-flows CSV \(missing column transport, a_ip"):
         read_labels(p)
-    p.write_text(HEADER + "x.pcap,udp,10.0.0.300,1,10.0.0.2,2,none,\n")
-    with pytest.raises(LabelsError, match=r"l\.csv:2: bad endpoint '10\.0\.0\.300':'1'"):
-        read_labels(p)
+    p.write_text(HEADER + "x.pcap,udp,10.0.0.300,1,10.0.0.2,2,none,\nx.pcap,udp,10.0.0.3,1,10.0.0.2,2,none,\n")
+    rows, problems = read_labels(p)
+    assert [r.line for r in rows] == [3]
+    assert problems == [f"{p}:2: bad endpoint '10.0.0.300':'1' ('10.0.0.300' does not appear to be an IPv4 or IPv6 address)"]
     with pytest.raises(LabelsError, match=r"nope\.csv: No such file or directory"):
         read_labels(tmp_path / "nope.csv")
+
+
+def test_truth_transport_keywords_match_record_protocol_numbers(tmp_path):
+    rows, _ = read_labels(write(tmp_path, "x.pcap,vrrp,10.0.0.1,0,224.0.0.18,0,none,DPI\n"))
+    assert rows[0].transport == "112"
+    assert score(rows, lambda p: [rec("10.0.0.1", 0, "224.0.0.18", 0, "none", "112")]).perfect

@@ -1,0 +1,95 @@
+"""The `vpnid` command as a user runs it: formats, determinism, errors naming the bad file."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from scapy.all import DNS, DNSQR, IP, TCP, UDP, Ether, Raw, wrpcap
+
+from tests import tunnelbytes as tb
+
+LAB_A, LAB_B, LAB_C = "198.18.0.1", "198.18.0.2", "198.18.0.3"
+
+
+def vpnid(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "classifier.cli", *args], capture_output=True, text=True,
+                          cwd=Path(__file__).parent.parent, timeout=120)
+
+
+@pytest.fixture(scope="module")
+def mixed_pcap(tmp_path_factory) -> Path:
+    """WireGuard on UDP 53 and DNS on UDP 51820 (ports swapped on purpose), plus a TCP exchange."""
+    pkts = []
+    t = 1_700_000_000.0
+    for i, (direction, payload) in enumerate(tb.wireguard_session(n_data=6)):
+        src, dst = (LAB_A, LAB_B) if direction == 0 else (LAB_B, LAB_A)
+        sport, dport = (40001, 53) if direction == 0 else (53, 40001)
+        pkts.append((t + i * 0.01, Ether() / IP(src=src, dst=dst) / UDP(sport=sport, dport=dport) / Raw(payload)))
+    for i in range(3):
+        q = Ether() / IP(src=LAB_A, dst=LAB_C) / UDP(sport=51820, dport=51820) / DNS(id=i, qd=DNSQR(qname="a.lab"))
+        r = Ether() / IP(src=LAB_C, dst=LAB_A) / UDP(sport=51820, dport=51820) / DNS(id=i, qr=1, qd=DNSQR(qname="a.lab"))
+        pkts += [(t + 1 + i, q), (t + 1.1 + i, r)]
+    for i, flags in enumerate(("S", "SA", "A", "PA", "FA", "FA", "A")):
+        fwd = i % 2 == 0
+        ip = IP(src=LAB_A, dst=LAB_C) if fwd else IP(src=LAB_C, dst=LAB_A)
+        tcp = TCP(sport=45000, dport=8080, flags=flags) if fwd else TCP(sport=8080, dport=45000, flags=flags)
+        pkts.append((t + 2 + i * 0.01, Ether() / ip / tcp / (Raw(b"GET / HTTP/1.1\r\n\r\n") if flags == "PA" else b"")))
+    frames = []
+    for ts, p in pkts:
+        p.time = ts
+        frames.append(p)
+    path = tmp_path_factory.mktemp("cli") / "mixed.pcap"
+    wrpcap(str(path), frames)
+    return path
+
+
+def test_jsonl_has_the_documented_fields_and_labels_by_structure_not_port(mixed_pcap):
+    res = vpnid("classify", "--format", "jsonl", str(mixed_pcap))
+    assert res.returncode == 0, res.stderr
+    recs = [json.loads(line) for line in res.stdout.splitlines()]
+    assert list(recs[0]) == [
+        "pcap", "flow_id", "community_id", "transport", "src_ip", "src_port", "dst_ip", "dst_port",
+        "first_seen", "last_seen", "src2dst_packets", "dst2src_packets", "src2dst_bytes", "dst2src_bytes",
+        "label", "confidence", "evidence", "verdict_packet", "end_reason"]
+    by_port = {(r["transport"], r["dst_port"]): r for r in recs}
+    wg = by_port[("udp", 53)]
+    assert (wg["label"], wg["src_ip"], wg["src_port"]) == ("wireguard", LAB_A, 40001)
+    assert wg["confidence"] >= 0.9 and wg["verdict_packet"] == 2
+    assert by_port[("udp", 51820)]["label"] == "none"
+    tcp = by_port[("tcp", 8080)]
+    assert (tcp["label"], tcp["src2dst_packets"], tcp["dst2src_packets"], tcp["end_reason"]) == ("none", 4, 3, "fin")
+
+
+def test_output_is_byte_identical_across_runs_and_csv_has_the_same_rows(mixed_pcap, tmp_path):
+    a, b = tmp_path / "a.jsonl", tmp_path / "b.jsonl"
+    assert vpnid("classify", "-o", str(a), str(mixed_pcap)).returncode == 0
+    assert vpnid("classify", "--format", "jsonl", "-o", str(b), str(mixed_pcap)).returncode == 0
+    assert a.read_bytes() == b.read_bytes() and a.stat().st_size > 0
+    res = vpnid("classify", "--format", "csv", str(mixed_pcap))
+    lines = res.stdout.splitlines()
+    assert lines[0].startswith("pcap,flow_id,community_id,transport,src_ip")
+    assert len(lines) - 1 == len(a.read_text().splitlines())
+
+
+def test_a_file_that_is_not_a_capture_is_named_and_the_others_still_run(mixed_pcap, tmp_path):
+    bogus = tmp_path / "notes.txt"
+    bogus.write_text("<html>not a capture</html>")
+    res = vpnid("classify", "--format", "jsonl", str(bogus), str(mixed_pcap))
+    assert res.returncode == 1
+    assert f"vpnid: error: {bogus}: not a capture file (unknown magic 0x3c68746d)" in res.stderr
+    assert any(json.loads(line)["label"] == "wireguard" for line in res.stdout.splitlines())
+
+
+def test_table_lists_tunnels_and_a_summary(mixed_pcap):
+    res = vpnid("classify", "--format", "table", str(mixed_pcap))
+    assert res.returncode == 0
+    assert "wireguard" in res.stdout and "1 capture(s)" in res.stdout and "none: 2" in res.stdout
+
+
+def test_help_teaches_with_examples():
+    res = vpnid("classify", "--help")
+    assert res.returncode == 0 and "examples:" in res.stdout and "--idle-timeout" in res.stdout
