@@ -15,6 +15,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from typing import Protocol
 
 import numpy as np
 
@@ -54,6 +55,7 @@ class Flow:
     end_reason: str = ""  # idle | active | fin | rst | end_of_capture | evicted
     verdict: Verdict | None = None
     pending: list[Dissector] = field(default_factory=list)  # dissectors still undecided
+    ext: dict[str, object] = field(default_factory=dict)  # plugin state, one key per plugin
 
     @property
     def total_packets(self) -> int:
@@ -93,6 +95,33 @@ class Flow:
 
 
 @dataclass(slots=True)
+class Segments:
+    """One chunk's packets grouped by flow, handed to plugins so they can work on whole arrays.
+
+    `rows[starts[i]:starts[i+1]]` are the rows of `table` that belong to `flows[i]`, in capture order;
+    `direction` is 0/1 per entry of `rows`, relative to that flow's initiator; `before[i]` is how many
+    packets `flows[i]` had before this chunk's segment, so `before[i] + j + 1` is the flow packet number.
+    """
+
+    table: PacketTable
+    rows: np.ndarray
+    starts: np.ndarray
+    flows: list[Flow]
+    before: np.ndarray
+    direction: np.ndarray
+
+
+class FlowPlugin(Protocol):
+    """Per-flow aggregates beyond the core fields (nfstream-style hooks, but columnar per chunk)."""
+
+    def on_segments(self, seg: Segments) -> None:
+        """Fold one chunk's packets into `flow.ext` of each flow."""
+
+    def on_end(self, flow: Flow) -> None:
+        """The flow has ended: finish its aggregates."""
+
+
+@dataclass(slots=True)
 class FlowTableConfig:
     idle_timeout: float = 120.0
     active_timeout: float = 1800.0
@@ -102,9 +131,11 @@ class FlowTableConfig:
 class FlowTable:
     """Open flows of one capture. `add(table)` per chunk, `drain()` for ended flows, `close()` at the end."""
 
-    def __init__(self, dissectors: Sequence[type[Dissector]], config: FlowTableConfig | None = None) -> None:
+    def __init__(self, dissectors: Sequence[type[Dissector]], config: FlowTableConfig | None = None,
+                 plugins: Sequence[FlowPlugin] = ()) -> None:
         self.dissectors = tuple(dissectors)
         self.config = config or FlowTableConfig()
+        self.plugins = tuple(plugins)
         self.open: dict[bytes, Flow] = {}
         self.ended: list[Flow] = []
         self.now_ns = np.iinfo(np.int64).min
@@ -216,6 +247,10 @@ class FlowTable:
             fl_hi.tolist(),
             payload_any.tolist(),
         )
+        seg_flows: list[Flow] = []
+        replaced: list[tuple[Flow, str]] = []  # ended only after plugins have seen this chunk
+        before_seg: list[int] = []
+        init_lo_seg: list[bool] = []
         for s0, c, k, cnt, t_first, t_last, plo, ball, blo, flo, fhi, anyp in zip(*seg_lists):
             kb = ukey_bytes[k]
             if c:
@@ -224,13 +259,16 @@ class FlowTable:
             else:
                 old = self.open.pop(kb, None)
                 if old is not None:
-                    self._end(old, "idle" if t_first - old.last_ns > idle_ns else "active")
+                    replaced.append((old, "idle" if t_first - old.last_ns > idle_ns else "active"))
                 flow = self._new_flow(t, int(order[s0]))
                 self.open[kb] = flow
                 open_flows[k] = flow
             before = flow.total_packets
             # Map low/high endpoint aggregates onto initiator (0) / responder (1).
             d_lo, d_hi = (0, 1) if self._initiator_is_lo(flow, kb) else (1, 0)
+            seg_flows.append(flow)
+            before_seg.append(before)
+            init_lo_seg.append(d_lo == 0)
             flow.packets[d_lo] += plo
             flow.packets[d_hi] += cnt - plo
             flow.bytes[d_lo] += blo
@@ -241,6 +279,13 @@ class FlowTable:
             flow.last_ns = max(flow.last_ns, t_last)
             if flow.pending and anyp:
                 self._feed(flow, t, order[s0 : s0 + cnt], lo_s[s0 : s0 + cnt], before, d_lo == 0)
+        if self.plugins:
+            direction = (lo_s != np.repeat(np.array(init_lo_seg, bool), count)).astype(np.uint8)
+            seg = Segments(t, order, starts, seg_flows, np.array(before_seg, np.int64), direction)
+            for plugin in self.plugins:
+                plugin.on_segments(seg)
+        for old, reason in replaced:
+            self._end(old, reason)
 
     # ---------------------------------------------------------------- helpers
     @staticmethod
@@ -290,6 +335,8 @@ class FlowTable:
 
     def _end(self, flow: Flow, reason: str) -> None:
         flow.finish(reason)
+        for plugin in self.plugins:
+            plugin.on_end(flow)
         self.ended.append(flow)
 
     def _expire_idle(self, idle_ns: int) -> None:

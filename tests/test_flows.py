@@ -141,3 +141,32 @@ def test_undecided_dissector_state_is_dropped_when_the_flow_ends():
     flows, _ = run([[P(0, A, B, 1, 2, payload=b"a")]], dissectors=(ThirdPacketFromResponder,))
     assert flows[0].pending == [] and flows[0].verdict is None
     assert State.CANDIDATE == 0
+
+
+class DirectionCounter:
+    """A columnar plugin: per-flow packet counts per direction, from the Segments arrays."""
+
+    def on_segments(self, seg) -> None:
+        for i, flow in enumerate(seg.flows):
+            d = seg.direction[seg.starts[i] : (seg.starts[i + 1] if i + 1 < len(seg.starts) else None)]
+            c = flow.ext.setdefault("dirs", [0, 0])
+            c[0] += int((d == 0).sum())
+            c[1] += int((d == 1).sum())
+
+    def on_end(self, flow) -> None:
+        flow.ext["ended"] = True
+
+
+def test_plugins_see_every_packet_with_its_flow_direction_before_the_flow_ends():
+    pk = [P(0, B, A, 53, 5000), P(1, A, B, 5000, 53), P(2, B, A, 53, 5000), P(200, A, B, 5000, 53),
+          P(201, B, A, 53, 5000)] + [P(300 + t, A, C, 7, 9) for t in range(0, 60, 5)]
+    for chunks in ([pk], [pk[:2], pk[2:9], pk[9:]]):
+        ft = FlowTable((), FlowTableConfig(idle_timeout=120, active_timeout=30), plugins=(DirectionCounter(),))
+        flows = []
+        for c in chunks:
+            ft.add(table(c))
+            flows += ft.drain()
+        flows += ft.close()
+        assert [f.ext["dirs"] for f in flows] == [f.packets for f in flows]
+        assert [f.packets for f in flows] == [[2, 1], [1, 1], [7, 0], [5, 0]]
+        assert all(f.ext["ended"] for f in flows)
