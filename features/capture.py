@@ -231,9 +231,10 @@ class _PcapFormat:
             raise CaptureError(
                 f"{name}: truncated pcap file header ({len(header)} of {PCAP_FILE_HEADER} bytes)")
         stream.pos += PCAP_FILE_HEADER
-        snaplen, network = struct.unpack_from(order + "II", header, 16)
-        max_caplen = min(snaplen, MAX_CAPLEN) if snaplen else MAX_CAPLEN
-        return cls(order, tick_ns, _normalise_linktype(network & PCAP_LINKTYPE_MASK), max_caplen)
+        # The header's snaplen is advisory: writers such as dpkt keep 1500 there and still write longer
+        # records (offloaded segments), and Wireshark reads them. Only an absurd length means corruption.
+        network = struct.unpack_from(order + "I", header, 20)[0]
+        return cls(order, tick_ns, _normalise_linktype(network & PCAP_LINKTYPE_MASK), MAX_CAPLEN)
 
     def piece(self, buf: bytes, start: int, end: int, starts: list[int], frames: int) -> RawChunk:
         """Columns for the records at `starts`, their headers read all at once with a numpy gather."""

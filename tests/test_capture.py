@@ -186,13 +186,12 @@ def test_pcap_cut_inside_record_header(tmp_path):
                         "processed up to the cut"]
 
 
-def test_pcap_caplen_beyond_snaplen_is_corruption(tmp_path):
+def test_pcap_caplen_beyond_snaplen_is_read_as_written(tmp_path):
+    """Like Wireshark: the file header's snaplen is advisory (dpkt writes 1500 and longer records)."""
     data = pb.pcap_header(snaplen=100) + pb.pcap_record(FRAMES[0], T0, 0) + pb.pcap_record(bytes(101), T0, 0)
-    path = write(tmp_path, data)
-    frames, warnings = read_all(path)
-    assert len(frames) == 1
-    assert warnings == [f"{path}: corrupt record header at frame 2 (captured length 101 exceeds the limit "
-                        "of 100 bytes); processed up to it"]
+    frames, warnings = read_all(write(tmp_path, data))
+    assert warnings == []
+    assert [len(f[0]) for f in frames] == [len(FRAMES[0]), 101]
 
 
 def test_pcap_absurd_caplen_with_no_snaplen(tmp_path):
