@@ -216,8 +216,10 @@ def build_parser() -> argparse.ArgumentParser:
     add_flow_options(p)
     p.set_defaults(func=cmd_eval)
 
+    from classifier.registry import cli as registry_cli
     from pcaps.lab import cli as lab_cli  # the lab stands apart: it only adds its own subcommand
 
+    registry_cli.register(sub)
     lab_cli.register(sub)
     return parser
 
