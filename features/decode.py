@@ -98,6 +98,13 @@ UDP_HLEN = 8  # RFC 768
 GRE_C, GRE_K, GRE_S = 0x8000, 0x2000, 0x1000
 GRE_MUST_BE_ZERO = 0x4FF8 | 0x0007  # reserved0 bits and the version
 GRE_HLEN = 4  # flags/version + protocol type; each of C, K, S adds 4 bytes
+# PPTP's enhanced GRE (RFC 2637 section 4.1): version 1, K set, protocol 0x880B, payload length + call ID,
+# then a sequence number (S) and an acknowledgement (A) when flagged. Its PPP frame carries IP in the
+# clear unless MPPE is on; only clear IP is decapsulated (encrypted PPP stays a GRE flow).
+GRE_V1, GRE_A, GRE_VERSION = 0x0001, 0x0080, 0x0007
+GRE_PPP = 0x880B
+GRE_V1_HLEN = 8
+PPP_ADDRESS_CONTROL = 0xFF03  # RFC 1662 section 3.1, omitted when address/control compression is on
 
 # GTP-U (3GPP TS 29.281 section 5).
 GTPU_PORT = 2152
@@ -565,6 +572,27 @@ def _gre(buf: np.ndarray, r: _Rows, end: np.ndarray, room: np.ndarray) -> _Inner
     return i, l3, ver
 
 
+def _pptp_gre(buf: np.ndarray, r: _Rows, end: np.ndarray, room: np.ndarray) -> _Inner:
+    """PPTP data (enhanced GRE) whose PPP frame carries clear IPv4/IPv6, with or without the PPP
+    address/control bytes and with a 1- or 2-byte protocol field (RFC 1661 section 6.5)."""
+    i = np.flatnonzero(room & (r.proto == IPPROTO_GRE) & (r.payload_len >= GRE_V1_HLEN + 2))
+    h = _gather(buf, r.payload_off[i], GRE_HLEN)
+    flags, ptype = _be16(h, 0), _be16(h, 2)
+    ok = ((flags & GRE_VERSION) == GRE_V1) & ((flags & GRE_K) != 0) & (ptype == GRE_PPP)
+    i, flags = i[ok], flags[ok]
+    pos = r.payload_off[i] + GRE_V1_HLEN + 4 * ((flags & GRE_S) != 0) + 4 * ((flags & GRE_A) != 0)
+    e = end[i]
+    ac = _be16(_gather(buf, pos, 2, pos + 2 <= e), 0) == PPP_ADDRESS_CONTROL
+    pos = pos + 2 * ac
+    first = _u8_at(buf, pos, pos < e).astype(np.int64)
+    short = (first & 1) == 1  # an odd first byte is a compressed 1-byte protocol field
+    proto = np.where(short, first, (first << 8) | _u8_at(buf, pos + 1, pos + 1 < e))
+    pos = pos + np.where(short, 1, 2)
+    ver = np.select([(proto & 0xFF) == PPP_IP, (proto & 0xFF) == PPP_IPV6], [4, 6], 0)
+    ver = np.where((proto == PPP_IP) | (proto == PPP_IPV6) | short, ver, 0).astype(np.int8)
+    return i, pos, ver
+
+
 def _gtpu(buf: np.ndarray, r: _Rows, end: np.ndarray, room: np.ndarray) -> _Inner:
     """GTP-U G-PDU: skip the optional fields and the extension header chain; the version nibble of
     what follows says IPv4 or IPv6."""
@@ -601,7 +629,7 @@ def _vxlan(buf: np.ndarray, r: _Rows, end: np.ndarray, room: np.ndarray) -> _Inn
     return i, l3, ver
 
 
-_TUNNELS = (_ip_in_ip, _gre, _gtpu, _vxlan)
+_TUNNELS = (_ip_in_ip, _gre, _pptp_gre, _gtpu, _vxlan)
 
 
 def _decapsulate(buf: np.ndarray, r: _Rows, stats: Counter[str]) -> tuple[np.ndarray, _Cursor]:

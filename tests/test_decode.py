@@ -390,9 +390,17 @@ def test_tunnel_with_inner_header_cut_stays_outer_row() -> None:
     assert t.encap.tolist() == [0] and t.stats["decapsulated"] == 0 and t.stats["truncated"] == 0
 
 
-def test_gre_v1_pptp_stays_gre() -> None:
-    pptp = GRE_PPTP(seqnum_present=1, call_id=3, sequence_number=1) / PPP(proto=0x0021) / INNER
-    t = run([bytes(ETH / V4 / pptp)])
+def test_pptp_gre_with_clear_ppp_ip_is_decapsulated() -> None:
+    """Clear PPP inside PPTP's enhanced GRE: with the address/control bytes, and with both compressions."""
+    full = GRE_PPTP(seqnum_present=1, call_id=3, sequence_number=1) / b"\xff\x03" / PPP(proto=0x0021) / INNER
+    compressed = GRE_PPTP(seqnum_present=1, acknum_present=1, call_id=3) / b"\x57" / INNER6
+    t = run([bytes(ETH / V4 / full), bytes(ETH / V4 / compressed)])
+    assert [row(t, i) for i in range(2)] == [(*INNER_ROW, 1), (*INNER6_ROW, 1)]
+
+
+def test_pptp_gre_with_encrypted_ppp_stays_gre() -> None:
+    mppe = GRE_PPTP(seqnum_present=1, call_id=3, sequence_number=1) / PPP(proto=0x00FD) / (b"\x90\x01" + bytes(40))
+    t = run([bytes(ETH / V4 / mppe)])
     assert row(t)[:5] == ("10.0.0.1", "192.0.2.9", 47, 0, 0)
     assert t.encap.tolist() == [0] and t.stats["decapsulated"] == 0
 
