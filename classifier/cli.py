@@ -158,7 +158,7 @@ def print_report(report: Report, console: Console) -> None:
         if items:
             console.print(f"[bold]{title}[/] ({len(items)}):")
             for it in items:
-                ends = " <-> ".join(it["endpoints"]) if isinstance(it["endpoints"], list) else "*"
+                ends = " <-> ".join(it["endpoints"])
                 console.print(f"  line {it['line']}: {it['pcap']} {it['transport']} {ends}: "
                               f"truth {it['family']}, vpnid {it['predicted'] or '(no flow)'}")
     for e in report.errors:

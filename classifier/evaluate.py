@@ -155,12 +155,17 @@ def _prediction(records: list[FlowRecord]) -> str:
 
 
 def _describe(row: LabelRow, predicted: str, records: list[FlowRecord]) -> dict:
-    ends = sorted(row.ends)
+    """A scored unit for the report; a whole-capture row's unit is named by its flow's endpoints."""
+    if row.ends:
+        transport, ends = row.transport, sorted(row.ends)
+    else:
+        r = records[0]
+        transport, ends = r.transport, [(r.src_ip, r.src_port), (r.dst_ip, r.dst_port)]
     return {
         "line": row.line,
         "pcap": row.pcap,
-        "transport": row.transport,
-        "endpoints": [f"{ip}:{port}" for ip, port in ends] if ends else "*",
+        "transport": transport,
+        "endpoints": [f"{ip}:{port}" for ip, port in ends],
         "family": row.family,
         "predicted": predicted,
         "flow_ids": [r.flow_id for r in records],
