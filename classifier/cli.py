@@ -182,7 +182,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
         json.dump(report.as_json(), sys.stdout, indent=2)
         sys.stdout.write("\n")
     else:
-        print_report(report, Console(highlight=False))
+        print_report(report, Console(highlight=False, soft_wrap=True))
     return 1 if args.strict and not report.perfect else 0
 
 
