@@ -79,6 +79,7 @@ def run(args: argparse.Namespace) -> int:
 def _generate(variants: list[Variant], out: Path, scale: int, commit: bool) -> int:
     out.mkdir(parents=True, exist_ok=True)
     workdir = Path(tempfile.mkdtemp(prefix="vpnid-lab-"))
+    workdir.chmod(0o711)  # daemons that drop to nobody (ocserv workers) must reach their sockets
     pki = Pki.create(workdir / "pki")
     done: list[tuple[Variant, Path]] = []
     failed: list[str] = []

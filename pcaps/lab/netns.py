@@ -150,7 +150,8 @@ class Lab:
 
 def run_checked(argv: list[str], input: str | None = None, timeout: float = 60) -> str:
     try:
-        r = subprocess.run(argv, input=input, capture_output=True, text=True, timeout=timeout, check=False)
+        r = subprocess.run(argv, input=input, capture_output=True, text=True, errors="replace", timeout=timeout,
+                           check=False)
     except subprocess.TimeoutExpired as e:
         raise LabError(f"timed out after {timeout:.0f} s: {' '.join(argv)}") from e
     if r.returncode != 0:

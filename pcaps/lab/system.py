@@ -1,6 +1,7 @@
 """Which system packages the lab needs, which are missing, and installing them with apt."""
 from __future__ import annotations
 
+import importlib.metadata
 import importlib.util
 import os
 import subprocess
@@ -20,8 +21,14 @@ def installed(package: str) -> bool:
 
 
 def version(package: str) -> str:
+    """The Debian package's version, else the Python distribution's (aioquic comes from PyPI)."""
     r = subprocess.run(["dpkg-query", "-W", "-f=${Version}", package], capture_output=True, text=True, check=False)
-    return r.stdout or "unknown"
+    if r.stdout:
+        return r.stdout
+    try:
+        return importlib.metadata.version(package)
+    except importlib.metadata.PackageNotFoundError:
+        return "unknown"
 
 
 def needed(variants: Iterable[Variant]) -> tuple[list[str], list[str]]:

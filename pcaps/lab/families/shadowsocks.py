@@ -1,1 +1,34 @@
-VARIANTS = []
+"""shadowsocks-libev: ss-local (SOCKS5 in namespace a) to ss-server; one AEAD TCP connection per proxied request."""
+from __future__ import annotations
+
+from pcaps.lab.netns import SERVER_IP, Lab
+from pcaps.lab.pki import Pki
+from pcaps.lab.variant import Variant, scaled
+
+TARGET = "198.19.5.1"  # the "web server" behind the proxy, on lo in namespace b
+SOCKS = "127.0.0.1:1080"
+PASSWORD = "lab-ss-password"
+
+
+def drive(lab: Lab, pki: Pki, v: Variant, scale: int) -> None:
+    lab.sh("b", "ip", "addr", "add", f"{TARGET}/32", "dev", "lo")
+    port, method = str(v.server_port), v.opts["method"]
+    lab.spawn("b", f"{v.name}-server", "ss-server", "-s", SERVER_IP, "-p", port, "-k", PASSWORD, "-m", method, "-v")
+    lab.spawn("a", f"{v.name}-local", "ss-local", "-s", SERVER_IP, "-p", port, "-l", "1080", "-b", "127.0.0.1",
+              "-k", PASSWORD, "-m", method, "-v")
+    for side in ("server", "local"):
+        lab.wait_log(f"{v.name}-{side}", "listening at")
+    lab.traffic_server(TARGET)
+    lab.traffic(TARGET, scaled(v.opts["plan"], scale), v.seed, "--socks", SOCKS)
+
+
+VARIANTS = [
+    Variant(name="shadowsocks-chacha-8388", family="shadowsocks", package="shadowsocks-libev", transport="tcp",
+            server_port=8388, config="ss-server/ss-local chacha20-ietf-poly1305, SOCKS5 client", drive=drive,
+            opts=dict(method="chacha20-ietf-poly1305", plan="web:3,interactive:6,bulk:200000"), seconds=25,
+            needs=("shadowsocks-libev",)),
+    Variant(name="shadowsocks-aes256gcm-443", family="shadowsocks", package="shadowsocks-libev", transport="tcp",
+            server_port=443, config="ss-server/ss-local aes-256-gcm on tcp/443, SOCKS5 client", drive=drive,
+            opts=dict(method="aes-256-gcm", plan="bulk:250000,idle:8,web:2,interactive:4"), seconds=25,
+            needs=("shadowsocks-libev",)),
+]

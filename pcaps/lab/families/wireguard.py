@@ -57,8 +57,8 @@ def _variant(name: str, port: int, config: str, plans: tuple[str, ...], seconds:
 VARIANTS = [
     _variant("default-51820", 51820, "udp/51820 Curve25519 no keepalive", ("interactive:6,bulk:300000,voice:4",), 22),
     _variant("port-443", 443, "udp/443 (moved port)", ("web:3,voice:5,idle:8",), 30),
-    _variant("keepalive", 51820, "persistent-keepalive=5 with 30 s idle gaps",
-             ("voice:3,idle:30,interactive:4,idle:20",), 62, keepalive=5),
+    _variant("keepalive", 51820, "persistent-keepalive=5, idle gaps up to 60 s, natural rekey after 120 s",
+             ("voice:3,idle:30,interactive:4,idle:60,voice:2,idle:35",), 140, keepalive=5),
     _variant("rehandshake", 41820, "udp/41820 peer removed and re-added twice (forced new handshakes)",
              ("bulk:150000,interactive:3", "voice:4,idle:5", "web:2"), 30),
 ]

@@ -1,0 +1,1 @@
+"""Small peers for protocols that Debian 12 has no ready client or server for."""
