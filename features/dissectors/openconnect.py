@@ -1,0 +1,117 @@
+"""OpenConnect / Cisco AnyConnect data channel: DTLS set up from keys handed over inside the TLS tunnel.
+
+The control channel (CSTP) is HTTPS and looks like any TLS. The DTLS data channel gives itself away: the
+client never authenticates with certificates there, because the TLS tunnel already handed it the keys.
+Two shapes exist:
+
+* DTLS 1.2 "PSK-NEGOTIATE" (openconnect/ocserv): the ClientHello carries the 32-byte application id as its
+  session ID and offers only plain PSK cipher suites (RFC 4279 section 2), which the server accepts.
+* Cisco's pre-standard DTLS (record version 0x0100, DTLS1_BAD_VER): the ClientHello resumes the session
+  whose ID the CSTP headers announced, and the ServerHello echoes that ID (abbreviated handshake).
+
+WebRTC and other DTLS users do full certificate handshakes, and IoT DTLS-PSK clients start with an empty
+session ID, so neither shape occurs there. Both directions are needed.
+"""
+
+from __future__ import annotations
+
+from typing import ClassVar, NamedTuple
+
+from features.dissectors.base import Dissector, FlowPacket
+from features.packets import IPPROTO_UDP
+
+# DTLS record and handshake layout (RFC 6347 sections 4.1 and 4.2.2).
+CONTENT_HANDSHAKE = 22
+RECORD_HEADER = 13  # type, version, epoch, sequence number (6), length
+HANDSHAKE_HEADER = 12  # msg_type, length (3), message_seq, fragment_offset (3), fragment_length (3)
+CLIENT_HELLO, SERVER_HELLO = 1, 2
+DTLS_VERSIONS = frozenset({0xFEFF, 0xFEFD, 0xFEFC})  # DTLS 1.0, 1.2, 1.3
+DTLS1_BAD_VER = 0x0100  # Cisco's pre-RFC 4347 DTLS (OpenSSL's DTLS1_BAD_VER)
+RANDOM_SIZE = 32
+SESSION_ID_SIZE = 32  # the AnyConnect application/session id
+
+# Plain TLS_PSK_WITH_* suites (RFC 4279, 4785, 5487, 6655, 7905): no certificate, no (EC)DHE.
+PSK_SUITES = frozenset({
+    0x002C, 0x008A, 0x008B, 0x008C, 0x008D, 0x00A8, 0x00A9, 0x00AE, 0x00AF, 0x00B0, 0x00B1,
+    0xC064, 0xC065, 0xC06A, 0xC06B, 0xC08E, 0xC08F, 0xC094, 0xC095, 0xC0A4, 0xC0A5, 0xC0A8, 0xC0A9, 0xCCAB,
+})
+
+
+class Hello(NamedTuple):
+    version: int  # record version
+    session_id: bytes
+    suites: tuple[int, ...]  # offered (ClientHello) or chosen (ServerHello)
+
+
+def parse_hello(p: bytes, msg_type: int) -> Hello | None:
+    """The first handshake message of a DTLS datagram, if it is an unfragmented hello of `msg_type`."""
+    if len(p) < RECORD_HEADER + HANDSHAKE_HEADER + 2 + RANDOM_SIZE + 1 or p[0] != CONTENT_HANDSHAKE:
+        return None
+    version = int.from_bytes(p[1:3], "big")
+    if version not in DTLS_VERSIONS and version != DTLS1_BAD_VER:
+        return None
+    h = RECORD_HEADER
+    if p[h] != msg_type or p[h + 6 : h + 9] != b"\0\0\0":  # fragment_offset 0
+        return None
+    pos = h + HANDSHAKE_HEADER + 2 + RANDOM_SIZE
+    sid_len = p[pos]
+    session_id = p[pos + 1 : pos + 1 + sid_len]
+    pos += 1 + sid_len
+    if len(session_id) != sid_len:
+        return None
+    if msg_type == SERVER_HELLO:
+        if pos + 2 > len(p):
+            return None
+        return Hello(version, session_id, (int.from_bytes(p[pos : pos + 2], "big"),))
+    if pos >= len(p):
+        return None
+    pos += 1 + p[pos]  # cookie
+    if pos + 2 > len(p):
+        return None
+    n = int.from_bytes(p[pos : pos + 2], "big")
+    raw = p[pos + 2 : pos + 2 + n]
+    if n == 0 or n % 2 or len(raw) != n:
+        return None
+    return Hello(version, session_id, tuple(int.from_bytes(raw[i : i + 2], "big") for i in range(0, n, 2)))
+
+
+class OpenConnect(Dissector):
+    """AnyConnect-style DTLS data channel (PSK-negotiated DTLS 1.2, or Cisco's DTLS 0x0100 resumption)."""
+
+    family: ClassVar[str] = "openconnect"
+    transports: ClassVar[frozenset[int]] = frozenset({IPPROTO_UDP})
+    budget: ClassVar[int] = 4
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._client: tuple[int, Hello] | None = None  # (direction, ClientHello)
+
+    def on_packet(self, pkt: FlowPacket) -> None:
+        if self._client is None:
+            hello = parse_hello(pkt.payload, CLIENT_HELLO)
+            if hello is None:
+                self.reject("first datagram is not a DTLS ClientHello")
+            elif len(hello.session_id) != SESSION_ID_SIZE:
+                self.reject("DTLS ClientHello without a resumed/application session ID")
+            elif hello.version != DTLS1_BAD_VER and not set(hello.suites) <= PSK_SUITES:
+                self.reject("DTLS ClientHello offers certificate-based suites")
+            else:
+                self._client = (pkt.direction, hello)
+            return
+        direction, client = self._client
+        if pkt.direction == direction:
+            return  # a retransmitted ClientHello or the client's next flight
+        server = parse_hello(pkt.payload, SERVER_HELLO)
+        if server is None:
+            self.reject("the answer to the DTLS ClientHello is not a ServerHello")
+        elif client.version == DTLS1_BAD_VER and server.session_id == client.session_id:
+            self.attributes["variant"] = "cisco-dtls-0x0100"
+            self.confirm(pkt, 0.9, f"Cisco DTLS 0x0100 ClientHello resumes session {client.session_id[:4].hex()}…, "
+                                   "ServerHello echoes it (AnyConnect data channel)")
+        elif server.suites[0] in PSK_SUITES and set(client.suites) <= PSK_SUITES:
+            self.attributes["variant"] = "dtls1.2-psk"
+            self.confirm(pkt, 0.9, f"DTLS ClientHello with 32-byte application id {client.session_id[:4].hex()}… "
+                                   f"offering only PSK suites, server chose PSK suite 0x{server.suites[0]:04x} "
+                                   "(OpenConnect PSK-NEGOTIATE data channel)")
+        else:
+            self.reject("ServerHello neither resumes the session nor picks a PSK suite")

@@ -1,0 +1,77 @@
+"""OpenConnect/AnyConnect DTLS data channel: positives for both shapes, negatives for other DTLS uses."""
+
+from __future__ import annotations
+
+import os
+import struct
+
+import pytest
+
+from features.dissectors.base import FlowPacket, State
+from features.dissectors.openconnect import OpenConnect
+
+PSK = [0x00A9, 0xCCAB, 0xC0A5, 0x008D, 0x00A8, 0xC0A4, 0x008C, 0x00AE]
+ECDHE = [0xC02B, 0xC02F, 0xC02C, 0xCCA9]
+
+
+def record(version: int, handshake: bytes, seq: int = 0) -> bytes:
+    return struct.pack(">BHH6sH", 22, version, 0, seq.to_bytes(6, "big"), len(handshake)) + handshake
+
+
+def handshake(msg_type: int, body: bytes, seq: int = 0) -> bytes:
+    n = len(body).to_bytes(3, "big")
+    return bytes([msg_type]) + n + struct.pack(">H", seq) + b"\0\0\0" + n + body
+
+
+def client_hello(suites: list[int], sid: bytes, version: int = 0xFEFF, cookie: bytes = b"") -> bytes:
+    body = struct.pack(">H", 0xFEFD) + os.urandom(32) + bytes([len(sid)]) + sid + bytes([len(cookie)]) + cookie
+    body += struct.pack(">H", 2 * len(suites)) + b"".join(struct.pack(">H", s) for s in suites) + b"\x01\x00"
+    return record(version, handshake(1, body))
+
+
+def server_hello(suite: int, sid: bytes, version: int = 0xFEFD) -> bytes:
+    body = struct.pack(">H", 0xFEFD) + os.urandom(32) + bytes([len(sid)]) + sid + struct.pack(">HB", suite, 0)
+    return record(version, handshake(2, body))
+
+
+def run(packets: list[tuple[int, bytes]]) -> OpenConnect:
+    d = OpenConnect()
+    for i, (direction, payload) in enumerate(packets, 1):
+        if d.feed(FlowPacket(i, direction, float(i), payload)) is not State.CANDIDATE:
+            break
+    return d
+
+
+SID, OTHER = os.urandom(32), os.urandom(32)
+
+
+def test_psk_negotiated_dtls12_data_channel_is_confirmed_at_the_server_hello():
+    d = run([(0, client_hello(PSK, SID)), (0, client_hello(PSK, SID)), (1, server_hello(0x00A9, OTHER))])
+    assert d.state is State.CONFIRMED and d.confidence == 0.9 and d.verdict_packet == 3
+    assert "PSK-NEGOTIATE" in d.evidence[-1] and d.attributes["variant"] == "dtls1.2-psk"
+
+
+def test_cisco_dtls_0100_session_resumption_is_confirmed():
+    d = run([(1, client_hello(ECDHE, SID, version=0x0100)), (0, server_hello(0xC02F, SID, version=0x0100))])
+    assert d.state is State.CONFIRMED and d.attributes["variant"] == "cisco-dtls-0x0100"
+
+
+@pytest.mark.parametrize("packets, reason", [
+    ([(0, client_hello(ECDHE, SID)), (1, server_hello(0xC02F, SID))], "certificate-based suites"),  # WebRTC-like
+    ([(0, client_hello(PSK, b"")), (1, server_hello(0x00A8, b""))], "session ID"),  # IoT DTLS-PSK
+    ([(0, client_hello(ECDHE, SID, version=0x0100)), (1, server_hello(0xC02F, OTHER, version=0x0100))],
+     "neither resumes"),
+    ([(0, client_hello(PSK, SID)), (1, os.urandom(60))], "not a ServerHello"),
+    ([(0, bytes([0xC3]) + os.urandom(1199))], "not a DTLS ClientHello"),  # QUIC Initial
+    ([(0, struct.pack(">HHI", 1, 0, 0x2112A442) + os.urandom(12))], "not a DTLS ClientHello"),  # STUN
+    ([(0, bytes.fromhex("abcd01000001000000000000") + b"\x01a\x03lab\x00\x00\x01\x00\x01")], "not a DTLS"),  # DNS
+    ([(0, client_hello(PSK, SID)[:40])], "not a DTLS ClientHello"),  # cut short
+])
+def test_other_dtls_and_lookalikes_are_rejected(packets, reason):
+    d = run(packets)
+    assert d.state is State.REJECTED and reason in d.evidence[-1]
+
+
+def test_one_way_client_hellos_stay_undecided():
+    d = run([(0, client_hello(PSK, SID))] * 3)
+    assert d.state is State.CANDIDATE
