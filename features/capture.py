@@ -1,9 +1,12 @@
 """Read pcap / pcapng capture files (optionally gzip-compressed, or streamed on stdin) into `RawChunk`s.
 
-The file is read in large blocks; each block is walked record by record (only record headers are
-touched in Python) and the frames found become a "piece": numpy columns pointing into that block.
-Pieces are then regrouped into chunks of `chunk_frames` frames, copying bytes only where a chunk spans
-two blocks. Damage at the end of a file (a cut record, a bogus length) ends the read with one warning
+A regular uncompressed file is memory-mapped and walked in place, `chunk_frames` records at a time,
+so its bytes are never copied (pages already walked are handed back to the kernel, which keeps peak
+memory flat whatever the file size). Compressed files and streams are read in large blocks instead.
+Either way the buffer is walked record by record (only record headers are touched: pcap with a
+compiled loop, pcapng in Python) and the frames found become a "piece": numpy columns pointing into
+the buffer. Pieces are then regrouped into chunks of `chunk_frames` frames, copying bytes only where a
+chunk spans two read blocks. Damage at the end of a file (a cut record, a bogus length) ends the read with one warning
 and keeps every frame before it; only a file that cannot be a capture at all raises `CaptureError`.
 """
 
@@ -13,7 +16,9 @@ import contextlib
 import dataclasses
 import itertools
 import logging
+import mmap
 import os
+import stat
 import struct
 import sys
 import zlib
@@ -22,6 +27,7 @@ from dataclasses import dataclass
 from typing import BinaryIO
 
 import numpy as np
+from numba import njit
 
 from features.packets import LINKTYPE_RAW, RAW_IP_DLTS, CaptureError, RawChunk
 
@@ -95,8 +101,8 @@ def read_chunks(
     name = STDIN_NAME if path == "-" else os.fspath(path)
     warn = warn or _log.warning
     with _open(path, name) as f:
-        stream = _Stream(_decompressed(_raw_blocks(f, name), name, warn))
-        yield from _rechunk(_pieces(stream, name, warn), chunk_frames)
+        stream = _Stream.mapped(f) or _Stream(_decompressed(_raw_blocks(f, name), name, warn))
+        yield from _rechunk(_pieces(stream, name, warn, chunk_frames), chunk_frames)
 
 
 def _open(path: str | os.PathLike, name: str) -> contextlib.AbstractContextManager[BinaryIO]:
@@ -163,13 +169,34 @@ def _gunzip(head: bytes, blocks: Iterator[bytes], name: str, warn: Warn) -> Iter
 
 
 class _Stream:
-    """The capture's bytes: the current block `buf` with the unparsed tail of the previous one in front."""
+    """The capture's bytes: the current block `buf` with the unparsed tail of the previous one in front,
+    or the whole file when it is memory-mapped."""
 
-    def __init__(self, blocks: Iterator[bytes]) -> None:
+    def __init__(self, blocks: Iterator[bytes], buf: bytes | mmap.mmap = b"") -> None:
         self._blocks = blocks
-        self.buf = b""
+        self.buf = buf
         self.pos = 0
         self.failed = False  # a read or decompression error ended the stream early
+
+    @classmethod
+    def mapped(cls, f: BinaryIO) -> _Stream | None:
+        """The whole of a regular, non-empty, uncompressed file, mapped read-only; None otherwise."""
+        try:
+            if not stat.S_ISREG(os.fstat(f.fileno()).st_mode) or os.fstat(f.fileno()).st_size == 0:
+                return None
+            mm = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ)
+        except (OSError, ValueError):
+            return None
+        if mm[: len(GZIP_MAGIC)] == GZIP_MAGIC:
+            return None
+        mm.madvise(mmap.MADV_SEQUENTIAL)
+        return cls(iter(()), mm)
+
+    def release(self) -> None:
+        """Let the kernel drop the mapped pages before `pos` from this process. The data stays valid:
+        a chunk that still looks at them faults them back in from the page cache."""
+        if isinstance(self.buf, mmap.mmap) and (done := self.pos - self.pos % mmap.PAGESIZE):
+            self.buf.madvise(mmap.MADV_DONTNEED, 0, done)
 
     def more(self) -> bool:
         """Append the next block (dropping what was parsed); False at the end of the stream."""
@@ -196,12 +223,14 @@ class _Stream:
             return False
 
 
-def _pieces(stream: _Stream, name: str, warn: Warn) -> Iterator[RawChunk]:
+def _pieces(stream: _Stream, name: str, warn: Warn, max_frames: int) -> Iterator[RawChunk]:
+    """Pieces of at most `max_frames` frames (exactly that many while a mapped file lasts, so that
+    `_rechunk` passes them through without copying)."""
     magic = stream.peek(4)
     if magic == SHB_MAGIC:
-        return _PcapngReader(stream, name, warn).pieces()
+        return _PcapngReader(stream, name, warn, max_frames).pieces()
     if magic in PCAP_MAGICS:
-        return _pcap_pieces(stream, name, warn, *PCAP_MAGICS[magic])
+        return _pcap_pieces(stream, name, warn, max_frames, *PCAP_MAGICS[magic])
     if len(magic) < 4:
         raise CaptureError(f"{name}: not a capture file (only {len(magic)} bytes)")
     raise CaptureError(f"{name}: not a capture file (unknown magic 0x{magic.hex()})")
@@ -236,7 +265,8 @@ class _PcapFormat:
         network = struct.unpack_from(order + "I", header, 20)[0]
         return cls(order, tick_ns, _normalise_linktype(network & PCAP_LINKTYPE_MASK), MAX_CAPLEN)
 
-    def piece(self, buf: bytes, start: int, end: int, starts: list[int], frames: int) -> RawChunk:
+    def piece(self, buf: bytes | mmap.mmap, start: int, end: int, starts: np.ndarray | list[int],
+              frames: int) -> RawChunk:
         """Columns for the records at `starts`, their headers read all at once with a numpy gather."""
         u8 = np.frombuffer(buf, np.uint8)
         pos = np.asarray(starts, np.int64)
@@ -248,42 +278,50 @@ class _PcapFormat:
                       np.arange(frames + 1, frames + len(pos) + 1, dtype=np.int64))
 
 
-def _pcap_pieces(stream: _Stream, name: str, warn: Warn, order: str, tick_ns: int) -> Iterator[RawChunk]:
+def _pcap_pieces(stream: _Stream, name: str, warn: Warn, max_frames: int, order: str,
+                 tick_ns: int) -> Iterator[RawChunk]:
     fmt = _PcapFormat.read(stream, name, order, tick_ns)
-    caplen_field = struct.Struct(order + "I")
     frames = 0
     while True:
         start = stream.pos
-        starts, stream.pos, bad_caplen = _walk_pcap(stream.buf, start, caplen_field, fmt.max_caplen)
-        if starts:
+        stream.release()
+        starts, stream.pos, bad_caplen = _walk_pcap(np.frombuffer(stream.buf, np.uint8), start, order == ">",
+                                                    fmt.max_caplen, max_frames)
+        if len(starts):
             yield fmt.piece(stream.buf, start, stream.pos, starts, frames)
             frames += len(starts)
         if bad_caplen >= 0:
             warn(f"{name}: corrupt record header at frame {frames + 1} (captured length {bad_caplen} "
                  f"exceeds the limit of {fmt.max_caplen} bytes); processed up to it")
             return
-        if not stream.more_or_warn(warn):
+        if len(starts) < max_frames and not stream.more_or_warn(warn):
             break
     if not stream.failed:
         yield from _pcap_tail(stream, name, warn, fmt, frames)
 
 
-def _walk_pcap(buf: bytes, pos: int, caplen_field: struct.Struct,
-               max_caplen: int) -> tuple[list[int], int, int]:
-    """Start offsets of the complete records in buf from pos on, the offset after the last of them, and
-    the captured length claimed at that offset when it is corrupt (else -1)."""
-    end = len(buf)
-    starts = []
-    while pos + PCAP_RECORD_HEADER <= end:
-        (caplen,) = caplen_field.unpack_from(buf, pos + 8)
+@njit(cache=True, nogil=True)
+def _walk_pcap(buf: np.ndarray, pos: int, big_endian: bool, max_caplen: int,
+               max_records: int) -> tuple[np.ndarray, int, int]:
+    """Start offsets of up to max_records complete records in buf from pos on, the offset after the
+    last of them, and the captured length claimed at that offset when it is corrupt (else -1).
+    Sequential by nature (each record's place depends on the one before), hence compiled."""
+    end = buf.shape[0]
+    starts = np.empty(max(0, min(max_records, (end - pos) // PCAP_RECORD_HEADER)), np.int64)
+    n = 0
+    while n < starts.shape[0] and pos + PCAP_RECORD_HEADER <= end:
+        caplen = 0
+        for i in range(4):  # the captured-length field, bytes 8..11 of the record header
+            caplen |= np.int64(buf[pos + 8 + i]) << (8 * (3 - i) if big_endian else 8 * i)
         if caplen > max_caplen:
-            return starts, pos, caplen
+            return starts[:n], pos, caplen
         after = pos + PCAP_RECORD_HEADER + caplen
         if after > end:
             break
-        starts.append(pos)
+        starts[n] = pos
+        n += 1
         pos = after
-    return starts, pos, -1
+    return starts[:n], pos, -1
 
 
 def _pcap_tail(stream: _Stream, name: str, warn: Warn, fmt: _PcapFormat, frames: int) -> Iterator[RawChunk]:
@@ -352,8 +390,8 @@ class _BadBlock(Exception):
 class _PcapngReader:
     """Walks pcapng blocks; keeps the interfaces of every section seen (frames name them by global index)."""
 
-    def __init__(self, stream: _Stream, name: str, warn: Warn) -> None:
-        self.stream, self.name, self.warn = stream, name, warn
+    def __init__(self, stream: _Stream, name: str, warn: Warn, max_frames: int) -> None:
+        self.stream, self.name, self.warn, self.max_frames = stream, name, warn, max_frames
         self.interfaces: list[_Interface] = []
         self.section_base = 0  # global index of the current section's interface 0
         self.layout = LAYOUTS[BYTE_ORDER_MAGIC]
@@ -375,25 +413,27 @@ class _PcapngReader:
         while True:
             cols = _NgColumns()
             start = stream.pos
+            stream.release()
             stream.pos, problem = self._walk(stream.buf, start, cols)
             if cols.offset:
                 yield self._piece(stream.buf, start, stream.pos, cols)
             if problem:
                 self._corrupt(problem)
                 return
-            if not stream.more_or_warn(self.warn):
+            if len(cols.offset) < self.max_frames and not stream.more_or_warn(self.warn):
                 break
         if not stream.failed:
             yield from self._tail()
 
-    def _walk(self, buf: bytes, pos: int, cols: _NgColumns) -> tuple[int, str | None]:
-        """Walk the complete blocks in buf from pos on, collecting packet records. Returns the offset
-        after the last good complete block, and what is wrong with the block there if it is corrupt."""
+    def _walk(self, buf: bytes | mmap.mmap, pos: int, cols: _NgColumns) -> tuple[int, str | None]:
+        """Walk the complete blocks in buf from pos on, collecting up to `max_frames` packet records.
+        Returns the offset after the last good complete block, and what is wrong with the block there if
+        it is corrupt."""
         end = len(buf)
         layout = self.layout
         frame = self.frames
         try:
-            while pos + BLOCK_MIN_LENGTH <= end:
+            while pos + BLOCK_MIN_LENGTH <= end and len(cols.offset) < self.max_frames:
                 btype, length = layout.head.unpack_from(buf, pos)
                 if btype == SHB_TYPE:  # the same number in either byte order; the length is not
                     layout = self._start_section(buf, pos)
