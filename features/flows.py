@@ -13,6 +13,8 @@ per packet only for the first payload packets of flows whose dissectors are stil
 
 from __future__ import annotations
 
+import base64
+import hashlib
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Protocol
@@ -56,6 +58,7 @@ class Flow:
     verdict: Verdict | None = None
     pending: list[Dissector] = field(default_factory=list)  # dissectors still undecided
     ext: dict[str, object] = field(default_factory=dict)  # plugin state, one key per plugin
+    hidden: int = 0  # leading packets withheld by `drop_first` (counted in no other field)
 
     @property
     def total_packets(self) -> int:
@@ -126,6 +129,9 @@ class FlowTableConfig:
     idle_timeout: float = 120.0
     active_timeout: float = 1800.0
     max_flows: int = 1_000_000
+    # Withhold each flow's first N packets from counters, dissectors, plugins and the initiator choice, as
+    # if the capture had started late; the withheld packets still keep the flow alive (timeouts).
+    drop_first: int = 0
 
 
 class FlowTable:
@@ -218,12 +224,37 @@ class FlowTable:
         src_is_lo: np.ndarray,
         idle_ns: int,
     ) -> None:
+        count = np.diff(np.r_[starts, len(order)])
+        seg_flows: list[Flow] = []
+        seg_keys: list[bytes] = []
+        replaced: list[tuple[Flow, int]] = []  # and the successor's start; ended after plugins saw the chunk
+        for s0, c, k, t_first in zip(starts.tolist(), cont.tolist(), inv_s[starts].tolist(),
+                                     np.minimum.reduceat(t.ts_ns[order], starts).tolist()):
+            kb = ukey_bytes[k]
+            if c:
+                flow = open_flows[k]
+                assert flow is not None
+            else:
+                old = self.open.pop(kb, None)
+                if old is not None:
+                    replaced.append((old, t_first))
+                flow = self._new_flow(t, int(order[s0]))
+                self.open[kb] = flow
+                open_flows[k] = flow
+            seg_flows.append(flow)
+            seg_keys.append(kb)
+        if self.config.drop_first:
+            order, starts, count, seg_flows, seg_keys = self._withhold(t, order, starts, count, seg_flows,
+                                                                       seg_keys)
+            if not seg_flows:
+                self._end_replaced(replaced, idle_ns)
+                return
+
         lo_s = src_is_lo[order]
         ipb_s = t.ip_bytes[order]
         flags_s = t.tcp_flags[order].astype(np.int64)
         ts_s = t.ts_ns[order]
         has_payload_s = t.payload_len[order] > 0
-        count = np.diff(np.r_[starts, len(order)])
         first_ts = np.minimum.reduceat(ts_s, starts)
         last_ts = np.maximum.reduceat(ts_s, starts)
         pk_lo = np.add.reduceat(lo_s.astype(np.int64), starts)
@@ -234,9 +265,9 @@ class FlowTable:
         payload_any = np.add.reduceat(has_payload_s.astype(np.int64), starts) > 0
 
         seg_lists = (
+            seg_flows,
+            seg_keys,
             starts.tolist(),
-            cont.tolist(),
-            inv_s[starts].tolist(),
             count.tolist(),
             first_ts.tolist(),
             last_ts.tolist(),
@@ -247,26 +278,12 @@ class FlowTable:
             fl_hi.tolist(),
             payload_any.tolist(),
         )
-        seg_flows: list[Flow] = []
-        replaced: list[tuple[Flow, str]] = []  # ended only after plugins have seen this chunk
         before_seg: list[int] = []
         init_lo_seg: list[bool] = []
-        for s0, c, k, cnt, t_first, t_last, plo, ball, blo, flo, fhi, anyp in zip(*seg_lists):
-            kb = ukey_bytes[k]
-            if c:
-                flow = open_flows[k]
-                assert flow is not None
-            else:
-                old = self.open.pop(kb, None)
-                if old is not None:
-                    replaced.append((old, "idle" if t_first - old.last_ns > idle_ns else "active"))
-                flow = self._new_flow(t, int(order[s0]))
-                self.open[kb] = flow
-                open_flows[k] = flow
+        for flow, kb, s0, cnt, t_first, t_last, plo, ball, blo, flo, fhi, anyp in zip(*seg_lists):
             before = flow.total_packets
             # Map low/high endpoint aggregates onto initiator (0) / responder (1).
             d_lo, d_hi = (0, 1) if self._initiator_is_lo(flow, kb) else (1, 0)
-            seg_flows.append(flow)
             before_seg.append(before)
             init_lo_seg.append(d_lo == 0)
             flow.packets[d_lo] += plo
@@ -284,8 +301,11 @@ class FlowTable:
             seg = Segments(t, order, starts, seg_flows, np.array(before_seg, np.int64), direction)
             for plugin in self.plugins:
                 plugin.on_segments(seg)
-        for old, reason in replaced:
-            self._end(old, reason)
+        self._end_replaced(replaced, idle_ns)
+
+    def _end_replaced(self, replaced: list[tuple[Flow, int]], idle_ns: int) -> None:
+        for old, successor_ns in replaced:
+            self._end(old, "idle" if successor_ns - old.last_ns > idle_ns else "active")
 
     # ---------------------------------------------------------------- helpers
     @staticmethod
@@ -293,25 +313,37 @@ class FlowTable:
         return flow.src == key[1:17] and flow.sport == int.from_bytes(key[33:35], "big")
 
     def _new_flow(self, t: PacketTable, row: int) -> Flow:
-        """Start a flow at `row`; its sender is the initiator unless it is a TCP SYN-ACK."""
+        """Start a flow at `row`."""
         proto = int(t.proto[row])
-        flags = int(t.tcp_flags[row])
-        src, sport, dst, dport = t.src[row].tobytes(), int(t.sport[row]), t.dst[row].tobytes(), int(t.dport[row])
-        if proto == 6 and flags & (TCP_SYN | TCP_ACK) == TCP_SYN | TCP_ACK:
-            src, sport, dst, dport = dst, dport, src, sport
-        ts = int(t.ts_ns[row])
         self.stats["flows"] += 1
-        return Flow(
-            proto=proto,
-            src=src,
-            sport=sport,
-            dst=dst,
-            dport=dport,
-            first_ns=ts,
-            last_ns=ts,
-            first_frame=int(t.frame[row]),
-            pending=[d() for d in self.dissectors if proto in d.transports],
-        )
+        flow = Flow(proto=proto, src=b"", sport=0, dst=b"", dport=0, first_ns=0, last_ns=0, first_frame=0,
+                    pending=[d() for d in self.dissectors if proto in d.transports])
+        _observe_from(flow, t, row)
+        return flow
+
+    def _withhold(self, t: PacketTable, order: np.ndarray, starts: np.ndarray, count: np.ndarray,
+                  seg_flows: list[Flow], seg_keys: list[bytes]
+                  ) -> tuple[np.ndarray, np.ndarray, np.ndarray, list[Flow], list[bytes]]:
+        """Take each flow's first `drop_first` packets out of the chunk's segments; a flow is observed
+        (initiator, first packet) from its first packet left."""
+        n_drop = self.config.drop_first
+        hide = np.array([min(c, n_drop - f.hidden) if f.hidden < n_drop else 0
+                         for f, c in zip(seg_flows, count.tolist())], np.int64)
+        # Withheld packets still keep the flow alive, so idle timeouts see them.
+        last_ts = np.maximum.reduceat(t.ts_ns[order], starts).tolist()
+        for f, h, last in zip(seg_flows, hide.tolist(), last_ts):
+            f.hidden += h
+            f.last_ns = max(f.last_ns, last)
+        keep = hide < count
+        visible = (np.arange(len(order)) - np.repeat(starts, count)) >= np.repeat(hide, count)
+        order = order[visible]
+        count = count[keep] - hide[keep]
+        starts = np.r_[0, np.cumsum(count)[:-1]].astype(starts.dtype)
+        seg_flows = [f for f, k in zip(seg_flows, keep.tolist()) if k]
+        for f, s0 in zip(seg_flows, starts.tolist()):
+            if f.total_packets == 0:
+                _observe_from(f, t, int(order[s0]))
+        return order, starts, count, seg_flows, [kb for kb, k in zip(seg_keys, keep.tolist()) if k]
 
     @staticmethod
     def _feed(flow: Flow, t: PacketTable, rows: np.ndarray, lo: np.ndarray, before: int, init_lo: bool) -> None:
@@ -334,6 +366,8 @@ class FlowTable:
             )
 
     def _end(self, flow: Flow, reason: str) -> None:
+        if flow.total_packets == 0:
+            return  # every packet withheld by drop_first: never observed
         flow.finish(reason)
         for plugin in self.plugins:
             plugin.on_end(flow)
@@ -364,6 +398,25 @@ class FlowTable:
             self._end(f, "end_of_capture")
         self.open = {}
         return self.drain()
+
+
+def flow_id(flow: Flow) -> str:
+    """Deterministic id from the 5-tuple and first packet time (like Zeek's uid, but reproducible)."""
+    h = hashlib.blake2b(digest_size=10)
+    h.update(bytes([flow.proto]) + flow.src + flow.sport.to_bytes(2, "big") + flow.dst)
+    h.update(flow.dport.to_bytes(2, "big") + flow.first_ns.to_bytes(8, "big", signed=True))
+    return "F" + base64.b32encode(h.digest()).decode().lower()
+
+
+def _observe_from(flow: Flow, t: PacketTable, row: int) -> None:
+    """Set the flow's endpoints and start from `row`: its sender is the initiator unless it is a TCP
+    SYN-ACK."""
+    src, sport, dst, dport = t.src[row].tobytes(), int(t.sport[row]), t.dst[row].tobytes(), int(t.dport[row])
+    if flow.proto == 6 and int(t.tcp_flags[row]) & (TCP_SYN | TCP_ACK) == TCP_SYN | TCP_ACK:
+        src, sport, dst, dport = dst, dport, src, sport
+    flow.src, flow.sport, flow.dst, flow.dport = src, sport, dst, dport
+    flow.first_ns = flow.last_ns = int(t.ts_ns[row])
+    flow.first_frame = int(t.frame[row])
 
 
 def _flow_order(f: Flow) -> tuple[int, int, bytes, int, bytes, int, int]:

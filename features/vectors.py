@@ -1,0 +1,445 @@
+"""Per-flow feature vectors for the trained classifier: a versioned schema and the plugin that fills it.
+
+Signatures need a handshake or a well-formed message; a capture that starts mid-flow, or a disguised
+tunnel, leaves only the flow's shape. The features describe that shape without anything that names a
+host or a moment: no addresses, ports, TTLs or absolute times (a model that learns those learns the lab,
+not the protocol). Every column is listed in `schema()` with its unit and meaning; bump
+`SCHEMA_VERSION` whenever a column is added, removed or changes meaning, so a model trained on one
+layout is never fed another.
+
+The plugin is columnar: per chunk it computes partial aggregates for every flow at once with numpy
+(counts, sums, sums of squares, minima and maxima, so chunks merge exactly) and runs Python once per
+flow segment only to fold those into the flow's state. A flow's first `HEAD` payload packets are kept
+(size, direction, time, opcode byte) for the sequence features, then dropped.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import numpy as np
+
+from features.dissectors import registry
+from features.flows import NS, Flow, FlowTable, FlowTableConfig, Segments, flow_id
+from features.packets import IPPROTO_TCP, IPPROTO_UDP, TCP_ACK, TCP_FIN, TCP_PSH, TCP_RST, TCP_SYN
+from features.packets import address_text, transport_name
+
+if TYPE_CHECKING:
+    import pandas as pd
+
+SCHEMA_VERSION = 1
+N_FIRST = 20  # default length of the first-packets sequence
+HEAD = 100  # payload packets kept per flow for the opcode and ACK filters (Xue et al. look at 100)
+HDR = 8  # leading payload bytes whose stability is measured
+ENTROPY_PACKETS = 8  # payload packets whose bytes feed the entropy estimate
+ENTROPY_BYTES = 256  # bytes taken from each of them
+ACK_BINS = 10  # 10-packet bins of the ACK-size filter over HEAD packets
+COUNTER_STEP = 64  # a sequence counter "advances" when it grows by 1..COUNTER_STEP between packets
+KEY = "vectors"  # this plugin's slot in Flow.ext
+INDEX_COLUMNS = ("pcap", "flow_id", "transport", "src_ip", "src_port", "dst_ip", "dst_port")
+SIG_FAMILIES = tuple(dict.fromkeys(d.family for d in registry.ALL))
+SIG_STATE = {"not_run": 0, "undecided": 1, "rejected": 2, "confirmed": 3}
+DIRS = ("fwd", "bwd")  # initiator -> responder, responder -> initiator
+
+
+@dataclass(frozen=True, slots=True)
+class Column:
+    name: str
+    unit: str
+    meaning: str
+
+
+def schema(n_first: int = N_FIRST) -> tuple[Column, ...]:
+    """Every feature column, in vector order. Directional columns come once per direction."""
+    cols = [
+        Column("duration", "s", "time from the flow's first to its last observed packet"),
+        Column("is_tcp", "flag", "transport is TCP"),
+        Column("is_udp", "flag", "transport is UDP"),
+        Column("packets", "packets", "packets in both directions"),
+        Column("pkt_ratio_fwd", "fraction", "share of packets sent by the initiator"),
+        Column("byte_ratio_fwd", "fraction", "share of IP bytes sent by the initiator"),
+        Column("pkts_per_s", "packets/s", "packets over duration (0 for a single instant)"),
+        Column("bytes_per_s", "bytes/s", "IP bytes over duration (0 for a single instant)"),
+    ]
+    for d in DIRS:
+        cols += [
+            Column(f"{d}_size_mean", "bytes", f"{d}: mean transport payload of payload packets"),
+            Column(f"{d}_size_std", "bytes", f"{d}: standard deviation of payload sizes"),
+            Column(f"{d}_size_min", "bytes", f"{d}: smallest payload (0 if none)"),
+            Column(f"{d}_size_max", "bytes", f"{d}: largest payload (0 if none)"),
+            Column(f"{d}_iat_mean", "s", f"{d}: mean gap between consecutive payload packets"),
+            Column(f"{d}_iat_std", "s", f"{d}: standard deviation of those gaps"),
+            Column(f"{d}_iat_min", "s", f"{d}: smallest gap (0 if fewer than two packets)"),
+            Column(f"{d}_iat_max", "s", f"{d}: largest gap (0 if fewer than two packets)"),
+            Column(f"{d}_empty_frac", "fraction", f"{d}: share of packets without payload"),
+        ]
+        cols += [Column(f"{d}_hdr_repeat_b{j}", "fraction",
+                        f"{d}: share of consecutive payload packets whose payload byte {j} is unchanged "
+                        "(WireGuard type/receiver index, ESP SPI, OpenVPN opcode/peer-id stay put)")
+                 for j in range(HDR)]
+        cols += [
+            Column(f"{d}_ctr_be32_at4", "fraction",
+                   f"{d}: share of consecutive payload packets whose big-endian uint32 at payload offset 4 "
+                   f"grows by 1..{COUNTER_STEP} (ESP sequence number, OpenVPN packet id)"),
+            Column(f"{d}_ctr_le32_at8", "fraction",
+                   f"{d}: same for the little-endian uint32 at offset 8 (WireGuard data counter)"),
+        ]
+    cols += [
+        Column("tcp_syn", "packets", "TCP packets with SYN"),
+        Column("tcp_fin", "packets", "TCP packets with FIN"),
+        Column("tcp_rst", "packets", "TCP packets with RST"),
+        Column("tcp_psh_frac", "fraction", "share of packets with PSH"),
+        Column("tcp_pure_ack_frac", "fraction", "share of packets that are bare TCP ACKs"),
+        Column("entropy_head", "bits/byte",
+               f"Shannon entropy of up to {ENTROPY_BYTES} B of each of the first {ENTROPY_PACKETS} payloads"),
+        Column("ovpn_distinct_opcodes", "count",
+               f"distinct OpenVPN opcode values (byte 0 >> 3 on UDP, byte 2 >> 3 on TCP) in the first {HEAD} "
+               "payload packets (Xue et al. opcode filter)"),
+        Column("ovpn_opcode_filter", "flag",
+               "4 to 10 distinct opcodes and the first two opcodes do not recur once 4 are seen"),
+        Column("ovpn_ack_size", "bytes",
+               "ACK candidate: first payload of 22-54 B after the first two payload packets (0 if none)"),
+    ]
+    cols += [Column(f"ovpn_ack_bin{b + 1}", "packets",
+                    f"payloads within 16 B of the ACK candidate among head packets {10 * b + 1}-{10 * b + 10}")
+             for b in range(ACK_BINS)]
+    for i in range(1, n_first + 1):
+        cols += [
+            Column(f"first{i}_size", "bytes", f"payload of the {i}th payload packet (0 if absent)"),
+            Column(f"first{i}_dir", "sign", f"direction of the {i}th payload packet: +1 fwd, -1 bwd, 0 absent"),
+            Column(f"first{i}_gap", "s", f"time since the previous payload packet (0 for the first or absent)"),
+        ]
+    cols += [Column(f"sig_{fam}", "state",
+                    f"{fam} dissectors: 0 none ran (transport), 1 undecided, 2 rejected, 3 confirmed")
+             for fam in SIG_FAMILIES]
+    return tuple(cols)
+
+
+def feature_names(n_first: int = N_FIRST) -> list[str]:
+    return [c.name for c in schema(n_first)]
+
+
+# Layout of the mergeable per-flow aggregates: sums, then minima, then maxima.
+_SUM_PER_DIR = ("size_n", "size_sum", "size_sq", "iat_n", "iat_sum", "iat_sq", "empty", "pairs",
+                *(f"eq{j}" for j in range(HDR)), "ctr_be", "ctr_le")
+_SUMS = {f"{d}_{k}": i * len(_SUM_PER_DIR) + j for i, d in enumerate(DIRS) for j, k in enumerate(_SUM_PER_DIR)}
+_SUMS |= {k: len(_SUMS) + j for j, k in enumerate(("syn", "fin", "rst", "psh", "pure_ack"))}
+_EXTREMES = ("fwd_size", "bwd_size", "fwd_iat", "bwd_iat")
+
+
+@dataclass(slots=True)
+class _State:
+    """One flow's partial aggregates; everything here merges exactly across chunks."""
+
+    sums: np.ndarray = field(default_factory=lambda: np.zeros(len(_SUMS)))
+    mins: np.ndarray = field(default_factory=lambda: np.full(len(_EXTREMES), np.inf))
+    maxs: np.ndarray = field(default_factory=lambda: np.full(len(_EXTREMES), -np.inf))
+    last_ts: np.ndarray = field(default_factory=lambda: np.full(2, -1, np.int64))  # per direction
+    last_hdr: np.ndarray = field(default_factory=lambda: np.zeros((2, 12), np.uint8))
+    last_len: np.ndarray = field(default_factory=lambda: np.zeros(2, np.int64))
+    payloads: int = 0
+    head: list[np.ndarray] = field(default_factory=list)  # size, dir, ts, opcode of HEAD payloads
+    head_features: np.ndarray | None = None  # computed once HEAD is full, then `head` is dropped
+    hist: np.ndarray = field(default_factory=lambda: np.zeros(256, np.int64))
+    undecided: frozenset[str] = frozenset()  # families with a dissector still undecided at last look
+
+
+class FeaturePlugin:
+    """Flow-table plugin that leaves a feature vector (schema order) in `flow.ext["vectors"]` when a
+    flow ends."""
+
+    def __init__(self, n_first: int = N_FIRST) -> None:
+        self.n_first = n_first
+        self.head_len = max(HEAD, n_first)
+
+    # ------------------------------------------------------------------ per chunk
+    def on_segments(self, seg: Segments) -> None:
+        t, rows, starts = seg.table, seg.rows, seg.starts
+        n_seg = len(seg.flows)
+        counts = np.diff(np.r_[starts, len(rows)])
+        sid = np.repeat(np.arange(n_seg), counts)
+        d = seg.direction.astype(np.int64)
+        plen = t.payload_len[rows].astype(np.int64)
+        ts = t.ts_ns[rows]
+        flags = t.tcp_flags[rows].astype(np.int64)
+        has = plen > 0
+        states = [f.ext.setdefault(KEY, _State()) for f in seg.flows]
+
+        sums = np.zeros((n_seg, len(_SUMS)))
+        mins = np.full((n_seg, len(_EXTREMES)), np.inf)
+        maxs = np.full((n_seg, len(_EXTREMES)), -np.inf)
+        tcp = (t.proto[rows] == IPPROTO_TCP)
+        pure_ack = tcp & ~has & ((flags & (TCP_SYN | TCP_FIN | TCP_RST | TCP_ACK)) == TCP_ACK)
+        for name, hit in (("syn", flags & TCP_SYN), ("fin", flags & TCP_FIN), ("rst", flags & TCP_RST),
+                          ("psh", flags & TCP_PSH), ("pure_ack", pure_ack)):
+            sums[:, _SUMS[name]] = np.bincount(sid, weights=(hit != 0), minlength=n_seg)
+        for di, dn in enumerate(DIRS):
+            sums[:, _SUMS[f"{dn}_empty"]] = np.bincount(sid, weights=(~has & (d == di)), minlength=n_seg)
+
+        # Payload packets grouped by (segment, direction), capture order inside each group.
+        p = np.flatnonzero(has)
+        grp = sid[p] * 2 + d[p]
+        o = np.argsort(grp, kind="stable")
+        p, grp = p[o], grp[o]
+        first = np.r_[True, grp[1:] != grp[:-1]] if len(p) else np.zeros(0, bool)
+        hdr, hlen = _header_bytes(t, rows[p], 12)
+        # The previous payload packet of the same direction: the one before in the group, or the flow's
+        # last one from earlier chunks.
+        prev_ts = np.r_[np.int64(-1), ts[p][:-1]] if len(p) else np.zeros(0, np.int64)
+        prev_hdr = np.vstack([np.zeros((1, 12), np.uint8), hdr[:-1]]) if len(p) else hdr
+        prev_len = np.r_[0, hlen[:-1]] if len(p) else hlen
+        for i in np.flatnonzero(first).tolist():
+            st, di = states[grp[i] // 2], grp[i] % 2
+            prev_ts[i], prev_hdr[i], prev_len[i] = st.last_ts[di], st.last_hdr[di], st.last_len[di]
+        paired = prev_ts >= 0
+        size = plen[p].astype(np.float64)
+        gap = (ts[p] - prev_ts) / NS
+        n_grp = n_seg * 2
+        for name, vals, mask in (("size", size, np.ones(len(p), bool)), ("iat", gap, paired)):
+            cnt, tot, sq, lo, hi = _grouped(vals, grp, n_grp, mask)
+            for di, dn in enumerate(DIRS):
+                sums[:, _SUMS[f"{dn}_{name}_n"]] = cnt[di::2]
+                sums[:, _SUMS[f"{dn}_{name}_sum"]] = tot[di::2]
+                sums[:, _SUMS[f"{dn}_{name}_sq"]] = sq[di::2]
+                mins[:, _EXTREMES.index(f"{dn}_{name}")] = lo[di::2]
+                maxs[:, _EXTREMES.index(f"{dn}_{name}")] = hi[di::2]
+        pos = np.arange(12)
+        both = (pos < hlen[:, None]) & (pos < prev_len[:, None]) & paired[:, None]
+        same = (hdr == prev_hdr) & both
+        be = _uint32(hdr[:, 4:8], big=True) - _uint32(prev_hdr[:, 4:8], big=True)
+        le = _uint32(hdr[:, 8:12], big=False) - _uint32(prev_hdr[:, 8:12], big=False)
+        ctr_be = both[:, 7] & (be >= 1) & (be <= COUNTER_STEP)
+        ctr_le = both[:, 11] & (le >= 1) & (le <= COUNTER_STEP)
+        for di, dn in enumerate(DIRS):
+            pick = lambda w: np.bincount(grp, weights=w, minlength=n_grp)[di::2]  # noqa: E731
+            sums[:, _SUMS[f"{dn}_pairs"]] = pick(paired)
+            for j in range(HDR):
+                sums[:, _SUMS[f"{dn}_eq{j}"]] = pick(same[:, j])
+            sums[:, _SUMS[f"{dn}_ctr_be"]] = pick(ctr_be)
+            sums[:, _SUMS[f"{dn}_ctr_le"]] = pick(ctr_le)
+
+        # Rank of each payload packet within its flow (capture order), for the head and the entropy.
+        payloads_before = np.array([st.payloads for st in states], np.int64)
+        cum = np.cumsum(has)
+        rank = np.zeros(len(rows), np.int64)
+        rank[has] = (cum - 1 - (cum[starts] - has[starts])[sid])[has] + payloads_before[sid[has]]
+        hist = self._entropy_bytes(t, rows, has, rank, sid, n_seg)
+        young = np.flatnonzero(has & (rank < self.head_len))
+        opcode_at = np.where(t.proto[rows[young]] == IPPROTO_TCP, 2, 0)
+        ohdr, olen = _header_bytes(t, rows[young], 3)
+        opcode = np.where(olen > opcode_at, ohdr[np.arange(len(young)), opcode_at] >> 3, 255).astype(np.int64)
+        young_bounds = np.searchsorted(sid[young], np.arange(n_seg + 1))
+
+        last = np.r_[grp[1:] != grp[:-1], True] if len(p) else np.zeros(0, bool)
+        for i in np.flatnonzero(last).tolist():
+            st, di = states[grp[i] // 2], grp[i] % 2
+            st.last_ts[di], st.last_hdr[di], st.last_len[di] = ts[p[i]], hdr[i], hlen[i]
+        pay_counts = np.bincount(sid[has], minlength=n_seg).tolist()
+        for i, (flow, st) in enumerate(zip(seg.flows, states)):
+            st.sums += sums[i]
+            np.minimum(st.mins, mins[i], out=st.mins)
+            np.maximum(st.maxs, maxs[i], out=st.maxs)
+            st.payloads += pay_counts[i]
+            if hist is not None and i in hist:
+                st.hist += hist[i]
+            a, b = young_bounds[i], young_bounds[i + 1]
+            if b > a:
+                sel = young[a:b]
+                st.head.append(np.stack([plen[sel], 1 - 2 * d[sel], ts[sel], opcode[a:b]]))
+                if st.payloads >= self.head_len:
+                    st.head_features = self._head_features(st)
+            st.undecided = frozenset(dis.family for dis in flow.pending)
+
+    @staticmethod
+    def _entropy_bytes(t, rows: np.ndarray, has: np.ndarray, rank: np.ndarray, sid: np.ndarray,
+                       n_seg: int) -> dict[int, np.ndarray] | None:
+        """Byte histograms of the leading payloads, per segment that has any."""
+        sel = np.flatnonzero(has & (rank < ENTROPY_PACKETS))
+        if not len(sel):
+            return None
+        r = rows[sel]
+        take = np.minimum(t.payload_len[r], ENTROPY_BYTES).astype(np.int64)
+        total = int(take.sum())
+        idx = np.repeat(t.payload_off[r] - np.r_[0, np.cumsum(take)[:-1]], take) + np.arange(total)
+        owner = np.repeat(sid[sel], take)
+        h = np.bincount(owner * 256 + t.data[idx], minlength=n_seg * 256).reshape(n_seg, 256)
+        return {int(s): h[s] for s in np.unique(sid[sel]).tolist()}
+
+    # ------------------------------------------------------------------ per flow
+    def on_end(self, flow: Flow) -> None:
+        st = flow.ext.pop(KEY, None)
+        if st is None:
+            return
+        flow.ext[KEY] = self._vector(flow, st)
+
+    def _head_features(self, st: _State) -> np.ndarray:
+        """Opcode/ACK filters, entropy and the first-N sequence from the kept head packets."""
+        head = np.hstack(st.head)[:, : self.head_len] if st.head else np.zeros((4, 0), np.int64)
+        st.head = []
+        size, direction, ts, opcode = head
+        out = [_entropy(st.hist)]
+        out += _opcode_filter(opcode[opcode != 255])
+        out += _ack_filter(size)
+        n = self.n_first
+        seq = np.zeros((n, 3))
+        k = min(n, len(size))
+        seq[:k, 0] = size[:k]
+        seq[:k, 1] = direction[:k]
+        seq[1:k, 2] = np.diff(ts[:k]) / NS
+        return np.r_[out, seq.ravel()]
+
+    def _vector(self, flow: Flow, st: _State) -> np.ndarray:
+        s = st.sums
+        g = lambda k: s[_SUMS[k]]  # noqa: E731
+        pkts = flow.packets[0] + flow.packets[1]
+        byts = flow.bytes[0] + flow.bytes[1]
+        dur = (flow.last_ns - flow.first_ns) / NS
+        v = [dur, flow.proto == IPPROTO_TCP, flow.proto == IPPROTO_UDP, pkts, flow.packets[0] / pkts,
+             flow.bytes[0] / byts if byts else 0.0, pkts / dur if dur > 0 else 0.0, byts / dur if dur > 0 else 0.0]
+        for di, dn in enumerate(DIRS):
+            for name in ("size", "iat"):
+                n, tot, sq = g(f"{dn}_{name}_n"), g(f"{dn}_{name}_sum"), g(f"{dn}_{name}_sq")
+                mean = tot / n if n else 0.0
+                std = np.sqrt(max(sq / n - mean * mean, 0.0)) if n else 0.0
+                k = _EXTREMES.index(f"{dn}_{name}")
+                v += [mean, std, st.mins[k] if n else 0.0, st.maxs[k] if n else 0.0]
+            v.append(g(f"{dn}_empty") / flow.packets[di] if flow.packets[di] else 0.0)
+            pairs = g(f"{dn}_pairs")
+            v += [g(f"{dn}_eq{j}") / pairs if pairs else 0.0 for j in range(HDR)]
+            v += [g(f"{dn}_ctr_be") / pairs if pairs else 0.0, g(f"{dn}_ctr_le") / pairs if pairs else 0.0]
+        v += [g("syn"), g("fin"), g("rst"), g("psh") / pkts, g("pure_ack") / pkts]
+        head = st.head_features if st.head_features is not None else self._head_features(st)
+        verdict = flow.verdict.family if flow.verdict else None
+        sig = []
+        for fam in SIG_FAMILIES:
+            ran = any(fam == dis.family and flow.proto in dis.transports for dis in registry.ALL)
+            state = ("confirmed" if verdict == fam else "undecided" if fam in st.undecided
+                     else "rejected" if ran else "not_run")
+            sig.append(SIG_STATE[state])
+        return np.r_[np.array(v, np.float64), head, sig]
+
+
+# ---------------------------------------------------------------------------------------------- helpers
+def _header_bytes(t, rows: np.ndarray, width: int) -> tuple[np.ndarray, np.ndarray]:
+    """The first `width` payload bytes of each row (zero-padded) and how many are real."""
+    hlen = np.minimum(t.payload_len[rows], width).astype(np.int64)
+    if not len(rows) or not len(t.data):
+        return np.zeros((len(rows), width), np.uint8), hlen
+    idx = t.payload_off[rows][:, None] + np.arange(width)
+    valid = np.arange(width) < hlen[:, None]
+    return np.where(valid, t.data[np.clip(idx, 0, len(t.data) - 1)], 0).astype(np.uint8), hlen
+
+
+def _uint32(b: np.ndarray, big: bool) -> np.ndarray:
+    """Four bytes per row as an int64 value; differences of these are taken modulo 2**32 by callers."""
+    b = b.astype(np.int64)
+    v = (b[:, 0] << 24 | b[:, 1] << 16 | b[:, 2] << 8 | b[:, 3]) if big else \
+        (b[:, 3] << 24 | b[:, 2] << 16 | b[:, 1] << 8 | b[:, 0])
+    return v % (1 << 32)
+
+
+def _grouped(vals: np.ndarray, grp: np.ndarray, n: int, mask: np.ndarray):
+    """Count, sum, sum of squares, min and max of `vals[mask]` per group id."""
+    v, g = vals[mask], grp[mask]
+    lo = np.full(n, np.inf)
+    hi = np.full(n, -np.inf)
+    np.minimum.at(lo, g, v)
+    np.maximum.at(hi, g, v)
+    return (np.bincount(g, minlength=n), np.bincount(g, weights=v, minlength=n),
+            np.bincount(g, weights=v * v, minlength=n), lo, hi)
+
+
+def _entropy(hist: np.ndarray) -> float:
+    n = hist.sum()
+    if not n:
+        return 0.0
+    q = hist[hist > 0] / n
+    return float(-(q * np.log2(q)).sum())
+
+
+def _opcode_filter(opcodes: np.ndarray) -> list[float]:
+    """Xue et al.'s opcode filter, as reproduced in OpenVPN4: distinct count, and the flag that the
+    handshake's first two opcodes (the resets) do not come back once four distinct opcodes were seen."""
+    distinct = len(np.unique(opcodes))
+    ok = 0.0
+    if 4 <= distinct <= 10:
+        seen: set[int] = set()
+        resets = set(opcodes[:2].tolist())
+        ok = 1.0
+        for op in opcodes.tolist():
+            if len(seen) >= 4 and op in resets:
+                ok = 0.0
+                break
+            seen.add(op)
+    return [float(distinct), ok]
+
+
+def _ack_filter(size: np.ndarray) -> list[float]:
+    """ACK candidate size and the count of same-sized (±16 B) payloads per 10-packet bin."""
+    later = np.flatnonzero((size[2:] >= 22) & (size[2:] <= 54))
+    if not len(later):
+        return [0.0] * (1 + ACK_BINS)
+    ack = float(size[2 + later[0]])
+    hit = np.abs(size[:HEAD] - ack) <= 16
+    bins = np.bincount(np.flatnonzero(hit) // 10, minlength=ACK_BINS)[:ACK_BINS]
+    return [ack, *bins.astype(float).tolist()]
+
+
+# ---------------------------------------------------------------------------------------------- API
+def vectors(flows: Sequence[Flow], n_first: int = N_FIRST) -> np.ndarray:
+    """Feature matrix (schema order) of flows that ended under a FeaturePlugin."""
+    width = len(schema(n_first))
+    if not flows:
+        return np.zeros((0, width))
+    return np.vstack([f.ext[KEY] for f in flows])
+
+
+def index_row(pcap: str, flow: Flow) -> tuple:
+    """The non-feature columns that say which flow a row is."""
+    return (pcap, flow_id(flow), transport_name(flow.proto), address_text(flow.src), flow.sport,
+            address_text(flow.dst), flow.dport)
+
+
+def extract(captures: Iterable[str | Path], n_first: int = N_FIRST, drop_first: int = 0,
+            config: FlowTableConfig | None = None, chunk_frames: int = 262_144) -> pd.DataFrame:
+    """One row per flow of every capture: index columns (pcap, flow_id, 5-tuple) then the features.
+
+    `drop_first` withholds each flow's first packets, as `vpnid eval --drop-first` does."""
+    import pandas as pd
+
+    from features.stream import flows_of
+
+    base = config or FlowTableConfig()
+    cfg = FlowTableConfig(base.idle_timeout, base.active_timeout, base.max_flows, drop_first)
+    index, blocks = [], []
+    for cap in captures:
+        plugin = FeaturePlugin(n_first)
+        table = FlowTable(registry.ALL, cfg, plugins=(plugin,))
+        for flows in flows_of(str(cap), table, chunk_frames, {}, lambda _m: None):
+            index += [index_row(str(cap), f) for f in flows]
+            blocks.append(vectors(flows, n_first))
+    names = feature_names(n_first)
+    feats = np.vstack(blocks) if blocks else np.zeros((0, len(names)))
+    df = pd.concat([pd.DataFrame(index, columns=list(INDEX_COLUMNS)), pd.DataFrame(feats, columns=names)], axis=1)
+    df.attrs.update(schema_version=SCHEMA_VERSION, n_first=n_first, drop_first=drop_first)
+    return df
+
+
+def to_parquet(df: pd.DataFrame, path: str | Path) -> None:
+    """Write features with the schema (version, units, meanings) in the Parquet metadata, so a file
+    documents itself."""
+    import json
+
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    n_first = int(df.attrs.get("n_first", N_FIRST))
+    table = pa.Table.from_pandas(df, preserve_index=False)
+    docs = {c.name: {"unit": c.unit, "meaning": c.meaning} for c in schema(n_first)}
+    meta = dict(table.schema.metadata or {})
+    meta[b"vpnid"] = json.dumps({"schema_version": SCHEMA_VERSION, "n_first": n_first,
+                                 "drop_first": int(df.attrs.get("drop_first", 0)), "columns": docs}).encode()
+    pq.write_table(table.replace_schema_metadata(meta), path)
