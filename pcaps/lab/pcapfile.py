@@ -65,7 +65,7 @@ def is_control(frame: bytes) -> bool:
     ip = eth.data
     if not isinstance(ip, dpkt.ip.IP):
         return True  # ARP and the like: rare and cheap
-    if ip.off & (dpkt.ip.IP_MF | dpkt.ip.IP_OFFMASK):
+    if ip.mf or ip.offset:
         return True  # IP fragments only come from oversized IKE messages here
     l4 = ip.data
     if isinstance(l4, dpkt.tcp.TCP):

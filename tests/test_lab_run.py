@@ -1,0 +1,53 @@
+"""Regenerate one capture per protocol family with the real daemons and compare it with the committed corpus.
+
+Slow (about 3 minutes) and needs root plus the lab's packages: marked ``lab``.
+"""
+from __future__ import annotations
+
+import os
+
+import pytest
+
+from pcaps.lab import manifest, pcapfile, registry, system
+from pcaps.lab.cli import capture
+from pcaps.lab.pki import Pki
+from pcaps.lab.variant import FAMILIES
+
+pytestmark = pytest.mark.lab
+
+ONE_PER_FAMILY = ["openvpn-udp-tlscryptv2-high", "wireguard-rehandshake", "ipsec-ikev2-psk", "openconnect-tls-8443",
+                  "shadowsocks-chacha-8388", "neg-https-tls13-443"]
+TOLERANCE = 0.25  # TCP acknowledgement patterns and timer jitter move packet counts between runs
+VARIANTS = registry.select(",".join(ONE_PER_FAMILY))
+
+
+def _skip_reason() -> str | None:
+    if os.geteuid() != 0:
+        return "needs root: network namespaces, TUN devices and tcpdump"
+    debs, mods = system.missing(VARIANTS)
+    if debs or mods:
+        return f"lab packages missing: {' '.join(debs + mods)} (python -m pcaps.lab --install)"
+    return None
+
+
+@pytest.fixture(scope="module")
+def pki(tmp_path_factory):
+    if reason := _skip_reason():
+        pytest.skip(reason)
+    return Pki.create(tmp_path_factory.mktemp("pki"))
+
+
+def test_one_variant_per_family():
+    assert sorted(v.family for v in VARIANTS) == sorted(FAMILIES)
+
+
+@pytest.mark.parametrize("variant", VARIANTS, ids=[v.name for v in VARIANTS])
+def test_regenerated_capture_matches_corpus(variant, pki, tmp_path):
+    raw, trimmed = tmp_path / f"{variant.name}.pcap", tmp_path / "trimmed.pcap"
+    capture(variant, pki, tmp_path, raw, scale=1)
+    assert manifest.foreign(raw) == set()
+    pcapfile.trim(raw, trimmed, **manifest.TRIM)
+    packets, _ = pcapfile.summary(trimmed)
+    row = next(r for r in manifest.load(manifest.CORPUS_DIR / "manifest.csv") if r["pcap"] == raw.name)
+    expected = int(row["packets"])
+    assert abs(packets - expected) <= TOLERANCE * expected, f"{packets} packets, corpus has {expected}"
