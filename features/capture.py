@@ -87,9 +87,12 @@ _log = logging.getLogger(__name__)
 
 
 def read_chunks(
-    path: str | os.PathLike, *, chunk_frames: int = 262_144, warn: Warn | None = None
+    path: str | os.PathLike, *, chunk_frames: int = 262_144, warn: Warn | None = None, eager: bool = False
 ) -> Iterator[RawChunk]:
     """Yield the frames of a capture file in chunks of at most `chunk_frames` frames.
+
+    `eager` yields what each read block held without waiting for a full chunk: for live captures, where
+    a packet must not wait for the next ones (chunk sizes then depend on how the data arrives).
 
     `path` "-" reads a stream from stdin. Raises `CaptureError` (before yielding anything) when the
     file cannot be read or is not a capture; damage later in the file goes to `warn` (default: the
@@ -102,7 +105,7 @@ def read_chunks(
     warn = warn or _log.warning
     with _open(path, name) as f:
         stream = _Stream.mapped(f) or _Stream(_decompressed(_raw_blocks(f, name), name, warn))
-        yield from _rechunk(_pieces(stream, name, warn, chunk_frames), chunk_frames)
+        yield from _rechunk(_pieces(stream, name, warn, chunk_frames), chunk_frames, eager)
 
 
 def _open(path: str | os.PathLike, name: str) -> contextlib.AbstractContextManager[BinaryIO]:
@@ -598,8 +601,9 @@ def _piece(u8: np.ndarray, start: int, end: int, offset: np.ndarray, caplen: Ite
     return RawChunk(data, offset, caplen, wirelen, ts_ns, linktype, frame)
 
 
-def _rechunk(pieces: Iterable[RawChunk], size: int) -> Iterator[RawChunk]:
-    """Regroup pieces (one per block walked, of any length) into chunks of `size` frames, the last shorter."""
+def _rechunk(pieces: Iterable[RawChunk], size: int, eager: bool = False) -> Iterator[RawChunk]:
+    """Regroup pieces (one per block walked, of any length) into chunks of `size` frames, the last shorter
+    (`eager`: every piece's frames are yielded at once, in chunks of at most `size`)."""
     pending: list[RawChunk] = []
     count = 0
     for piece in pieces:
@@ -612,6 +616,9 @@ def _rechunk(pieces: Iterable[RawChunk], size: int) -> Iterator[RawChunk]:
         if len(piece):
             pending.append(piece)
             count += len(piece)
+        if eager and pending:
+            yield _concat(pending)
+            pending, count = [], 0
     if pending:
         yield _concat(pending)
 
