@@ -155,7 +155,7 @@ class FlowTable:
         cfg = self.config
         idle_ns, active_ns = int(cfg.idle_timeout * NS), int(cfg.active_timeout * NS)
         keys, src_is_lo = _flow_keys(t)
-        ukeys, inv = np.unique(keys, return_inverse=True)
+        ukeys, inv = _unique_keys(keys)
         order = np.argsort(inv, kind="stable")
         inv_s = inv[order]
         ts_s = t.ts_ns[order]
@@ -421,6 +421,29 @@ def _observe_from(flow: Flow, t: PacketTable, row: int) -> None:
 
 def _flow_order(f: Flow) -> tuple[int, int, bytes, int, bytes, int, int]:
     return (f.first_ns, f.proto, f.src, f.sport, f.dst, f.dport, f.first_frame)
+
+
+def _unique_keys(keys: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """`np.unique(keys, return_inverse=True)` for flow keys, without sorting 37-byte values per packet
+    (a memcmp sort, ~0.4 s per million packets): packets are grouped by a 64-bit hash of their key, and
+    only the few distinct keys are sorted. A hash collision (checked) falls back to the plain sort."""
+    n = len(keys)
+    padded = np.zeros((n, 40), np.uint8)
+    padded[:, :KEY_BYTES] = keys.view(np.uint8).reshape(n, KEY_BYTES)
+    words = padded.view("<u8")
+    h = words[:, 0].copy()
+    for j in range(1, words.shape[1]):
+        h = (h * np.uint64(0x9E3779B97F4A7C15)) ^ words[:, j]
+    uh, inv_h = np.unique(h, return_inverse=True)
+    rep = np.empty(len(uh), np.int64)
+    rep[inv_h] = np.arange(n)  # one packet per hash value
+    if not np.array_equal(words, words[rep][inv_h]):
+        return np.unique(keys, return_inverse=True)
+    reps = keys[rep]
+    order = np.argsort(reps)  # byte order of the distinct keys, as np.unique gives them
+    rank = np.empty(len(order), np.int64)
+    rank[order] = np.arange(len(order))
+    return reps[order], rank[inv_h]
 
 
 def _flow_keys(t: PacketTable) -> tuple[np.ndarray, np.ndarray]:

@@ -1,8 +1,10 @@
 """The fast paths agree with the slow ones they replaced: the memory-mapped, compiled-walk reader with
-the streamed reader, and the packed-buffer Community ID with the `communityid` package (the oracle)."""
+the streamed reader, the hashed flow-key grouping with sorting the keys, and the packed-buffer Community
+ID with the `communityid` package (the oracle)."""
 
 from __future__ import annotations
 
+import contextlib
 import gzip
 import ipaddress
 import random
@@ -13,9 +15,11 @@ import numpy as np
 import pytest
 
 from classifier.community import community_id
-from features import capture
+from classifier.pipeline import classify_capture
+from features import capture, flows
 from features.capture import read_chunks
-from features.packets import ipv4_mapped
+from features.flows import KEY_BYTES, _unique_keys
+from features.packets import CaptureError, ipv4_mapped
 
 EXTERNAL = Path(__file__).resolve().parents[2] / "shared" / "corpus" / "external" / "ndpi" / "pcap"
 CAPTURES = sorted(p for p in EXTERNAL.glob("*") if p.suffix in (".pcap", ".pcapng", ".cap"))
@@ -78,3 +82,29 @@ def test_community_id_matches_the_reference_package(proto, v6):
             want = oracle.calc(communityid.FlowTuple(proto, text[0], text[1], *ports))
         assert community_id(proto, src, sport, dst, dport) == want
         assert community_id(proto, dst, dport, src, sport) == want  # direction-free
+
+
+def test_hashed_key_grouping_equals_sorting_the_keys():
+    rng = np.random.default_rng(7)
+    for n, distinct in ((1, 1), (50, 3), (70_000, 500), (70_000, 60_000)):
+        base = rng.integers(0, 256, (distinct, KEY_BYTES), dtype=np.uint8)
+        base[: distinct // 2, 1:17] = base[0, 1:17]  # shared prefixes, as many flows of one host have
+        keys = np.ascontiguousarray(base[rng.integers(0, distinct, n)]).view(f"V{KEY_BYTES}").ravel()
+        want_keys, want_inv = np.unique(keys, return_inverse=True)
+        got_keys, got_inv = _unique_keys(keys)
+        assert np.array_equal(got_keys, want_keys) and np.array_equal(got_inv, want_inv.ravel())
+
+
+@pytest.mark.skipif(not CAPTURES, reason=f"no external corpus at {EXTERNAL}")
+def test_flow_records_unchanged_by_hashed_grouping(monkeypatch):
+    """The whole pipeline on every external capture, with the hashed grouping and with the plain sort."""
+    def run() -> list[dict]:
+        out = []
+        for path in CAPTURES:
+            with contextlib.suppress(CaptureError):
+                out += [r.as_dict() for r in classify_capture(str(path))]
+        return out
+
+    new = run()
+    monkeypatch.setattr(flows, "_unique_keys", lambda keys: np.unique(keys, return_inverse=True))
+    assert run() == new and len(new) > 1000
