@@ -73,13 +73,15 @@ def run(args: argparse.Namespace) -> int:
               + (" ".join(mods) or "none") + "\n(run again with --install)", file=sys.stderr)
         return 2
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # so teardown in finally blocks runs
-    return _generate(variants, args.out, args.scale, args.commit_corpus)
+    try:
+        return _generate(variants, args.out, args.scale, args.commit_corpus)
+    except KeyboardInterrupt:
+        return 130
 
 
 def _generate(variants: list[Variant], out: Path, scale: int, commit: bool) -> int:
     out.mkdir(parents=True, exist_ok=True)
     workdir = Path(tempfile.mkdtemp(prefix="vpnid-lab-"))
-    workdir.chmod(0o711)  # daemons that drop to nobody (ocserv workers) must reach their sockets
     pki = Pki.create(workdir / "pki")
     done: list[tuple[Variant, Path]] = []
     failed: list[str] = []
@@ -88,7 +90,11 @@ def _generate(variants: list[Variant], out: Path, scale: int, commit: bool) -> i
         pcap, t0 = out / f"{v.name}.pcap", time.monotonic()
         try:
             capture(v, pki, workdir, pcap, scale)
-        except LabError as e:
+        except BaseException as e:
+            pcap.unlink(missing_ok=True)  # a partial capture must not pass for a labelled one
+            if not isinstance(e, LabError):
+                print(f"interrupted during {v.name}: lab torn down; logs in {workdir}", file=sys.stderr)
+                raise
             failed.append(v.name)
             print(f"FAILED {v.name}: {e}", file=sys.stderr)
             continue

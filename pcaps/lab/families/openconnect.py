@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import shutil
 import subprocess
+from pathlib import Path
 
 from pcaps.lab.config import TEMPLATES, render
 from pcaps.lab.netns import SERVER_IP, Lab
@@ -14,12 +15,22 @@ PASSWORD = "labpass"
 
 
 def drive(lab: Lab, pki: Pki, v: Variant, scale: int) -> None:
+    # ocserv workers drop to nobody and must reach sec-mod's socket: keep it out of the private work dir
+    sockets = Path(f"/run/vpnid-lab-{lab.tag}")
+    sockets.mkdir(mode=0o755)
+    try:
+        _drive(lab, pki, v, scale, sockets)
+    finally:
+        shutil.rmtree(sockets)
+
+
+def _drive(lab: Lab, pki: Pki, v: Variant, scale: int, sockets: Path) -> None:
     d = lab.workdir / v.name
     d.mkdir(parents=True, exist_ok=True)
     subprocess.run(["ocpasswd", "-c", str(d / "ocpasswd"), "lab"], input=f"{PASSWORD}\n{PASSWORD}\n", text=True,
                    check=True, capture_output=True)
     conf = render("ocserv.conf", d / "ocserv.conf", passwd=d / "ocpasswd", server_ip=SERVER_IP, port=v.server_port,
-                  dir=d, cert=pki.crt("server"), key=pki.key("server"))
+                  dir=sockets, cert=pki.crt("server"), key=pki.key("server"))
     script = shutil.copy(TEMPLATES / "openconnect-script.sh", d / "oc-script.sh")
     lab.spawn("b", f"{v.name}-ocserv", "ocserv", "-f", "-d", "1", "-c", str(conf))
     lab.wait_for(lambda: f"{SERVER_IP}:{v.server_port}" in lab.sh("b", "ss", "-ltn"), "ocserv listening")
