@@ -25,7 +25,7 @@ shadowsocks-libev) and non-VPN services between two network namespaces on
 underlay with tcpdump: one labelled pcap per variant plus manifest.csv.
 
 Needs root (namespaces, tcpdump, TUN devices). A full run at --scale 1 takes
-about 15 minutes; one variant 10-70 s. Only processes the lab started are ended,
+about 12 minutes; one variant 7-140 s. Only processes the lab started are ended,
 and its namespaces are removed even on error or Ctrl-C.
 """
 

@@ -10,7 +10,6 @@ import socket
 import struct
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator
 
 import dpkt
 
