@@ -80,6 +80,18 @@ def test_tls_crypt_v2_client_reset_with_wrapped_key(tcp: bool) -> None:
     assert "P_CONTROL_HARD_RESET_CLIENT_V3" in " ".join(d.evidence)
 
 
+@pytest.mark.parametrize("wrap, v3", [("tls-crypt", True), ("sha256", False)])
+def test_openvpn_26_client_replay_ids_from_early_negotiation_start(wrap: str, v3: bool) -> None:
+    """A 2.6 client that supports early negotiation counts its replay packet-ids from 0x0f000001."""
+    s = Session(wrap, seed=11)
+    s.replay[CLIENT] = 0x0F000000
+    d = run(handshake_packets(s, False, v3=v3))
+    assert d.state is State.CONFIRMED and d.confidence == pytest.approx(0.99)
+    s = Session(wrap, seed=11)
+    s.replay[CLIENT] = 0x1E000000  # anywhere else that high is not a packet-id
+    assert run(handshake_packets(s, False, v3=v3)).state is State.REJECTED
+
+
 def test_client_reset_with_early_negotiation_tlv() -> None:
     tlv = struct.pack(">HHHHH", 0x0F00, 6, 0x0001, 2, 0x0001)
     d = run(handshake_packets(Session("sha256", seed=5), False, reset_tlv=tlv))

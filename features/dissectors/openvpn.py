@@ -76,6 +76,9 @@ TLS_CRYPT_HEADER = HEADER_SIZE + PACKET_ID_SIZE + NET_TIME_SIZE + TLS_CRYPT_TAG_
 # Plausibility bounds, not spec values.
 MAX_RESET_SIZE = 1200  # a reset this large is a QUIC Initial (nDPI's rule)
 MAX_COUNTER = 1 << 24  # packet-ids start at 1 per session/key; far larger ones are random bytes
+# OpenVPN 2.6 (ssl_pkt.h EARLY_NEG_START): a client that supports early negotiation (the stateless HMAC
+# cookie of tls-crypt-v2) starts its control-channel replay packet-ids here instead of at 1.
+EARLY_NEG_START = 0x0F000000
 MAX_COUNTER_STEP = 64  # data packet-ids may skip lost or reordered datagrams, not thousands
 MAX_TCP_PACKET = 0x4000  # far above tun-mtu 1500; ASCII-led streams (HTTP, SSH) declare more
 MIN_DATA_PACKETS = 3  # per direction, for the mid-flow rule
@@ -189,9 +192,14 @@ def parse_control(b: bytes, wrap: Wrap) -> Control | None:
     return Control(opcode, key_id, sid, replay_id, remote, _u32(b, pos), b[pos + PACKET_ID_SIZE :])
 
 
+def _plausible_replay_id(x: int) -> bool:
+    """Replay packet-ids count from 1, or from EARLY_NEG_START + 1 (2.6 early negotiation)."""
+    return 0 < x < MAX_COUNTER or EARLY_NEG_START < x < EARLY_NEG_START + MAX_COUNTER
+
+
 def _plausible(c: Control) -> bool:
     """Counter ranges and hard-reset shape: the checks that kill wrong wrapping hypotheses quickly."""
-    if c.replay_id is not None and not 0 < c.replay_id < MAX_COUNTER:
+    if c.replay_id is not None and not _plausible_replay_id(c.replay_id):
         return False
     if c.msg_id is not None and c.msg_id >= MAX_COUNTER:
         return False
