@@ -463,7 +463,7 @@ def _ipv6_extensions(
     for _ in range(MAX_IPV6_EXT):
         i = np.flatnonzero(alive & walkable())
         if not i.size:
-            return nh, pos, frag_off, more, ident, alive
+            break
         fits = pos[i] + 8 <= end[i]
         alive[i[~fits]] = False
         i = i[fits]
@@ -475,8 +475,9 @@ def _ipv6_extensions(
         ident[i] = np.where(is_frag, _be32(e, 4), 0)
         nh[i] = e[:, 0]
         pos[i] += np.where(is_frag, IPV6_FRAG_HLEN, (e[:, 1].astype(np.int64) + 1) * 8)
-    alive &= ~walkable()  # chain longer than MAX_IPV6_EXT
-    return nh, pos, frag_off, more, ident, alive
+    else:
+        alive &= ~walkable()  # chain longer than MAX_IPV6_EXT
+    return nh, pos, frag_off, more, ident, alive & (pos <= end)  # the last header's length may lie
 
 
 def _ip_layer(buf: np.ndarray, c: _Cursor, stats: Counter[str]) -> list[_Ip]:
