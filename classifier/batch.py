@@ -287,8 +287,7 @@ def cmd_batch(args: argparse.Namespace) -> int:
     with _executor(args) as pool, _progress() as progress:
         task = progress.add_task("classifying", total=sum(map(len, todo)), pps="")
         packets, t0 = 0, time.perf_counter()
-        submit = pool.submit
-        for result in run_chains(todo, opts, submit, args.join):
+        for result in run_chains(todo, opts, pool.submit, args.join):
             for w in result.warnings:
                 warn(w)
             if result.error is not None:
@@ -308,8 +307,8 @@ def cmd_batch(args: argparse.Namespace) -> int:
 def _progress() -> Progress:
     from classifier.cli import err
 
-    return Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TextColumn("{task.fields[pps]}"),
-                    TimeElapsedColumn(), console=err, transient=False)
+    return Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
+                    TextColumn("{task.fields[pps]}"), TimeElapsedColumn(), console=err, transient=False)
 
 
 def _executor(args: argparse.Namespace) -> cf.Executor:

@@ -1,10 +1,12 @@
-"""`vpnid batch` and joined rotated files: same records as `vpnid classify`, resumable, local pool and a
-Dask LocalCluster giving the same result."""
+"""`vpnid batch`, joined rotated files and capture streams on stdin: the same records as `vpnid classify`
+on the file, resumable, a local pool and a Dask LocalCluster giving the same result."""
 
 from __future__ import annotations
 
 import json
 import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pyarrow.parquet as pq
@@ -48,6 +50,15 @@ def test_join_equals_one_capture(mixed_pcap, rotated):  # noqa: F811
     assert wg["pcap"] == str(rotated[0])  # a joined flow names the file it started in
     separate = jsonl(vpnid("classify", "--format", "jsonl", *map(str, rotated)).stdout)
     assert without_pcap(separate) != without_pcap(whole)  # without --join the session is cut in pieces
+
+
+def test_classify_reads_a_capture_stream_on_stdin(mixed_pcap):  # noqa: F811
+    res = subprocess.run([sys.executable, "-m", "classifier.cli", "classify", "--format", "jsonl", "-"],
+                         input=mixed_pcap.read_bytes(), capture_output=True, cwd=Path(__file__).parents[1], timeout=120)
+    assert res.returncode == 0, res.stderr
+    piped = jsonl(res.stdout.decode())
+    assert {r["pcap"] for r in piped} == {"-"}
+    assert without_pcap(piped) == without_pcap(jsonl(vpnid("classify", "--format", "jsonl", str(mixed_pcap)).stdout))
 
 
 def _batch_rows(out: Path) -> list[dict]:
