@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import ipaddress
 import json
+import secrets
 import sqlite3
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
@@ -68,6 +69,7 @@ STEPS: list[migrate.Step] = [
 migrate.register(SCHEMA, STEPS)
 
 REGISTERED = "registered"
+STARTED_AGAIN = "trial {!r} was started again while this run was writing it"
 BATCH = 5000  # flows per insert transaction while a run is writing
 # Client end of an unregistered tunnel, summarised for the report: /24 for IPv4, /64 for IPv6.
 CLIENT_PREFIX = {4: 24, 6: 64}
@@ -180,7 +182,7 @@ class TrialStore:
                       "max_flows": opts.max_flows}
         trial_id = self._begin(name, parameters, self.store.changed_at(), model_version)
         try:
-            counts = self._store_flows(trial_id, captures, opts, window, regs, progress, warn)
+            counts = self._store_flows(trial_id, name, captures, opts, window, regs, progress, warn)
             return self._finish(trial_id, name, *counts)
         except BaseException:
             with self._write() as conn:
@@ -188,13 +190,17 @@ class TrialStore:
             raise
 
     def _begin(self, name: str, parameters: dict, snapshot: str | None, model_version: str | None) -> int:
+        # A random id, never a recycled one: a run of the same name still writing (its row deleted below)
+        # must find its trial gone, not write into this one.
+        trial_id = secrets.randbits(62)
         with self._write() as conn:
             self._delete(conn, "name = ? AND state = 'running'", (name,))  # left by a run that was killed
-            return conn.execute("INSERT INTO trials (name, state, started_at, parameters, registry_snapshot, "
-                                "model_version) VALUES (?, 'running', ?, ?, ?, ?)",
-                                (name, _now(), json.dumps(parameters), snapshot, model_version)).lastrowid
+            conn.execute("INSERT INTO trials (id, name, state, started_at, parameters, registry_snapshot, "
+                         "model_version) VALUES (?, ?, 'running', ?, ?, ?, ?)",
+                         (trial_id, name, _now(), json.dumps(parameters), snapshot, model_version))
+        return trial_id
 
-    def _store_flows(self, trial_id: int, captures: list[str], opts: Options, window: Window,
+    def _store_flows(self, trial_id: int, name: str, captures: list[str], opts: Options, window: Window,
                      regs: dict[str, Registration], progress: Callable[[str, int], None],
                      warn: Warn) -> tuple[int, int, int]:
         flows = tunnels = flagged = 0
@@ -208,14 +214,16 @@ class TrialStore:
                               *_attribution(r, regs), is_flagged, r.first_seen, json.dumps(r.as_dict())))
                 flows, tunnels, flagged = flows + 1, tunnels + (r.label != NONE), flagged + is_flagged
                 if len(batch) >= BATCH:
-                    self._insert(batch)
+                    self._insert(trial_id, name, batch)
                     progress(path, flows)
-            self._insert(batch)
+            self._insert(trial_id, name, batch)
             progress(path, flows)
         return flows, tunnels, flagged
 
-    def _insert(self, rows: list[tuple]) -> None:
+    def _insert(self, trial_id: int, name: str, rows: list[tuple]) -> None:
         with self._write() as conn:
+            if conn.execute("SELECT 1 FROM trials WHERE id = ?", (trial_id,)).fetchone() is None:
+                raise TrialError(STARTED_AGAIN.format(name))
             conn.executemany("INSERT INTO trial_flows (trial_id, seq, flow_id, label, registry, registration_id, "
                              "organization, client_network, flagged, first_seen, record) "
                              "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)", rows)
@@ -227,7 +235,7 @@ class TrialStore:
             if conn.execute("UPDATE trials SET state = 'done', finished_at = ?, flows = ?, tunnels = ?, flagged = ? "
                             "WHERE id = ? AND state = 'running'",
                             (_now(), flows, tunnels, flagged, trial_id)).rowcount != 1:
-                raise TrialError(f"trial {name!r} was started again while this run was writing it")
+                raise TrialError(STARTED_AGAIN.format(name))
         trial = self.get(name)
         assert trial is not None
         return trial
