@@ -197,7 +197,9 @@ def score(rows: list[LabelRow], records_of: Callable[[Path], Iterable[FlowRecord
             if row.ends:
                 units.append((row, by_key.get((row.transport, row.ends), [])))
             else:
-                units += [(row, recs) for key, recs in sorted(by_key.items(), key=str) if key not in named]
+                # Sorted by value, not by str() of a frozenset, whose order changes with the hash seed.
+                ordered = sorted(by_key.items(), key=lambda kv: (kv[0][0], sorted(kv[0][1])))
+                units += [(row, recs) for key, recs in ordered if key not in named]
         for row, recs in units:
             if row.family in UNSCORED:
                 report.unscored += 1

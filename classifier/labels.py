@@ -1,20 +1,31 @@
-"""Labelling: turn a flow's dissector verdict into the record's label, confidence and evidence.
+"""Labelling: turn a flow's dissector verdict, or the model's judgement, into the record's label.
 
-A confirmed signature decides. A trained model (a later stage) will label the flows signatures leave
-undecided; until then they are `none`, with confidence 0 to say nothing vouches for that label.
+A confirmed signature decides. The trained model labels flows signatures leave undecided, and only when
+its probability clears the family's threshold; otherwise the flow is `none` with confidence 0 (nothing
+vouches for it), and the model's best guess stays in the evidence. `method` says which of the three.
 """
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 from features.flows import Flow
+
+if TYPE_CHECKING:
+    from classifier.model import Judgement
 
 NONE = "none"
 TUNNEL_FAMILIES = ("openvpn", "wireguard", "ipsec")
 
 
-def label(flow: Flow) -> dict:
+def label(flow: Flow, judgement: Judgement | None = None) -> dict:
     """The labelling fields of a flow record."""
     v = flow.verdict
-    if v is None:
-        return {"label": NONE, "confidence": 0.0, "evidence": [], "verdict_packet": None}
-    return {"label": v.family, "confidence": v.confidence, "evidence": list(v.evidence), "verdict_packet": v.packet}
+    if v is not None:
+        return {"label": v.family, "confidence": v.confidence, "method": "signature", "evidence": list(v.evidence),
+                "verdict_packet": v.packet}
+    if judgement is not None and judgement.family != NONE:
+        return {"label": judgement.family, "confidence": round(judgement.probability, 4), "method": "model",
+                "evidence": [judgement.evidence], "verdict_packet": flow.total_packets}
+    return {"label": NONE, "confidence": 0.0, "method": "none",
+            "evidence": [judgement.evidence] if judgement else [], "verdict_packet": None}

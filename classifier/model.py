@@ -82,7 +82,7 @@ class FlowModel(ClassifierMixin, BaseEstimator):
     """
 
     def __init__(self, estimator: str = "hgb", n_first: int = N_FIRST, calibration: str = "sigmoid",
-                 n_splits: int = 5, margin: float = 0.05, min_threshold: float = 0.5, min_packets: int = 20,
+                 n_splits: int = 5, margin: float = 0.05, min_threshold: float = 0.8, min_packets: int = 20,
                  seed: int = 0) -> None:
         self.estimator = estimator
         self.n_first = n_first
@@ -114,6 +114,7 @@ class FlowModel(ClassifierMixin, BaseEstimator):
         self.packets_column_ = names.index("packets")
         keep = X[:, self.packets_column_] >= self.min_packets
         X, y, groups = X[keep], y[keep], groups[keep]
+        self.n_features_in_ = len(names)
         self.columns_ = np.array([i for i, n in enumerate(names) if not n.startswith("sig_")])
         self.feature_names_ = [names[i] for i in self.columns_]
         self.schema_version_ = SCHEMA_VERSION
@@ -155,7 +156,11 @@ class FlowModel(ClassifierMixin, BaseEstimator):
     @threadpool_limits.wrap(limits=1)
     def predict_proba(self, X: np.ndarray) -> np.ndarray:
         """Class probabilities (columns as `classes_`) for vectors in schema order."""
-        return self.estimator_.predict_proba(np.asarray(X, np.float64)[:, self.columns_])
+        X = np.asarray(X, np.float64)
+        if X.ndim != 2 or X.shape[1] != self.n_features_in_:
+            raise ValueError(f"expected {self.n_features_in_} feature columns (schema v{self.schema_version_}), "
+                             f"got {X.shape[-1]}")
+        return self.estimator_.predict_proba(X[:, self.columns_])
 
     def predict(self, X: np.ndarray) -> np.ndarray:
         return np.array([j.family for j in self.judge(X)])

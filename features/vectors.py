@@ -40,7 +40,9 @@ ACK_BINS = 10  # 10-packet bins of the ACK-size filter over HEAD packets
 COUNTER_STEP = 64  # a sequence counter "advances" when it grows by 1..COUNTER_STEP between packets
 KEY = "vectors"  # this plugin's slot in Flow.ext
 INDEX_COLUMNS = ("pcap", "flow_id", "transport", "src_ip", "src_port", "dst_ip", "dst_port")
-SIG_FAMILIES = tuple(dict.fromkeys(d.family for d in registry.ALL))
+# Families with a dissector, in column order. Fixed here (not read from the registry) so that adding a
+# dissector cannot change the layout silently: a test fails until this and SCHEMA_VERSION are updated.
+SIG_FAMILIES = ("ipsec", "wireguard", "openvpn", "openconnect")
 SIG_STATE = {"not_run": 0, "undecided": 1, "rejected": 2, "confirmed": 3}
 DIRS = ("fwd", "bwd")  # initiator -> responder, responder -> initiator
 

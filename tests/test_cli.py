@@ -54,7 +54,7 @@ def test_jsonl_has_the_documented_fields_and_labels_by_structure_not_port(mixed_
     assert list(recs[0]) == [
         "pcap", "flow_id", "community_id", "transport", "src_ip", "src_port", "dst_ip", "dst_port",
         "first_seen", "last_seen", "src2dst_packets", "dst2src_packets", "src2dst_bytes", "dst2src_bytes",
-        "label", "confidence", "evidence", "verdict_packet", "end_reason"]
+        "label", "confidence", "method", "evidence", "verdict_packet", "end_reason"]
     by_port = {(r["transport"], r["dst_port"]): r for r in recs}
     wg = by_port[("udp", 53)]
     assert (wg["label"], wg["src_ip"], wg["src_port"]) == ("wireguard", LAB_A, 40001)

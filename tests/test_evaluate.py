@@ -14,7 +14,7 @@ HEADER = "pcap,transport,a_ip,a_port,b_ip,b_port,family,confidence\n"
 
 def rec(src: str, sport: int, dst: str, dport: int, label: str, transport: str = "udp", fid: str = "F1") -> FlowRecord:
     return FlowRecord("x.pcap", fid, None, transport, src, sport, dst, dport, 0.0, 1.0, 1, 1, 100, 100,
-                      label, 0.9, [], 1, "idle")
+                      label, 0.9, "signature", [], 1, "idle")
 
 
 def write(tmp_path: Path, body: str) -> Path:

@@ -78,6 +78,13 @@ def test_schema_documents_every_column_once_with_unit_and_meaning():
     assert isinstance(SCHEMA_VERSION, int)
 
 
+def test_every_dissector_family_has_a_state_column():
+    """Adding a dissector family changes the layout: update SIG_FAMILIES and bump SCHEMA_VERSION."""
+    from features.vectors import SIG_FAMILIES
+
+    assert set(SIG_FAMILIES) == {d.family for d in registry.ALL}
+
+
 def test_chunking_does_not_change_any_feature():
     pk = sorted(tunnel() + noise(), key=lambda p: p.ts)
     _, whole = run([pk])

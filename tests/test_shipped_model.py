@@ -1,0 +1,75 @@
+"""The shipped model on the committed corpus: mid-flow recall, no false positives, the card's numbers
+are the ones `vpnid eval` prints, and the CLI refuses altered model files."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from classifier.evaluate import read_labels, score
+from classifier.labels import TUNNEL_FAMILIES
+from classifier.model import DEFAULT_MODEL, load
+from classifier.pipeline import Options, classify_capture
+
+ROOT = Path(__file__).resolve().parents[1]
+CORPUS = ROOT / "pcaps" / "corpus" / "manifest.csv"
+EXTERNAL = ROOT.parent / "shared" / "corpus" / "external" / "truth.csv"
+CARD = DEFAULT_MODEL.with_suffix(".md")
+
+pytestmark = pytest.mark.slow
+
+
+def vpnid(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "classifier.cli", *args], capture_output=True, text=True, cwd=ROOT)
+
+
+def evaluate(labels: Path, drop_first: int):
+    rows, _ = read_labels(labels)
+    opts = Options(drop_first=drop_first, model=load(DEFAULT_MODEL))
+    return score(rows, lambda p: classify_capture(str(p), opts))
+
+
+def test_mid_flow_recall_per_tunnel_family_and_no_label_on_negatives():
+    report = evaluate(CORPUS, 25)
+    for fam in TUNNEL_FAMILIES:
+        assert report.families[fam].rows and report.families[fam].recall >= 0.95, fam
+    assert not report.false_positives
+
+
+@pytest.mark.skipif(not EXTERNAL.exists(), reason=f"external dev set not present at {EXTERNAL}")
+def test_external_set_keeps_every_tunnel_and_no_false_positive_with_the_model():
+    report = evaluate(EXTERNAL, 0)
+    assert sum(report.families[f].correct for f in TUNNEL_FAMILIES) == 38
+    assert not report.false_positives and not report.misses
+
+
+def test_model_card_shows_what_vpnid_eval_prints():
+    res = vpnid("eval", "--drop-first", "25", "pcaps/corpus/manifest.csv")
+    assert res.returncode == 0, res.stderr
+    card = CARD.read_text(encoding="utf-8")
+    block = card.split("### `vpnid eval --drop-first 25 pcaps/corpus/manifest.csv`")[1].split("```")[1]
+    assert block.strip() == res.stdout.strip()
+
+
+def test_cli_refuses_an_altered_model(tmp_path):
+    bad = tmp_path / "bad.skops"
+    data = bytearray(DEFAULT_MODEL.read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    bad.write_bytes(bytes(data))
+    res = vpnid("classify", "--format", "jsonl", "--model", str(bad), "pcaps/corpus/wireguard-keepalive.pcap")
+    assert res.returncode == 2 and "bad.skops" in res.stderr and ("altered" in res.stderr or "damaged" in res.stderr)
+    assert res.stdout == ""
+
+
+def test_classify_records_say_which_method_labelled_them():
+    import json
+
+    res = vpnid("classify", "--format", "jsonl", "pcaps/corpus/wireguard-keepalive.pcap")
+    recs = [json.loads(line) for line in res.stdout.splitlines()]
+    assert recs and {r["method"] for r in recs} <= {"signature", "model", "none"}
+    assert any(r["method"] == "signature" and r["label"] == "wireguard" for r in recs)
+    res = vpnid("classify", "--format", "jsonl", "--no-model", "--model", "x", "pcaps/corpus/wireguard-keepalive.pcap")
+    assert res.returncode == 2  # the two options exclude each other
