@@ -128,15 +128,17 @@ def evaluate_with(model: FlowModel | None, labels: str | Path, drop_first: int =
     return score(rows, lambda p: classify_capture(str(p), opts))
 
 
-def report_text(report: Report) -> str:
-    """The report as `vpnid eval` prints it."""
+def report_text(report: Report, rows: bool = False) -> str:
+    """The report as `vpnid eval` prints it; without `rows`, the per-row listings are left out (every
+    count and rate stays, verbatim)."""
     from rich.console import Console
 
     from classifier.cli import print_report
 
     console = Console(file=io.StringIO(), width=110, color_system=None, highlight=False, soft_wrap=True)
     print_report(report, console)
-    return console.file.getvalue()
+    text = console.file.getvalue()
+    return text if rows else "".join(ln for ln in text.splitlines(True) if not ln.startswith("  line "))
 
 
 def _md(df: pd.DataFrame) -> str:
