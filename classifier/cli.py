@@ -6,29 +6,38 @@ import argparse
 import contextlib
 import csv
 import json
+import os
 import sys
 from collections.abc import Iterator
-from typing import IO
+from typing import IO, TYPE_CHECKING
 
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 from rich_argparse import RawDescriptionRichHelpFormatter
 
 from classifier.evaluate import LabelsError, Report, read_labels, score
 from classifier.labels import NONE
-from classifier.pipeline import CaptureStats, Options, classify_capture
-from classifier.records import FIELDS, FlowRecord
+from classifier.pipeline import CaptureStats, Carry, Options, classify_capture, end_carry
+from classifier.records import FlowRecord, output_fields
+from classifier.registry.match import Matcher
+from classifier.registry.store import ENV, StoreError, db_location, open_store
+from classifier.runtime import tune_gc
 from features.packets import CaptureError
+
+if TYPE_CHECKING:
+    from classifier.model import FlowModel
 
 err = Console(stderr=True, highlight=False)
 
 
 def warn(msg: str) -> None:
-    err.print(f"[yellow]vpnid: warning:[/] {msg}", soft_wrap=True)
+    """Messages carry file names and capture contents: escaped, so '[' in them is text, not markup."""
+    err.print(f"[yellow]vpnid: warning:[/] {escape(msg)}", soft_wrap=True)
 
 
 def error(msg: str) -> None:
-    err.print(f"[red]vpnid: error:[/] {msg}", soft_wrap=True)
+    err.print(f"[red]vpnid: error:[/] {escape(msg)}", soft_wrap=True)
 
 
 # ---------------------------------------------------------------------------------------------- classify
@@ -61,68 +70,119 @@ def add_flow_options(p: argparse.ArgumentParser) -> None:
     g.add_argument("--max-flows", type=int, default=1_000_000, metavar="N",
                    help="open flows kept in memory; beyond that the least recently seen are ended early "
                         "and counted (default: %(default)s)")
+    add_model_options(p)
+
+
+def add_model_options(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("model options").add_mutually_exclusive_group()
+    g.add_argument("--model", metavar="PATH", help="trained model for flows signatures leave undecided "
+                                                    "(default: models/vpnid.skops when present)")
+    g.add_argument("--no-model", action="store_true", help="signatures only")
+
+
+class ModelUnusable(Exception):
+    """The model named (or shipped) cannot be loaded; the reason was already printed."""
+
+
+def load_model(args: argparse.Namespace) -> FlowModel | None:
+    """The model a command should use: --model, else the shipped one if present, else none."""
+    if args.no_model:
+        return None
+    from classifier.model import DEFAULT_MODEL, ModelError, load
+
+    if args.model is None and not DEFAULT_MODEL.exists():
+        warn(f"no model at {DEFAULT_MODEL}; labelling by signatures only")
+        return None
+    try:
+        return load(args.model or DEFAULT_MODEL)
+    except ModelError as e:
+        error(str(e))
+        raise ModelUnusable from None
 
 
 def options(args: argparse.Namespace) -> Options:
-    return Options(idle_timeout=args.idle_timeout, active_timeout=args.active_timeout, max_flows=args.max_flows)
+    """Pipeline options from the flow and model options every classifying command shares."""
+    return Options(idle_timeout=args.idle_timeout, active_timeout=args.active_timeout, max_flows=args.max_flows,
+                   drop_first=getattr(args, "drop_first", 0), model=load_model(args))
 
 
 def _records(captures: list[str], opts: Options, stats: dict[str, CaptureStats],
-             failed: list[str]) -> Iterator[FlowRecord]:
+             failed: list[str], join: bool = False) -> Iterator[FlowRecord]:
+    carry = Carry() if join else None
     for path in captures:
         st = stats.setdefault(path, CaptureStats())
         try:
             with err.status(f"reading {path}", spinner="dots") if err.is_terminal else contextlib.nullcontext():
-                yield from classify_capture(path, opts, warn=warn, stats=st)
+                yield from classify_capture(path, opts, warn=warn, stats=st, carry=carry)
         except CaptureError as e:
             error(str(e))
             failed.append(path)
+    if carry is not None:
+        yield from end_carry(carry, opts)
 
 
-def write_jsonl(records: Iterator[FlowRecord], out: IO[str]) -> None:
+def write_jsonl(records: Iterator[FlowRecord], out: IO[str], fields: tuple[str, ...]) -> None:
     for r in records:
-        out.write(json.dumps(r.as_dict(), ensure_ascii=False) + "\n")
+        d = r.as_dict()
+        out.write(json.dumps({k: d[k] for k in fields}, ensure_ascii=False) + "\n")
 
 
-def write_csv(records: Iterator[FlowRecord], out: IO[str]) -> None:
+def write_csv(records: Iterator[FlowRecord], out: IO[str], fields: tuple[str, ...]) -> None:
     w = csv.writer(out, lineterminator="\n")
-    w.writerow(FIELDS)
+    w.writerow(fields)
     for r in records:
         d = r.as_dict()
         d["evidence"] = " | ".join(d["evidence"])
-        w.writerow(["" if d[k] is None else d[k] for k in FIELDS])
+        w.writerow(["" if d[k] is None else d[k] for k in fields])
 
 
-def write_table(records: Iterator[FlowRecord], out: IO[str], show_all: bool, stats: dict[str, CaptureStats]) -> None:
+def write_table(records: Iterator[FlowRecord], out: IO[str], show_all: bool, stats: dict[str, CaptureStats],
+                with_registry: bool = False) -> None:
     console = Console(file=out, highlight=False, width=None if out is sys.stdout else 200)
     table = Table(title="flows" if show_all else "tunnel flows", show_lines=False)
-    for col in ("capture", "transport", "initiator", "responder", "packets", "label", "conf", "evidence"):
+    cols = ("capture", "transport", "initiator", "responder", "packets", "label", "conf", "registry", "evidence")
+    for col in cols if with_registry else tuple(c for c in cols if c != "registry"):
         table.add_column(col, overflow="fold")
     labels: dict[str, int] = {}
     for r in records:
         labels[r.label] = labels.get(r.label, 0) + 1
         if show_all or r.label != NONE:
-            table.add_row(r.pcap, r.transport, f"{r.src_ip}:{r.src_port}", f"{r.dst_ip}:{r.dst_port}",
+            verdict = [" ".join(filter(None, (r.registry, r.registration_id)))] if with_registry else []
+            table.add_row(escape(r.pcap), r.transport, f"{r.src_ip}:{r.src_port}", f"{r.dst_ip}:{r.dst_port}",
                           f"{r.src2dst_packets}/{r.dst2src_packets}", r.label, f"{r.confidence:.2f}",
-                          "; ".join(r.evidence))
+                          *verdict, escape("; ".join(r.evidence)))
     console.print(table)
     frames = sum(s.frames for s in stats.values())
     mix = ", ".join(f"{k}: {v}" for k, v in sorted(labels.items()))
     console.print(f"{len(stats)} capture(s), {frames} frames, {sum(labels.values())} flows ({mix or 'none'})")
 
 
+def registry_matcher(db: str | None) -> Matcher:
+    """The registry of `--db`/$VPNID_DB, indexed for the cross-check; StoreError if there is none."""
+    with open_store(db_location(db), create=False) as store:
+        return Matcher.build(store.select())
+
+
 def cmd_classify(args: argparse.Namespace) -> int:
     fmt = args.format or ("table" if (args.output is None and sys.stdout.isatty()) else "jsonl")
     stats: dict[str, CaptureStats] = {}
     failed: list[str] = []
-    records = _records(args.captures, options(args), stats, failed)
+    opts = options(args)
+    if args.db or os.environ.get(ENV):
+        try:
+            opts.matcher = registry_matcher(args.db)
+        except StoreError as e:
+            error(str(e))
+            return 2
+    fields = output_fields(opts.matcher is not None)
+    records = _records(args.captures, opts, stats, failed, args.join)
     with (open(args.output, "w", encoding="utf-8", newline="") if args.output else contextlib.nullcontext(sys.stdout)) as out:
         if fmt == "jsonl":
-            write_jsonl(records, out)
+            write_jsonl(records, out, fields)
         elif fmt == "csv":
-            write_csv(records, out)
+            write_csv(records, out, fields)
         else:
-            write_table(records, out, args.all, stats)
+            write_table(records, out, args.all, stats, opts.matcher is not None)
     return 1 if failed else 0
 
 
@@ -203,6 +263,11 @@ def build_parser() -> argparse.ArgumentParser:
                    help="output format (default: table on a terminal, else jsonl)")
     p.add_argument("-o", "--output", metavar="FILE", help="write to FILE instead of standard output")
     p.add_argument("--all", action="store_true", help="table format: list every flow, not only tunnels")
+    p.add_argument("--join", action="store_true",
+                   help="the captures are consecutive rotated files of one capture, given in time order: "
+                        "flows that span files are joined (a joined flow names the file it started in)")
+    p.add_argument("--db", metavar="DB", help=f"cross-check tunnel flows against this registry database "
+                                               f"(default: ${ENV} if set); adds registry, registration_id")
     add_flow_options(p)
     p.set_defaults(func=cmd_classify)
 
@@ -213,23 +278,38 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--trust", default="DPI", metavar="PREFIX",
                    help="score only rows whose confidence starts with PREFIX ('' scores all; default: %(default)s)")
     p.add_argument("--strict", action="store_true", help="exit 1 unless every scored row is correct")
+    p.add_argument("--drop-first", type=int, default=0, metavar="N",
+                   help="withhold each flow's first N packets from dissectors, features and counters, as if "
+                        "the capture had started late (default: %(default)s)")
     add_flow_options(p)
     p.set_defaults(func=cmd_eval)
 
+    from classifier import train_cli
+
+    train_cli.register(sub)
+
+    from classifier import batch, explain, live, trial_cli
     from classifier.registry import cli as registry_cli
     from pcaps.lab import cli as lab_cli  # the lab stands apart: it only adds its own subcommand
 
     registry_cli.register(sub)
+    trial_cli.register(sub)
+    explain.register(sub)
+    batch.register(sub)
+    live.register(sub)
     lab_cli.register(sub)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    tune_gc()
     try:
         return args.func(args)
     except BrokenPipeError:
         return 0
+    except ModelUnusable:
+        return 2
     except KeyboardInterrupt:
         error("interrupted")
         return 130

@@ -2,16 +2,11 @@
 
 from __future__ import annotations
 
-import base64
-import hashlib
-from dataclasses import asdict, dataclass, fields
+from dataclasses import dataclass, fields
 
-import communityid
-
-from features.flows import NS, Flow
-from features.packets import IPPROTO_ICMP, IPPROTO_ICMPV6, address_text, transport_name
-
-_COMMUNITY_ID = communityid.CommunityID()
+from classifier.community import community_id
+from features.flows import NS, Flow, flow_id
+from features.packets import address_text, transport_name
 
 
 @dataclass(slots=True)
@@ -34,30 +29,28 @@ class FlowRecord:
     dst2src_bytes: int
     label: str  # openvpn | wireguard | ipsec | none | another tunnel family
     confidence: float
+    method: str  # signature | model | none: what decided the label
     evidence: list[str]
     verdict_packet: int | None  # flow packet number at which the label was decided
     end_reason: str  # idle | active | fin | rst | end_of_capture | evicted
+    # Set only by runs that cross-check a registry (`classify --db`, trials); None for non-tunnel flows.
+    registry: str | None = None  # registered | unregistered | expired | suspended | revoked | protocol_mismatch
+    registration_id: str | None = None  # the registration that decided `registry`
 
     def as_dict(self) -> dict:
-        return asdict(self)
+        """Field name -> value; shallow (the evidence list is the record's own), as output needs no copy
+        and `dataclasses.asdict` deep-copies at several µs per record."""
+        return {name: getattr(self, name) for name in FIELDS}
 
 
 FIELDS: tuple[str, ...] = tuple(f.name for f in fields(FlowRecord))
+REGISTRY_FIELDS = ("registry", "registration_id")
 
 
-def flow_id(flow: Flow) -> str:
-    """Deterministic id from the 5-tuple and first packet time (like Zeek's uid, but reproducible)."""
-    h = hashlib.blake2b(digest_size=10)
-    h.update(bytes([flow.proto]) + flow.src + flow.sport.to_bytes(2, "big") + flow.dst)
-    h.update(flow.dport.to_bytes(2, "big") + flow.first_ns.to_bytes(8, "big", signed=True))
-    return "F" + base64.b32encode(h.digest()).decode().lower()
-
-
-def community_id(flow: Flow, src_ip: str, dst_ip: str) -> str | None:
-    if flow.proto in (IPPROTO_ICMP, IPPROTO_ICMPV6):
-        return None  # needs ICMP type/code, which flows do not keep
-    ports = (flow.sport, flow.dport) if flow.proto in communityid.PORT_PROTOS else (None, None)
-    return _COMMUNITY_ID.calc(communityid.FlowTuple(flow.proto, src_ip, dst_ip, *ports))
+def output_fields(with_registry: bool) -> tuple[str, ...]:
+    """JSONL/CSV columns: the registry columns only when a registry was checked, so output without one
+    keeps its documented shape."""
+    return FIELDS if with_registry else tuple(f for f in FIELDS if f not in REGISTRY_FIELDS)
 
 
 def base_record(pcap: str, flow: Flow) -> dict:
@@ -66,7 +59,7 @@ def base_record(pcap: str, flow: Flow) -> dict:
     return {
         "pcap": pcap,
         "flow_id": flow_id(flow),
-        "community_id": community_id(flow, src_ip, dst_ip),
+        "community_id": community_id(flow.proto, flow.src, flow.sport, flow.dst, flow.dport),
         "transport": transport_name(flow.proto),
         "src_ip": src_ip,
         "src_port": flow.sport,
