@@ -71,8 +71,11 @@ def flows(n: int, regs: list[Registration], rnd: random.Random) -> list[FlowReco
         if rnd.random() < 0.5:
             client, server, sport, dport = server, client, dport, sport
         t = T0 + rnd.random() * 86400 * 365
-        out.append(FlowRecord("bench", f"F{i}", None, "udp", client, sport, server, dport, t, t + 10, 5, 5, 500, 500,
-                              rnd.choice(("openvpn", "wireguard", "ipsec")), 1.0, [], 1, "idle"))
+        out.append(FlowRecord(
+            pcap="bench", flow_id=f"F{i}", community_id=None, transport="udp", src_ip=client, src_port=sport,
+            dst_ip=server, dst_port=dport, first_seen=t, last_seen=t + 10, src2dst_packets=5, dst2src_packets=5,
+            src2dst_bytes=500, dst2src_bytes=500, label=rnd.choice(("openvpn", "wireguard", "ipsec")),
+            confidence=1.0, method="signature", evidence=[], verdict_packet=1, end_reason="idle"))
     return out
 
 
