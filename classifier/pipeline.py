@@ -60,7 +60,7 @@ class Carry:
 def _new_table(opts: Options) -> FlowTable:
     model = opts.model
     config = FlowTableConfig(opts.idle_timeout, opts.active_timeout, opts.max_flows, opts.drop_first)
-    return FlowTable(registry.ALL, config, plugins=(FeaturePlugin(model.n_first),) if model else ())
+    return FlowTable(registry.ALL, config, plugins=(FeaturePlugin(model.n_first, undecided_only=True),) if model else ())
 
 
 def _records(path: str, flows: list[Flow], opts: Options) -> list[FlowRecord]:

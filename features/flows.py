@@ -113,6 +113,16 @@ class Segments:
     before: np.ndarray
     direction: np.ndarray
 
+    def select(self, keep: np.ndarray) -> Segments:
+        """The same chunk restricted to the segments where `keep` (one bool per segment) is set."""
+        counts = np.diff(np.r_[self.starts, len(self.rows)])
+        packet_keep = np.repeat(keep, counts)
+        kept = counts[keep]
+        starts = np.concatenate(([0], np.cumsum(kept)[:-1])).astype(np.int64) if kept.size else kept
+        return Segments(self.table, self.rows[packet_keep], starts,
+                        [f for f, k in zip(self.flows, keep.tolist()) if k], self.before[keep],
+                        self.direction[packet_keep])
+
 
 class FlowPlugin(Protocol):
     """Per-flow aggregates beyond the core fields (nfstream-style hooks, but columnar per chunk)."""

@@ -153,12 +153,20 @@ class FeaturePlugin:
     """Flow-table plugin that leaves a feature vector (schema order) in `flow.ext["vectors"]` when a
     flow ends."""
 
-    def __init__(self, n_first: int = N_FIRST) -> None:
+    def __init__(self, n_first: int = N_FIRST, undecided_only: bool = False) -> None:
         self.n_first = n_first
         self.head_len = max(HEAD, n_first)
+        self.undecided_only = undecided_only  # classification needs vectors only where no signature decided
+
 
     # ------------------------------------------------------------------ per chunk
     def on_segments(self, seg: Segments) -> None:
+        if self.undecided_only:
+            keep = np.fromiter((f.verdict is None for f in seg.flows), bool, len(seg.flows))
+            if not keep.all():
+                seg = seg.select(keep)
+            if not seg.flows:
+                return
         t, rows, starts = seg.table, seg.rows, seg.starts
         n_seg = len(seg.flows)
         counts = np.diff(np.r_[starts, len(rows)])

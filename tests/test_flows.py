@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import numpy as np
+
 from features.dissectors.base import Dissector, FlowPacket, State
 from features.flows import FlowTable, FlowTableConfig
 from features.packets import TCP_ACK, TCP_FIN, TCP_RST, TCP_SYN, address_text
@@ -170,3 +172,22 @@ def test_plugins_see_every_packet_with_its_flow_direction_before_the_flow_ends()
         assert [f.ext["dirs"] for f in flows] == [f.packets for f in flows]
         assert [f.packets for f in flows] == [[2, 1], [1, 1], [7, 0], [5, 0]]
         assert all(f.ext["ended"] for f in flows)
+
+
+def test_segments_select_keeps_the_chosen_segments_rows_and_directions():
+    seen = []
+
+    class Picky:
+        def on_segments(self, seg) -> None:
+            sub = seg.select(np.array([f.sport != 1000 for f in seg.flows]))
+            seen.append(([f.sport for f in sub.flows], sub.starts.tolist(), sub.direction.tolist(),
+                         [int(seg.table.sport[r]) for r in sub.rows]))
+            assert seg.select(np.zeros(len(seg.flows), bool)).flows == []
+
+        def on_end(self, flow) -> None:
+            pass
+
+    pk = [P(0, A, B, 1000, 53), P(1, A, B, 2000, 53), P(2, B, A, 53, 2000), P(3, A, B, 3000, 53)]
+    ft = FlowTable((), plugins=(Picky(),))
+    ft.add(table(pk))
+    assert seen == [([2000, 3000], [0, 2], [0, 1, 0], [2000, 53, 3000])]
