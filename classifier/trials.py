@@ -148,16 +148,6 @@ class TrialStore:
         self.conn = store.conn
 
     @contextmanager
-    def _write(self) -> Iterator[sqlite3.Connection]:
-        self.conn.execute("BEGIN IMMEDIATE")
-        try:
-            yield self.conn
-        except BaseException:
-            self.conn.execute("ROLLBACK")
-            raise
-        self.conn.execute("COMMIT")
-
-    @contextmanager
     def reading(self) -> Iterator[TrialStore]:
         """One read transaction: every read inside sees the same state of the database."""
         self.conn.execute("BEGIN")
@@ -185,7 +175,7 @@ class TrialStore:
             counts = self._store_flows(trial_id, name, captures, opts, window, regs, progress, warn)
             return self._finish(trial_id, name, *counts)
         except BaseException:
-            with self._write() as conn:
+            with self.store.transaction() as conn:
                 self._delete(conn, "id = ?", (trial_id,))
             raise
 
@@ -193,7 +183,7 @@ class TrialStore:
         # A random id, never a recycled one: a run of the same name still writing (its row deleted below)
         # must find its trial gone, not write into this one.
         trial_id = secrets.randbits(62)
-        with self._write() as conn:
+        with self.store.transaction() as conn:
             self._delete(conn, "name = ? AND state = 'running'", (name,))  # left by a run that was killed
             conn.execute("INSERT INTO trials (id, name, state, started_at, parameters, registry_snapshot, "
                          "model_version) VALUES (?, ?, 'running', ?, ?, ?, ?)",
@@ -221,7 +211,7 @@ class TrialStore:
         return flows, tunnels, flagged
 
     def _insert(self, trial_id: int, name: str, rows: list[tuple]) -> None:
-        with self._write() as conn:
+        with self.store.transaction() as conn:
             if conn.execute("SELECT 1 FROM trials WHERE id = ?", (trial_id,)).fetchone() is None:
                 raise TrialError(STARTED_AGAIN.format(name))
             conn.executemany("INSERT INTO trial_flows (trial_id, seq, flow_id, label, registry, registration_id, "
@@ -230,7 +220,7 @@ class TrialStore:
         rows.clear()
 
     def _finish(self, trial_id: int, name: str, flows: int, tunnels: int, flagged: int) -> Trial:
-        with self._write() as conn:
+        with self.store.transaction() as conn:
             self._delete(conn, "name = ? AND state = 'done'", (name,))
             if conn.execute("UPDATE trials SET state = 'done', finished_at = ?, flows = ?, tunnels = ?, flagged = ? "
                             "WHERE id = ? AND state = 'running'",

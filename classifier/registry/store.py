@@ -153,7 +153,9 @@ class SqliteStore:
         self.conn.close()
 
     @contextmanager
-    def _transaction(self) -> Iterator[sqlite3.Connection]:
+    def transaction(self) -> Iterator[sqlite3.Connection]:
+        """One write transaction, taken at once (BEGIN IMMEDIATE) so writers queue instead of deadlocking;
+        the trials module writes its tables through it too."""
         self.conn.execute("BEGIN IMMEDIATE")
         try:
             yield self.conn
@@ -203,7 +205,7 @@ class SqliteStore:
                      f"VALUES ({', '.join('?' * len(FIELDS))})", [row[k] for k in FIELDS])
 
     def add(self, reg: Registration) -> None:
-        with self._transaction() as conn:
+        with self.transaction() as conn:
             if conn.execute("SELECT 1 FROM registrations WHERE registration_id = ?", (reg.registration_id,)).fetchone():
                 raise StoreError(f"registration {reg.registration_id} already exists "
                                  "(import a CSV row with that id to update it)")
@@ -212,7 +214,7 @@ class SqliteStore:
 
     def upsert(self, regs: Iterable[Registration]) -> Upserted:
         done = Upserted()
-        with self._transaction() as conn:
+        with self.transaction() as conn:
             for reg in regs:
                 rid, new = reg.registration_id, reg.to_fields()
                 row = conn.execute(f"SELECT {', '.join(FIELDS)} FROM registrations WHERE registration_id = ?",
@@ -235,7 +237,7 @@ class SqliteStore:
     def set_status(self, registration_id: str, status: str, reason: str = "") -> Registration:
         if status not in STATUSES:
             raise StoreError(f"status {status!r} is not one of {', '.join(STATUSES)}")
-        with self._transaction() as conn:
+        with self.transaction() as conn:
             if conn.execute("UPDATE registrations SET status = ? WHERE registration_id = ?",
                             (status, registration_id)).rowcount == 0:
                 raise StoreError(f"no registration {registration_id}")
