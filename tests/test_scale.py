@@ -21,7 +21,10 @@ from tests.capturegen import ICMP_ECHO, UDP_8, sweep_source, write_capture
 
 ROOT = Path(__file__).parent.parent
 SCALE = int(os.environ.get("VPNID_SCALE", "10000000"))  # flows of the scan, packets of the long flow
-MAX_RSS_GROWTH_KB = 48 << 10  # ten times the packets or flows may cost no more than this
+# Ten times the packets or flows may cost no more than this. Peak RSS of the same run varies by about
+# 130 MB with machine load (seen in CI: 594/702 MB where a quiet run gives 465/468 MB), so the bound
+# sits above that noise; a leak of even 20 bytes per flow over the 9 M extra flows still exceeds it.
+MAX_RSS_GROWTH_KB = 160 << 10
 
 def classify_stream(write: Callable[[BinaryIO], None], output: str, *args: str) -> tuple[int, str, int]:
     """Exit status, stderr and peak RSS (kB) of `vpnid classify --format csv -o OUTPUT ARGS -` fed by
