@@ -165,6 +165,10 @@ class FlowModel(ClassifierMixin, BaseEstimator):
     def predict(self, X: np.ndarray) -> np.ndarray:
         return np.array([j.family for j in self.judge(X)])
 
+    def unasked(self, packets: int) -> Judgement:
+        """The judgement of a flow too short for the model (it was neither trained on nor asked about)."""
+        return Judgement(NONE, 0.0, NONE, 1.0, f"model not asked: {packets} packets < {self.min_packets}")
+
     def judge(self, X: np.ndarray, top: int = 3) -> list[Judgement]:
         """Family (or none) per row, with the probability, threshold and the features that weigh most."""
         X = np.asarray(X, np.float64)
@@ -177,8 +181,7 @@ class FlowModel(ClassifierMixin, BaseEstimator):
         out = []
         for full, row, p in zip(X, X[:, self.columns_], proba):
             if full[self.packets_column_] < self.min_packets:
-                out.append(Judgement(NONE, 0.0, NONE, 1.0, f"model not asked: {full[self.packets_column_]:.0f} "
-                                                           f"packets < {self.min_packets}"))
+                out.append(self.unasked(int(full[self.packets_column_])))
                 continue
             if not fams:
                 out.append(Judgement(NONE, 0.0, NONE, 1.0, "model knows no tunnel family"))

@@ -60,14 +60,18 @@ class Carry:
 def _new_table(opts: Options) -> FlowTable:
     model = opts.model
     config = FlowTableConfig(opts.idle_timeout, opts.active_timeout, opts.max_flows, opts.drop_first)
-    return FlowTable(registry.ALL, config, plugins=(FeaturePlugin(model.n_first, undecided_only=True),) if model else ())
+    return FlowTable(registry.ALL, config, plugins=(FeaturePlugin(model.n_first, undecided_only=True, min_packets=model.min_packets),) if model else ())
 
 
 def _records(path: str, flows: list[Flow], opts: Options) -> list[FlowRecord]:
     """Records of ended flows; a flow carried over from an earlier file keeps the file it started in."""
     model = opts.model
-    undecided = [f for f in flows if f.verdict is None] if model else []
-    judged = dict(zip(map(id, undecided), model.judge(vectors(undecided, model.n_first)))) if undecided else {}
+    judged = {}
+    if model is not None:
+        undecided = [f for f in flows if f.verdict is None]
+        asked = [f for f in undecided if f.total_packets >= model.min_packets]
+        judged = {id(f): model.unasked(f.total_packets) for f in undecided}
+        judged.update(zip(map(id, asked), model.judge(vectors(asked, model.n_first))))
     batch = [FlowRecord(**base_record(flow.ext.get(ORIGIN, path), flow), **label(flow, judged.get(id(flow))))
              for flow in flows]
     if opts.matcher is not None:  # one vectorised check per drained group, not per flow

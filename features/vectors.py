@@ -153,10 +153,13 @@ class FeaturePlugin:
     """Flow-table plugin that leaves a feature vector (schema order) in `flow.ext["vectors"]` when a
     flow ends."""
 
-    def __init__(self, n_first: int = N_FIRST, undecided_only: bool = False) -> None:
+    def __init__(self, n_first: int = N_FIRST, undecided_only: bool = False, min_packets: int = 0) -> None:
         self.n_first = n_first
         self.head_len = max(HEAD, n_first)
-        self.undecided_only = undecided_only  # classification needs vectors only where no signature decided
+        # Classification needs vectors only where no signature decided and the flow is long enough for
+        # the model; feature extraction wants every flow (the defaults).
+        self.undecided_only = undecided_only
+        self.min_packets = min_packets
 
 
     # ------------------------------------------------------------------ per chunk
@@ -281,7 +284,7 @@ class FeaturePlugin:
     # ------------------------------------------------------------------ per flow
     def on_end(self, flow: Flow) -> None:
         st = flow.ext.pop(KEY, None)
-        if st is None:
+        if st is None or flow.total_packets < self.min_packets:
             return
         flow.ext[KEY] = self._vector(flow, st)
 
