@@ -22,7 +22,7 @@ from rich_argparse import RawDescriptionRichHelpFormatter
 
 import classifier.cli as vpnid_cli  # shared options and messages; a module import, so either loads first
 from classifier.flowpackets import Frame, flow_frames, write_pcaps
-from classifier.pipeline import Options, classify_capture
+from classifier.pipeline import classify_capture
 from classifier.records import FlowRecord
 from classifier.registry.store import ENV, StoreError
 from features.packets import CaptureError

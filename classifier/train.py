@@ -175,7 +175,7 @@ def model_card(name: str, model: FlowModel, ds: Dataset, models: dict[str, FlowM
         f"- Feature schema version: {SCHEMA_VERSION} (features/vectors.py), first-packets length N = {model.n_first}",
         f"- Estimator: `{model.estimator}` with {model.calibration} calibration (CalibratedClassifierCV, folds "
         f"grouped by capture), seed {model.seed}",
-        f"- Per-family thresholds: " + ", ".join(f"{f} {t:.3f}" for f, t in model.thresholds_.items()),
+        "- Per-family thresholds: " + ", ".join(f"{f} {t:.3f}" for f, t in model.thresholds_.items()),
         "- Libraries: " + ", ".join(f"{k} {v}" for k, v in _versions().items()),
         "",
         "## What it does",

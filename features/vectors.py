@@ -112,7 +112,7 @@ def schema(n_first: int = N_FIRST) -> tuple[Column, ...]:
         cols += [
             Column(f"first{i}_size", "bytes", f"payload of the {i}th payload packet (0 if absent)"),
             Column(f"first{i}_dir", "sign", f"direction of the {i}th payload packet: +1 fwd, -1 bwd, 0 absent"),
-            Column(f"first{i}_gap", "s", f"time since the previous payload packet (0 for the first or absent)"),
+            Column(f"first{i}_gap", "s", "time since the previous payload packet (0 for the first or absent)"),
         ]
     cols += [Column(f"sig_{fam}", "state",
                     f"{fam} dissectors: 0 none ran (transport), 1 undecided, 2 rejected, 3 confirmed")
