@@ -31,11 +31,6 @@ def register(name: str, steps: Sequence[Step]) -> None:
     _SCHEMAS[name] = tuple(steps)
 
 
-def registered() -> dict[str, int]:
-    """Each registered schema's current version (its number of steps)."""
-    return {name: len(steps) for name, steps in _SCHEMAS.items()}
-
-
 def version(conn: sqlite3.Connection, name: str) -> int:
     if name == CORE:
         return conn.execute("PRAGMA user_version").fetchone()[0]

@@ -96,14 +96,6 @@ class Wrap:
     hmac_size: int = 0
     crypt: bool = False
 
-    @property
-    def replay_offset(self) -> int | None:
-        """Where the clear replay packet-id sits (tls-auth: after the HMAC; tls-crypt: before the tag)."""
-        if self.crypt:
-            return HEADER_SIZE
-        return HEADER_SIZE + self.hmac_size if self.hmac_size else None
-
-
     def describe(self) -> str:
         if self.crypt:
             return "tls-crypt: clear packet-id/time, 32-byte tag, rest encrypted"
