@@ -26,6 +26,7 @@ from classifier.runtime import tune_gc
 from features.packets import CaptureError
 
 if TYPE_CHECKING:
+    from classifier.fastmodel import CompiledModel
     from classifier.model import FlowModel
 
 err = Console(stderr=True, highlight=False)
@@ -84,11 +85,11 @@ class ModelUnusable(Exception):
     """The model named (or shipped) cannot be loaded; the reason was already printed."""
 
 
-def load_model(args: argparse.Namespace) -> FlowModel | None:
+def load_model(args: argparse.Namespace) -> CompiledModel | FlowModel | None:
     """The model a command should use: --model, else the shipped one if present, else none."""
     if args.no_model:
         return None
-    from classifier.model import DEFAULT_MODEL, ModelError, load
+    from classifier.fastmodel import DEFAULT_MODEL, ModelError, load
 
     if args.model is None and not DEFAULT_MODEL.exists():
         warn(f"no model at {DEFAULT_MODEL}; labelling by signatures only")

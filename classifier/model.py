@@ -14,7 +14,7 @@ carries unexpected types is refused with a message that says which.
 from __future__ import annotations
 
 import hashlib
-from dataclasses import dataclass
+import io
 from pathlib import Path
 
 import numpy as np
@@ -28,17 +28,14 @@ from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
 from threadpoolctl import threadpool_limits
 
+# Judgements, errors and the shipped model's path live with the scikit-learn-free predictor (classify
+# loads that one without importing this module); they are re-exported here.
+from classifier.fastmodel import (DEFAULT_MODEL, ESTIMATORS, NONE, TOP_FEATURES, Judgement, ModelError, judgements,
+                                  unasked)
 from features.vectors import N_FIRST, SCHEMA_VERSION, feature_names
 
-NONE = "none"
 MARKER = "vpnid.flow-model"
 FILE_FORMAT = 1
-DEFAULT_MODEL = Path(__file__).resolve().parents[1] / "models" / "vpnid.skops"
-ESTIMATORS = ("hgb", "rf", "knn1")
-
-
-class ModelError(Exception):
-    """A model file cannot be used; the message names the file and says why."""
 
 
 def base_estimator(kind: str, seed: int) -> BaseEstimator:
@@ -53,17 +50,6 @@ def base_estimator(kind: str, seed: int) -> BaseEstimator:
     if kind == "knn1":
         return make_pipeline(StandardScaler(), KNeighborsClassifier(n_neighbors=1))
     raise ValueError(f"unknown estimator {kind!r} (choose from {', '.join(ESTIMATORS)})")
-
-
-@dataclass(frozen=True, slots=True)
-class Judgement:
-    """The model's say on one flow."""
-
-    family: str  # a tunnel family, or none when no family clears its threshold
-    probability: float  # p(family), or for none the best family's p
-    best: str  # family with the highest p among non-none classes
-    threshold: float  # threshold of `best`
-    evidence: str
 
 
 class FlowModel(ClassifierMixin, BaseEstimator):
@@ -167,36 +153,16 @@ class FlowModel(ClassifierMixin, BaseEstimator):
 
     def unasked(self, packets: int) -> Judgement:
         """The judgement of a flow too short for the model (it was neither trained on nor asked about)."""
-        return Judgement(NONE, 0.0, NONE, 1.0, f"model not asked: {packets} packets < {self.min_packets}")
+        return unasked(packets, self.min_packets)
 
-    def judge(self, X: np.ndarray, top: int = 3) -> list[Judgement]:
+    def judge(self, X: np.ndarray, top: int = TOP_FEATURES) -> list[Judgement]:
         """Family (or none) per row, with the probability, threshold and the features that weigh most."""
         X = np.asarray(X, np.float64)
         if not len(X):
             return []
-        proba = self.predict_proba(X)
-        fams = [f for f in self.classes_.tolist() if f != NONE]
-        cols = [self.classes_.tolist().index(f) for f in fams]
-        ranked = np.argsort(-self.importances_, kind="stable")[:top]
-        out = []
-        for full, row, p in zip(X, X[:, self.columns_], proba):
-            if full[self.packets_column_] < self.min_packets:
-                out.append(self.unasked(int(full[self.packets_column_])))
-                continue
-            if not fams:
-                out.append(Judgement(NONE, 0.0, NONE, 1.0, "model knows no tunnel family"))
-                continue
-            passing = [(p[c], f) for f, c in zip(fams, cols) if p[c] >= self.thresholds_[f]]
-            pb, best = max((p[c], f) for f, c in zip(fams, cols))
-            feats = ", ".join(f"{self.feature_names_[k]}={row[k]:.4g}" for k in ranked)
-            if passing:
-                pf, fam = max(passing)
-                ev = f"model p({fam})={pf:.3f} ≥ threshold {self.thresholds_[fam]:.3f}; top features: {feats}"
-                out.append(Judgement(fam, float(pf), fam, self.thresholds_[fam], ev))
-            else:
-                ev = f"model p({best})={pb:.3f} < threshold {self.thresholds_[best]:.3f}"
-                out.append(Judgement(NONE, float(pb), best, self.thresholds_[best], ev))
-        return out
+        return judgements(self.predict_proba(X), X, self.classes_.tolist(), self.thresholds_, self.columns_,
+                          self.packets_column_, self.min_packets, self.feature_names_,
+                          np.argsort(-self.importances_, kind="stable")[:top])
 
 
 # ---------------------------------------------------------------------------------------------- file
@@ -221,15 +187,16 @@ def save(model: FlowModel, path: str | Path) -> str:
     return hashlib.sha256(Path(path).read_bytes()).hexdigest()
 
 
-def load(path: str | Path) -> FlowModel:
+def load(path: str | Path, data: bytes | None = None) -> FlowModel:
     """Read a vpnid model file, refusing anything that is not one, was altered, or does not match the
-    features this vpnid computes."""
+    features this vpnid computes. `data`: the file's bytes when the caller has read them already (so
+    what is checked is what the caller hashed)."""
     import skops.io as sio
     from skops.io.exceptions import UntrustedTypesFoundException
 
     path = Path(path)
     try:
-        outer = sio.load(path, trusted=[])
+        outer = sio.load(path if data is None else io.BytesIO(data), trusted=[])
     except FileNotFoundError:
         raise ModelError(f"{path}: no such model file") from None
     except UntrustedTypesFoundException:

@@ -22,9 +22,8 @@ import pandas as pd
 from classifier.evaluate import LabelRow, Report, read_labels, score
 from classifier.model import ESTIMATORS, NONE, FlowModel
 from classifier.pipeline import Options, classify_capture
-from features.vectors import INDEX_COLUMNS, N_FIRST, SCHEMA_VERSION, extract, feature_names
+from features.vectors import INDEX_COLUMNS, N_FIRST, SCHEMA_VERSION, VIEWS, extract, feature_names
 
-VIEWS = (0, 10, 25, 50, 100, 200, 400, 800)  # packets withheld per flow, one training pass each
 UNUSABLE = ("unknown", "")
 
 

@@ -81,9 +81,8 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    from classifier.model import ESTIMATORS
-    from classifier.train import VIEWS
-    from features.vectors import N_FIRST
+    from classifier.fastmodel import ESTIMATORS  # not classifier.model/train: every vpnid command would
+    from features.vectors import N_FIRST, VIEWS  # import scikit-learn and pandas to build its parser
 
     p = sub.add_parser("features", help="write per-flow feature vectors (Parquet)", description=FEATURES_HELP,
                        formatter_class=RawDescriptionRichHelpFormatter)

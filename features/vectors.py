@@ -32,6 +32,7 @@ if TYPE_CHECKING:
 
 SCHEMA_VERSION = 1
 N_FIRST = 20  # default length of the first-packets sequence
+VIEWS = (0, 10, 25, 50, 100, 200, 400, 800)  # packets withheld per flow, one training pass each (vpnid train)
 HEAD = 100  # payload packets kept per flow for the opcode and ACK filters (Xue et al. look at 100)
 HDR = 8  # leading payload bytes whose stability is measured
 ENTROPY_PACKETS = 8  # payload packets whose bytes feed the entropy estimate
