@@ -15,6 +15,7 @@ from classifier.records import FlowRecord, base_record
 from classifier.registry.match import Matcher
 from features.dissectors import registry
 from features.flows import Flow, FlowTable, FlowTableConfig
+from features.siblings import SiblingPlugin
 from features.stream import Warn, flows_of
 from features.vectors import FeaturePlugin, vectors
 
@@ -60,7 +61,10 @@ class Carry:
 def _new_table(opts: Options) -> FlowTable:
     model = opts.model
     config = FlowTableConfig(opts.idle_timeout, opts.active_timeout, opts.max_flows, opts.drop_first)
-    return FlowTable(registry.ALL, config, plugins=(FeaturePlugin(model.n_first, undecided_only=True, min_packets=model.min_packets),) if model else ())
+    plugins = (SiblingPlugin(registry.ALL),)  # first: a control channel it labels needs no model
+    if model:
+        plugins += (FeaturePlugin(model.n_first, undecided_only=True, min_packets=model.min_packets),)
+    return FlowTable(registry.ALL, config, plugins=plugins)
 
 
 def _records(path: str, flows: list[Flow], opts: Options) -> list[FlowRecord]:

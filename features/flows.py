@@ -358,6 +358,7 @@ class FlowTable:
     @staticmethod
     def _feed(flow: Flow, t: PacketTable, rows: np.ndarray, lo: np.ndarray, before: int, init_lo: bool) -> None:
         """Feed the segment's payload packets to the flow's undecided dissectors, in capture order."""
+        opened = bool((flow.tcp_flags[0] | flow.tcp_flags[1]) & TCP_SYN)
         for i, (row, is_lo) in enumerate(zip(rows.tolist(), lo.tolist())):
             if not flow.pending:
                 return
@@ -372,6 +373,7 @@ class FlowTable:
                     proto=flow.proto,
                     tcp_seq=int(t.tcp_seq[row]),
                     tcp_flags=int(t.tcp_flags[row]),
+                    opened=opened,
                 )
             )
 

@@ -265,7 +265,7 @@ class FeaturePlugin:
                 st.head.append(np.stack([plen[sel], 1 - 2 * d[sel], ts[sel], opcode[a:b]]))
                 if st.payloads >= self.head_len:
                     st.head_features = self._head_features(st)
-            st.undecided = frozenset(dis.family for dis in flow.pending)
+            st.undecided = frozenset(dis.family for dis in flow.pending if dis.feature_state)
 
     @staticmethod
     def _entropy_bytes(t, rows: np.ndarray, has: np.ndarray, rank: np.ndarray, sid: np.ndarray,
@@ -329,7 +329,8 @@ class FeaturePlugin:
         verdict = flow.verdict.family if flow.verdict else None
         sig = []
         for fam in SIG_FAMILIES:
-            ran = any(fam == dis.family and flow.proto in dis.transports for dis in registry.ALL)
+            ran = any(fam == dis.family and flow.proto in dis.transports and dis.feature_state
+                      for dis in registry.ALL)
             state = ("confirmed" if verdict == fam else "undecided" if fam in st.undecided
                      else "rejected" if ran else "not_run")
             sig.append(SIG_STATE[state])

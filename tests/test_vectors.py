@@ -79,10 +79,11 @@ def test_schema_documents_every_column_once_with_unit_and_meaning():
 
 
 def test_every_dissector_family_has_a_state_column():
-    """Adding a dissector family changes the layout: update SIG_FAMILIES and bump SCHEMA_VERSION."""
+    """Adding a dissector family changes the layout: update SIG_FAMILIES and bump SCHEMA_VERSION (or keep
+    the new dissector out of the features with `feature_state = False` until the next schema)."""
     from features.vectors import SIG_FAMILIES
 
-    assert set(SIG_FAMILIES) == {d.family for d in registry.ALL}
+    assert set(SIG_FAMILIES) == {d.family for d in registry.ALL if d.feature_state}
 
 
 def test_chunking_does_not_change_any_feature():

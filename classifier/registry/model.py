@@ -15,7 +15,7 @@ from datetime import date
 from typing import TypeVar
 
 CATEGORIES = ("bank", "embassy", "it_company", "freelancer", "bpo", "software_house", "other")
-PROTOCOLS = ("openvpn", "wireguard", "ipsec", "any")
+PROTOCOLS = ("openvpn", "wireguard", "ipsec", "openconnect", "shadowsocks", "any")
 STATUSES = ("active", "suspended", "revoked")
 FIELDS = ("registration_id", "organization", "category", "protocol", "client_networks", "server_endpoints",
           "valid_from", "valid_until", "status", "notes")

@@ -31,6 +31,7 @@ class FlowPacket:
     tcp_seq: int = 0  # TCP sequence number of the first payload byte (TCP only)
     tcp_flags: int = 0
     proto: int = 17  # the flow's IP protocol number (6 TCP, 17 UDP, 50 ESP, ...)
+    opened: bool = False  # TCP: the flow's opening SYN was seen (the capture did not start mid-flow)
 
 
 class Dissector:
@@ -39,6 +40,13 @@ class Dissector:
     family: ClassVar[str]  # label given to a confirmed flow: "openvpn", "wireguard", "ipsec", ...
     transports: ClassVar[frozenset[int]]  # IP protocol numbers this dissector accepts
     budget: ClassVar[int] = 16  # payload packets to look at before giving up
+    # Whether this dissector's state is part of its family's `sig_<family>` feature column. Dissectors
+    # added after a feature schema was fixed stay out of it, so the shipped model sees the values it
+    # was trained on.
+    feature_state: ClassVar[bool] = True
+    # Transport of the tunnel's separate control channel, labelled through this (data channel) dissector's
+    # verdict by `features.siblings`; None when the protocol has no such sibling flow.
+    sibling_transport: ClassVar[int | None] = None
 
     def __init__(self) -> None:
         self.state = State.CANDIDATE

@@ -11,17 +11,24 @@ Two shapes exist:
 
 WebRTC and other DTLS users do full certificate handshakes, and IoT DTLS-PSK clients start with an empty
 session ID, so neither shape occurs there. Both directions are needed.
+
+A capture that starts after the handshake sees only application-data records. Each datagram is one
+record with a constant epoch and a sequence number that steps by one per direction (RFC 6347 section
+4.1), holding AnyConnect's 1-byte packet type and one IP packet; under an AEAD cipher the record length
+gives that packet's length, and the pure TCP ACKs and keepalives of a tunnel show (see `ipshape`).
 """
 
 from __future__ import annotations
 
 from typing import ClassVar, NamedTuple
 
-from features.dissectors.base import Dissector, FlowPacket
-from features.packets import IPPROTO_UDP
+from features.dissectors.base import Dissector, FlowPacket, State
+from features.dissectors.ipshape import InnerSizes
+from features.dissectors.seqtrack import CounterTrack
+from features.packets import IPPROTO_TCP, IPPROTO_UDP
 
 # DTLS record and handshake layout (RFC 6347 sections 4.1 and 4.2.2).
-CONTENT_HANDSHAKE = 22
+CONTENT_HANDSHAKE, CONTENT_APPLICATION_DATA = 22, 23
 RECORD_HEADER = 13  # type, version, epoch, sequence number (6), length
 HANDSHAKE_HEADER = 12  # msg_type, length (3), message_seq, fragment_offset (3), fragment_length (3)
 CLIENT_HELLO, SERVER_HELLO = 1, 2
@@ -29,6 +36,12 @@ DTLS_VERSIONS = frozenset({0xFEFF, 0xFEFD, 0xFEFC})  # DTLS 1.0, 1.2, 1.3
 DTLS1_BAD_VER = 0x0100  # Cisco's pre-RFC 4347 DTLS (OpenSSL's DTLS1_BAD_VER)
 RANDOM_SIZE = 32
 SESSION_ID_SIZE = 32  # the AnyConnect application/session id
+HANDSHAKE_BUDGET = 4  # datagrams to wait for the ServerHello
+PACKET_TYPE = 1  # AnyConnect DTLS: 1-byte packet type (data, DPD, keepalive) before the IP packet
+# DTLS 1.2 AEAD record overheads tried mid-flow: AES-GCM explicit nonce + tag (RFC 5288), ChaCha20 tag
+# (RFC 7905). Cisco's 0x0100 DTLS uses CBC, whose padding hides the length.
+MID_FLOW_OVERHEADS = (24, 16)
+MIN_STEADY = 8  # sequence steps of one per direction before a mid-flow verdict
 
 # Plain TLS_PSK_WITH_* suites (RFC 4279, 4785, 5487, 6655, 7905): no certificate, no (EC)DHE.
 PSK_SUITES = frozenset({
@@ -75,18 +88,44 @@ def parse_hello(p: bytes, msg_type: int) -> Hello | None:
     return Hello(version, session_id, tuple(int.from_bytes(raw[i : i + 2], "big") for i in range(0, n, 2)))
 
 
+def app_record(p: bytes) -> tuple[int, int, int] | None:
+    """(version << 16 | epoch, sequence number, record length) of a datagram that is exactly one DTLS
+    application-data record under a negotiated epoch, else None."""
+    if len(p) < RECORD_HEADER or p[0] != CONTENT_APPLICATION_DATA:
+        return None
+    version, epoch = int.from_bytes(p[1:3], "big"), int.from_bytes(p[3:5], "big")
+    size = int.from_bytes(p[11:13], "big")
+    if (version not in DTLS_VERSIONS and version != DTLS1_BAD_VER) or epoch == 0 or size != len(p) - RECORD_HEADER:
+        return None
+    return version << 16 | epoch, int.from_bytes(p[5:11], "big"), size
+
+
 class OpenConnect(Dissector):
     """AnyConnect-style DTLS data channel (PSK-negotiated DTLS 1.2, or Cisco's DTLS 0x0100 resumption)."""
 
     family: ClassVar[str] = "openconnect"
     transports: ClassVar[frozenset[int]] = frozenset({IPPROTO_UDP})
-    budget: ClassVar[int] = 4
+    budget: ClassVar[int] = 48  # mid-flow; a handshake decides within HANDSHAKE_BUDGET datagrams
+    sibling_transport: ClassVar[int | None] = IPPROTO_TCP  # the CSTP (TLS) connection that handed over the keys
 
     def __init__(self) -> None:
         super().__init__()
         self._client: tuple[int, Hello] | None = None  # (direction, ClientHello)
+        self._tracks: tuple[CounterTrack, CounterTrack] | None = None  # mid-flow: (epoch, sequence) per direction
+        self._sizes: dict[int, InnerSizes] = {}
 
     def on_packet(self, pkt: FlowPacket) -> None:
+        if self.seen == 1 and app_record(pkt.payload) is not None:
+            self._tracks = (CounterTrack(), CounterTrack())
+            self._sizes = {overhead: InnerSizes() for overhead in MID_FLOW_OVERHEADS}
+        if self._tracks is not None:
+            self._mid_flow(pkt)
+            return
+        self._handshake(pkt)
+        if self.state is State.CANDIDATE and self.seen >= HANDSHAKE_BUDGET:
+            self.reject(f"no ServerHello within {HANDSHAKE_BUDGET} datagrams")
+
+    def _handshake(self, pkt: FlowPacket) -> None:
         if self._client is None:
             hello = parse_hello(pkt.payload, CLIENT_HELLO)
             if hello is None:
@@ -115,3 +154,26 @@ class OpenConnect(Dissector):
                                    "(OpenConnect PSK-NEGOTIATE data channel)")
         else:
             self.reject("ServerHello neither resumes the session nor picks a PSK suite")
+
+    def _mid_flow(self, pkt: FlowPacket) -> None:
+        record = app_record(pkt.payload)
+        if record is None:
+            self.reject("mid-flow datagram is not one DTLS application-data record")
+            return
+        key, seq, size = record
+        track = self._tracks[pkt.direction]
+        if track.key != key:
+            track.start(key, seq)
+        else:
+            track.step(seq)
+        if track.erratic:
+            self.reject("DTLS sequence numbers do not step by one")
+            return
+        for overhead, sizes in self._sizes.items():
+            run = sizes.add(pkt.direction, size - overhead - PACKET_TYPE)
+            if run and all(t.steady(MIN_STEADY) for t in self._tracks):
+                self.attributes["variant"] = "mid-flow"
+                self.confirm(pkt, 0.8, f"DTLS application records with steady epoch and sequence both ways carry "
+                                       f"one IP packet each behind a 1-byte type under a {overhead}-byte AEAD "
+                                       f"overhead (mid-flow guess): {run} (AnyConnect DTLS data channel)")
+                return

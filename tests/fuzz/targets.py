@@ -257,10 +257,13 @@ DIRECTION, RETRANSMIT, GAP = 0x01, 0x02, 0x04
 ISN = (0x10000000, 0x80000000)  # initial TCP sequence numbers per direction
 
 
+MID_FLOW = 0x80  # in the first byte: the flow's opening SYN was not seen
+
+
 def encode_packets(proto: int, packets: list[tuple[int, bytes]], transports: frozenset[int]) -> bytes:
-    """Dissector target input: the flow's protocol among the dissector's transports, then per packet a
-    meta byte (bit 0 direction, bit 1 retransmission, bit 2 gap, bits 3-7 quarter seconds since the
-    previous packet), a 16-bit length and the payload."""
+    """Dissector target input: the flow's protocol among the dissector's transports (bit 7: the capture
+    started mid-flow), then per packet a meta byte (bit 0 direction, bit 1 retransmission, bit 2 gap,
+    bits 3-7 quarter seconds since the previous packet), a 16-bit length and the payload."""
     out = bytearray([sorted(transports).index(proto)])
     for direction, payload in packets:
         out += bytes([direction | 1 << 3]) + struct.pack(">H", len(payload)) + payload
@@ -273,7 +276,7 @@ def flow_packets(data: bytes, transports: frozenset[int]) -> Iterator[FlowPacket
     if not data:
         return
     protos = sorted(transports)
-    proto = protos[data[0] % len(protos)]
+    proto, opened = protos[(data[0] & ~MID_FLOW) % len(protos)], not data[0] & MID_FLOW
     seq, ts, pos, index = list(ISN), 1_700_000_000.0, 1, 0
     while pos < len(data):
         meta = data[pos]
@@ -290,7 +293,7 @@ def flow_packets(data: bytes, transports: frozenset[int]) -> Iterator[FlowPacket
             seq[d] = (seq[d] + len(payload)) & 0xFFFFFFFF
         if payload:
             yield FlowPacket(index, d, ts, payload, tcp_seq=at if proto == 6 else 0,
-                             tcp_flags=0x18 if proto == 6 else 0, proto=proto)
+                             tcp_flags=0x18 if proto == 6 else 0, proto=proto, opened=opened and proto == 6)
 
 
 def dissect(cls: type[Dissector], data: bytes) -> None:

@@ -1,0 +1,40 @@
+"""Tunnels that carry one IP packet per record betray it through the record lengths.
+
+With an AEAD cipher a record's plaintext length is its length minus a fixed overhead, so when a tunnel
+puts one IP packet behind a small fixed header in each record, the inner packet's length is exact. A
+tunnel carrying TCP is full of pure ACKs (IPv4 40 or 52 bytes with timestamps, IPv6 60 or 72), and
+keepalives / dead-peer detection are bare headers (inner length 0). In one direction, a run of records
+with those inner lengths making up most of that direction's records marks a tunnel; protocols that
+frame their own messages (HTTP/1 text, HTTP/2's 9-byte frame headers, WebRTC data channels) do not
+produce that run.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+
+SHAPED = frozenset({0, 40, 52, 60, 72})  # bare tunnel header; pure TCP ACK over IPv4 / IPv6, with or without timestamps
+MIN_SHAPED = 8  # tunnel-shaped records in one direction needed
+MIN_SHARE = 0.6  # ... and at least this share of that direction's records
+
+
+class InnerSizes:
+    """Per direction: records counted, and the tunnel-shaped inner lengths among them."""
+
+    __slots__ = ("records", "shaped")
+
+    def __init__(self) -> None:
+        self.records = [0, 0]
+        self.shaped: list[Counter[int]] = [Counter(), Counter()]
+
+    def add(self, direction: int, inner: int) -> str | None:
+        """Count one record; returns the evidence once `direction` shows the tunnel's run, else None."""
+        self.records[direction] += 1
+        if inner in SHAPED:
+            self.shaped[direction][inner] += 1
+        shaped = sum(self.shaped[direction].values())
+        if shaped < MIN_SHAPED or shaped < MIN_SHARE * self.records[direction]:
+            return None
+        sizes = ", ".join(f"{n}× {s}" for s, n in self.shaped[direction].most_common())
+        return (f"inner sizes {sizes} bytes (bare tunnel headers and pure TCP ACKs) in {shaped} of "
+                f"{self.records[direction]} records from the {'initiator' if direction == 0 else 'responder'}")

@@ -1,0 +1,125 @@
+"""AnyConnect CSTP inside TLS: IP-packet-per-record tunnels confirmed, ordinary HTTPS and non-TLS rejected."""
+
+from __future__ import annotations
+
+import os
+import struct
+from pathlib import Path
+
+import pytest
+
+from classifier.pipeline import Options, classify_capture
+from features.dissectors.base import FlowPacket, State
+from features.dissectors.cstp import Cstp, RecordWalker, record_overhead
+
+ROOT = Path(__file__).resolve().parents[1]
+GCM, CHACHA, TLS13_AES, CBC = 0xC02C, 0xCCA9, 0x1301, 0xC014
+
+
+def tls_record(content: int, body: bytes) -> bytes:
+    return struct.pack(">BHH", content, 0x0303, len(body)) + body
+
+
+def client_hello() -> bytes:
+    body = b"\x03\x03" + os.urandom(32) + b"\x00" + struct.pack(">H", 4) + struct.pack(">HH", GCM, CHACHA) + b"\x01\x00"
+    return tls_record(22, b"\x01" + len(body).to_bytes(3, "big") + body)
+
+
+def server_hello(suite: int) -> bytes:
+    body = b"\x03\x03" + os.urandom(32) + b"\x20" + os.urandom(32) + struct.pack(">HB", suite, 0)
+    return tls_record(22, b"\x02" + len(body).to_bytes(3, "big") + body)
+
+
+def app(plaintext: int, overhead: int) -> bytes:
+    return tls_record(23, os.urandom(plaintext + overhead))
+
+
+def handshake(suite: int) -> list[tuple[int, bytes]]:
+    """ClientHello, ServerHello (+ the rest of the server flight in one segment), Finished both ways."""
+    return [(0, client_hello()), (1, server_hello(suite) + tls_record(22, os.urandom(900))),
+            (0, tls_record(22, os.urandom(70)) + tls_record(20, b"\x01") + tls_record(22, os.urandom(40))),
+            (1, tls_record(20, b"\x01") + tls_record(22, os.urandom(40)))]
+
+
+def http_phase(overhead: int) -> list[tuple[int, bytes]]:
+    """Auth POSTs and the CONNECT: four requests and four answers of a few hundred bytes."""
+    return [(d, app(size, overhead)) for _ in range(4) for d, size in ((0, 980), (1, 520))]
+
+
+def tunnel(overhead: int, acks: int = 12, inner_ack: int = 52) -> list[tuple[int, bytes]]:
+    """A download through the tunnel: full-size records down, one pure-ACK record up per two."""
+    out = []
+    for _ in range(acks):
+        out += [(1, app(8 + 1400, overhead)), (1, app(8 + 1400, overhead)), (0, app(8 + inner_ack, overhead))]
+    return out
+
+
+def run(packets: list[tuple[int, bytes]]) -> Cstp:
+    d, seq = Cstp(), [1000, 5000]
+    for i, (direction, payload) in enumerate(packets, 1):
+        if d.feed(FlowPacket(i, direction, float(i), payload, tcp_seq=seq[direction], proto=6)) is not State.CANDIDATE:
+            break
+        seq[direction] += len(payload)
+    return d
+
+
+@pytest.mark.parametrize("suite, inner_ack", [(GCM, 52), (CHACHA, 40), (TLS13_AES, 72)])
+def test_ip_packets_one_per_record_are_confirmed(suite, inner_ack):
+    overhead = record_overhead(suite)
+    d = run(handshake(suite) + http_phase(overhead) + tunnel(overhead, inner_ack=inner_ack))
+    assert d.state is State.CONFIRMED and d.family == "openconnect" and d.confidence == 0.8
+    assert f"8× {inner_ack}" in d.evidence[-1] and d.attributes["tls_suite"] == f"0x{suite:04x}"
+
+
+def test_keepalives_and_dpd_count_as_bare_cstp_headers():
+    d = run(handshake(GCM) + http_phase(24) + [(0, app(8, 24)) for _ in range(8)])
+    assert d.state is State.CONFIRMED and "8× 0" in d.evidence[-1]
+
+
+H2 = [(d, app(s, 24)) for _ in range(20) for d, s in ((0, 13), (1, 17), (1, 1400))]  # window updates, pings, data
+
+
+@pytest.mark.parametrize("packets, reason", [
+    # HTTP/2 over TLS: frames with 9-byte headers, never a pure-ACK-sized run
+    (handshake(GCM) + http_phase(24) + H2, "application records without a tunnel's inner sizes"),
+    # the same record sizes under a CBC suite: the plaintext length is not knowable
+    (handshake(CBC) + http_phase(24) + tunnel(24), "no fixed per-record overhead"),
+    # a tunnel's sizes, but only now and then among larger records (a chat app)
+    (handshake(GCM) + http_phase(24) + [(0, app(s, 24)) for s in [60, 300, 411, 60, 290, 60, 515, 60, 333, 60, 612,
+                                                                   60, 250, 60, 410, 60, 380, 60, 300]],
+     "undecided"),
+    ([(d, b"SSH-2.0-OpenSSH_9.6\r\n" + bytes(i)) for i in range(3) for d in (0, 1)], "none of 3 segments"),
+    (handshake(GCM)[:1] + [(1, b"\x15\x03\x03\x00\x02\x02\x28")] + [(1, b"GET / HTTP/1.1\r\n\r\n")],
+     "not a sequence of TLS records"),
+    ([(0, client_hello()), (1, tls_record(22, b"\x0b\x00\x00\x03" + bytes(3)))], "not a ServerHello"),
+    (H2, "application records without a tunnel's inner sizes"),  # HTTP/2, capture started mid-stream
+])
+def test_other_tls_and_non_tls_streams_are_not_cstp(packets, reason):
+    d = run(packets)
+    assert d.state is not State.CONFIRMED
+    assert reason in (d.evidence[-1] if d.evidence else "undecided")
+
+
+@pytest.mark.parametrize("overhead", [24, 16, 17])
+def test_a_capture_that_starts_inside_the_tunnel_is_confirmed_under_the_right_overhead(overhead):
+    d = run([(1, os.urandom(700))] + tunnel(overhead))  # first: the tail of a record cut by the capture start
+    assert d.state is State.CONFIRMED and d.confidence == 0.7
+    assert f"{overhead}-byte AEAD overhead (mid-flow guess)" in d.evidence[-1]
+
+
+def test_records_are_followed_across_segments_and_retransmissions():
+    w = RecordWalker()
+    stream = tls_record(23, bytes(100)) + tls_record(23, bytes(30))
+    assert w.push(1, stream[:50]) == []
+    assert w.push(1, stream[:50]) == []  # retransmitted
+    assert [(c, n) for c, n, _ in w.push(51, stream[50:])] == [(23, 100), (23, 30)]
+    assert w.push(500, tls_record(23, bytes(5))) == [] and w.broken  # a gap: framing lost for good
+
+
+def test_lab_capture_of_cstp_without_dtls_is_labelled_and_https_is_not():
+    opts = Options()
+    cstp = list(classify_capture(str(ROOT / "pcaps/corpus/openconnect-tls-8443.pcap"), opts))
+    assert [(r.label, r.method) for r in cstp] == [("openconnect", "signature")]
+    assert "CSTP" in cstp[0].evidence[-1]
+    for name in ("neg-https-tls12-8443.pcap", "neg-https-tls13-443.pcap"):
+        assert {r.label for r in classify_capture(str(ROOT / "pcaps/corpus" / name), opts)} == {"none"}
