@@ -151,8 +151,8 @@ class _State:
 
 
 class FeaturePlugin:
-    """Flow-table plugin that leaves a feature vector (schema order) in `flow.ext["vectors"]` when a
-    flow ends."""
+    """Flow-table plugin that keeps each flow's aggregates in `flow.ext["vectors"]`; `vectors` makes
+    the feature rows (schema order) of ended flows from them."""
 
     def __init__(self, n_first: int = N_FIRST, undecided_only: bool = False, min_packets: int = 0) -> None:
         self.n_first = n_first
@@ -252,6 +252,7 @@ class FeaturePlugin:
             st, di = states[grp[i] // 2], grp[i] % 2
             st.last_ts[di], st.last_hdr[di], st.last_len[di] = ts[p[i]], hdr[i], hlen[i]
         pay_counts = np.bincount(sid[has], minlength=n_seg).tolist()
+        full = []
         for i, (flow, st) in enumerate(zip(seg.flows, states)):
             st.sums += sums[i]
             np.minimum(st.mins, mins[i], out=st.mins)
@@ -264,8 +265,9 @@ class FeaturePlugin:
                 sel = young[a:b]
                 st.head.append(np.stack([plen[sel], 1 - 2 * d[sel], ts[sel], opcode[a:b]]))
                 if st.payloads >= self.head_len:
-                    st.head_features = self._head_features(st)
+                    full.append(st)
             st.undecided = frozenset(dis.family for dis in flow.pending if dis.feature_state)
+        _head_features(full, self.n_first)  # now, so the kept head packets can go
 
     @staticmethod
     def _entropy_bytes(t, rows: np.ndarray, has: np.ndarray, rank: np.ndarray, sid: np.ndarray,
@@ -284,57 +286,89 @@ class FeaturePlugin:
 
     # ------------------------------------------------------------------ per flow
     def on_end(self, flow: Flow) -> None:
-        st = flow.ext.pop(KEY, None)
-        if st is None or flow.total_packets < self.min_packets:
-            return
-        flow.ext[KEY] = self._vector(flow, st)
+        """Keep the aggregates of flows the vectors are wanted for; `vectors` turns them into rows (all
+        of a drained batch at once)."""
+        if flow.total_packets < self.min_packets:
+            flow.ext.pop(KEY, None)
 
-    def _head_features(self, st: _State) -> np.ndarray:
-        """Opcode/ACK filters, entropy and the first-N sequence from the kept head packets."""
-        head = np.hstack(st.head)[:, : self.head_len] if st.head else np.zeros((4, 0), np.int64)
-        st.head = []
-        size, direction, ts, opcode = head
-        out = [_entropy(st.hist)]
-        out += _opcode_filter(opcode[opcode != 255])
-        out += _ack_filter(size)
-        n = self.n_first
-        seq = np.zeros((n, 3))
-        k = min(n, len(size))
-        seq[:k, 0] = size[:k]
-        seq[:k, 1] = direction[:k]
-        seq[1:k, 2] = np.diff(ts[:k]) / NS
-        return np.r_[out, seq.ravel()]
 
-    def _vector(self, flow: Flow, st: _State) -> np.ndarray:
-        s = st.sums
-        g = lambda k: s[_SUMS[k]]  # noqa: E731
-        pkts = flow.packets[0] + flow.packets[1]
-        byts = flow.bytes[0] + flow.bytes[1]
-        dur = (flow.last_ns - flow.first_ns) / NS
-        v = [dur, flow.proto == IPPROTO_TCP, flow.proto == IPPROTO_UDP, pkts, flow.packets[0] / pkts,
-             flow.bytes[0] / byts if byts else 0.0, pkts / dur if dur > 0 else 0.0, byts / dur if dur > 0 else 0.0]
-        for di, dn in enumerate(DIRS):
-            for name in ("size", "iat"):
-                n, tot, sq = g(f"{dn}_{name}_n"), g(f"{dn}_{name}_sum"), g(f"{dn}_{name}_sq")
-                mean = tot / n if n else 0.0
-                std = np.sqrt(max(sq / n - mean * mean, 0.0)) if n else 0.0
-                k = _EXTREMES.index(f"{dn}_{name}")
-                v += [mean, std, st.mins[k] if n else 0.0, st.maxs[k] if n else 0.0]
-            v.append(g(f"{dn}_empty") / flow.packets[di] if flow.packets[di] else 0.0)
-            pairs = g(f"{dn}_pairs")
-            v += [g(f"{dn}_eq{j}") / pairs if pairs else 0.0 for j in range(HDR)]
-            v += [g(f"{dn}_ctr_be") / pairs if pairs else 0.0, g(f"{dn}_ctr_le") / pairs if pairs else 0.0]
-        v += [g("syn"), g("fin"), g("rst"), g("psh") / pkts, g("pure_ack") / pkts]
-        head = st.head_features if st.head_features is not None else self._head_features(st)
-        verdict = flow.verdict.family if flow.verdict else None
-        sig = []
-        for fam in SIG_FAMILIES:
-            ran = any(fam == dis.family and flow.proto in dis.transports and dis.feature_state
-                      for dis in registry.ALL)
-            state = ("confirmed" if verdict == fam else "undecided" if fam in st.undecided
-                     else "rejected" if ran else "not_run")
-            sig.append(SIG_STATE[state])
-        return np.r_[np.array(v, np.float64), head, sig]
+def _head_features(states: Sequence[_State], n_first: int) -> None:
+    """Set entropy, opcode/ACK filters and the first-N sequence from the kept head packets of each state
+    that has none yet (then drop those packets), for all of them at once."""
+    states = [st for st in states if st.head_features is None]
+    if not states:
+        return
+    n, width = len(states), max(HEAD, n_first)
+    counts = np.array([sum(a.shape[1] for a in st.head) for st in states], np.int64)
+    kept = np.concatenate([a for st in states for a in st.head], axis=1) if counts.any() else np.zeros((4, 0), np.int64)
+    owner = np.repeat(np.arange(n), counts)
+    pos = np.arange(len(owner)) - np.repeat(np.cumsum(counts) - counts, counts)
+    keep = pos < width
+    owner, pos = owner[keep], pos[keep]
+    size, direction, ts, opcode = np.zeros((4, n, width), np.int64)
+    size[owner, pos], direction[owner, pos], ts[owner, pos], opcode[owner, pos] = kept[:, keep]
+    valid = np.zeros((n, width), bool)
+    valid[owner, pos] = True
+    seq = np.zeros((n, n_first, 3))
+    seq[:, :, 0] = size[:, :n_first]
+    seq[:, :, 1] = direction[:, :n_first]
+    seq[:, 1:, 2] = np.where(valid[:, 1:n_first], (ts[:, 1:n_first] - ts[:, : n_first - 1]) / NS, 0.0)
+    entropy = np.array([_entropy(st.hist) for st in states])
+    block = np.column_stack([entropy, _opcode_filter(opcode, valid & (opcode != 255)), _ack_filter(size, valid),
+                             seq.reshape(n, -1)])
+    for st, row in zip(states, block):
+        st.head, st.head_features = [], row
+
+
+def _sig_states(flow: Flow, st: _State) -> list[int]:
+    """Per family in SIG_FAMILIES: what its dissectors made of the flow."""
+    verdict = flow.verdict.family if flow.verdict else None
+    sig = []
+    for fam in SIG_FAMILIES:
+        ran = any(fam == dis.family and flow.proto in dis.transports and dis.feature_state
+                  for dis in registry.ALL)
+        state = ("confirmed" if verdict == fam else "undecided" if fam in st.undecided
+                 else "rejected" if ran else "not_run")
+        sig.append(SIG_STATE[state])
+    return sig
+
+
+def _ratio(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """a / b, 0 where b is 0."""
+    return np.divide(a, b, out=np.zeros(np.broadcast(a, b).shape), where=b != 0)
+
+
+def _matrix(flows: Sequence[Flow], states: Sequence[_State], n_first: int) -> np.ndarray:
+    """Feature rows of ended flows, column by column over all of them (the same IEEE operations, so the
+    same values, as computing them flow by flow)."""
+    s = np.array([st.sums for st in states])
+    mins = np.array([st.mins for st in states])
+    maxs = np.array([st.maxs for st in states])
+    g = lambda k: s[:, _SUMS[k]]  # noqa: E731
+    packets = np.array([f.packets for f in flows], np.int64)
+    byte_counts = np.array([f.bytes for f in flows], np.int64)
+    proto = np.array([f.proto for f in flows], np.int64)
+    pkts, byts = packets.sum(axis=1), byte_counts.sum(axis=1)
+    dur = np.array([f.last_ns - f.first_ns for f in flows], np.int64) / NS
+    cols = [dur, proto == IPPROTO_TCP, proto == IPPROTO_UDP, pkts, packets[:, 0] / pkts,
+            _ratio(byte_counts[:, 0], byts), _ratio(pkts, dur), _ratio(byts, dur)]
+    for di, dn in enumerate(DIRS):
+        for name in ("size", "iat"):
+            n, tot, sq = g(f"{dn}_{name}_n"), g(f"{dn}_{name}_sum"), g(f"{dn}_{name}_sq")
+            has = n != 0
+            mean = _ratio(tot, n)
+            std = np.where(has, np.sqrt(np.maximum(_ratio(sq, n) - mean * mean, 0.0)), 0.0)
+            k = _EXTREMES.index(f"{dn}_{name}")
+            cols += [mean, std, np.where(has, mins[:, k], 0.0), np.where(has, maxs[:, k], 0.0)]
+        cols.append(_ratio(g(f"{dn}_empty"), packets[:, di]))
+        pairs = g(f"{dn}_pairs")
+        cols += [_ratio(g(f"{dn}_eq{j}"), pairs) for j in range(HDR)]
+        cols += [_ratio(g(f"{dn}_ctr_be"), pairs), _ratio(g(f"{dn}_ctr_le"), pairs)]
+    cols += [g("syn"), g("fin"), g("rst"), g("psh") / pkts, g("pure_ack") / pkts]
+    _head_features(states, n_first)
+    head = np.array([st.head_features for st in states])
+    sig = np.array([_sig_states(f, st) for f, st in zip(flows, states)], np.float64)
+    return np.hstack([np.column_stack(cols).astype(np.float64), head, sig])
 
 
 # ---------------------------------------------------------------------------------------------- helpers
@@ -375,41 +409,45 @@ def _entropy(hist: np.ndarray) -> float:
     return float(-(q * np.log2(q)).sum())
 
 
-def _opcode_filter(opcodes: np.ndarray) -> list[float]:
-    """Xue et al.'s opcode filter, as reproduced in OpenVPN4: distinct count, and the flag that the
-    handshake's first two opcodes (the resets) do not come back once four distinct opcodes were seen."""
-    distinct = len(np.unique(opcodes))
-    ok = 0.0
-    if 4 <= distinct <= 10:
-        seen: set[int] = set()
-        resets = set(opcodes[:2].tolist())
-        ok = 1.0
-        for op in opcodes.tolist():
-            if len(seen) >= 4 and op in resets:
-                ok = 0.0
-                break
-            seen.add(op)
-    return [float(distinct), ok]
+def _opcode_filter(opcode: np.ndarray, valid: np.ndarray) -> np.ndarray:
+    """Xue et al.'s opcode filter, as reproduced in OpenVPN4, per row of head packets (`valid` ones):
+    distinct count, and the flag that the handshake's first two opcodes (the resets) do not come back
+    once four distinct opcodes were seen (distinct among the earlier packets, 4 to 10 in all)."""
+    n, width = opcode.shape
+    rows, cols = np.nonzero(valid)  # row-major: each row's packets in order
+    _, first = np.unique(rows * 256 + opcode[rows, cols], return_index=True)
+    new = np.zeros((n, width), np.int64)
+    new[rows[first], cols[first]] = 1
+    seen_before = np.cumsum(new, axis=1) - new
+    distinct = new.sum(axis=1)
+    order = np.cumsum(valid, axis=1)  # 1 for a row's first valid packet, 2 for its second
+    resets = np.full((n, 2), -1, np.int64)
+    for k in (1, 2):
+        r, c = np.nonzero(valid & (order == k))
+        resets[r, k - 1] = opcode[r, c]
+    recur = valid & (seen_before >= 4) & ((opcode == resets[:, :1]) | (opcode == resets[:, 1:]))
+    ok = (distinct >= 4) & (distinct <= 10) & ~recur.any(axis=1)
+    return np.column_stack([distinct, ok]).astype(np.float64)
 
 
-def _ack_filter(size: np.ndarray) -> list[float]:
-    """ACK candidate size and the count of same-sized (±16 B) payloads per 10-packet bin."""
-    later = np.flatnonzero((size[2:] >= 22) & (size[2:] <= 54))
-    if not len(later):
-        return [0.0] * (1 + ACK_BINS)
-    ack = float(size[2 + later[0]])
-    hit = np.abs(size[:HEAD] - ack) <= 16
-    bins = np.bincount(np.flatnonzero(hit) // 10, minlength=ACK_BINS)[:ACK_BINS]
-    return [ack, *bins.astype(float).tolist()]
+def _ack_filter(size: np.ndarray, valid: np.ndarray) -> np.ndarray:
+    """ACK candidate size and the count of same-sized (±16 B) payloads per 10-packet bin, per row of head
+    packets: the candidate is the first payload of 22-54 B after the first two."""
+    pos = np.arange(size.shape[1])
+    cand = valid & (pos >= 2) & (size >= 22) & (size <= 54)
+    found = cand.any(axis=1)
+    ack = np.where(found, size[np.arange(len(size)), np.argmax(cand, axis=1)], 0).astype(np.float64)
+    hit = (valid & (np.abs(size - ack[:, None]) <= 16) & found[:, None])[:, :HEAD]
+    bins = hit[:, : ACK_BINS * 10].reshape(len(size), ACK_BINS, 10).sum(axis=2)
+    return np.column_stack([ack, bins]).astype(np.float64)
 
 
 # ---------------------------------------------------------------------------------------------- API
 def vectors(flows: Sequence[Flow], n_first: int = N_FIRST) -> np.ndarray:
     """Feature matrix (schema order) of flows that ended under a FeaturePlugin."""
-    width = len(schema(n_first))
     if not flows:
-        return np.zeros((0, width))
-    return np.vstack([f.ext[KEY] for f in flows])
+        return np.zeros((0, len(schema(n_first))))
+    return _matrix(flows, [f.ext[KEY] for f in flows], n_first)
 
 
 def index_row(pcap: str, flow: Flow) -> tuple:
