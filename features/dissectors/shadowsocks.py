@@ -9,12 +9,14 @@ is printable text, a clear length field or a zeroed header.
 That is the passive half of what the Great Firewall does (Wu et al., USENIX Security 2023): a first
 packet is "fully encrypted" unless it is exempt because its bits per byte fall outside 3.4..4.6, its
 first 6 bytes are printable, more than half of it is printable, or it has a run of 20 printable bytes.
-Requiring it of both first segments, plus the AEAD size floor on the segments that follow and no
-structured header (a length field or zero padding, as in Ethereum RLPx, WhatsApp Noise, or game and
-chat protocols), leaves fully encrypted proxies. Other fully encrypted proxies (VMess, obfs4) look the
-same by design, so confidence stays moderate. Mid-flow the bytes say nothing: the flow's start (TCP
-SYN) must have been seen. The exemptions cost a little recall by design: about 1 in 100 random first
-segments of ~100 bytes is "mostly printable" or has a 16-bit field that looks like its length.
+Requiring it of both first segments, plus the AEAD size floor on the segments that follow, no text in
+them, and no structured header (a length field or zero padding, as in Ethereum RLPx, WhatsApp Noise,
+or game and chat protocols), leaves fully encrypted proxies. Other fully encrypted proxies (VMess,
+obfs4) look the same by design, so confidence stays moderate.
+
+Mid-flow the bytes say nothing: the flow's start (TCP SYN) must have been seen. The exemptions cost a
+little recall by design: about 1 connection in 200 has a first segment with printable first bytes,
+mostly printable bytes or a 16-bit field that looks like its length.
 """
 
 from __future__ import annotations
@@ -36,8 +38,9 @@ PRINTABLE_PREFIX = 6
 PRINTABLE_RUN = 20
 LATER_PRINTABLE_RUN = 16  # in later segments: random bytes hold such a run with p ~ 1e-7 per byte offset
 MOSTLY_TEXT_MIN = 256  # shorter random segments are "mostly printable" too often (37% of bytes are)
-HEADER = 8  # leading bytes checked for a clear length field or zeroed fields
-LENGTH_SLACK = 16  # a 16-bit field within this much of the segment length is taken for a length field
+HEADER = 8  # leading bytes checked for zeroed fields
+LENGTH_FIELD_END = 5  # a 16-bit length field is looked for at offsets 0..3
+LENGTH_SLACK = 4  # a field 0..4 below the segment length is taken for a length (of the rest, or all)
 FULL_SEGMENT = 536  # a shorter segment is a whole write, not the middle of a split chunk
 CONFIRM_AFTER = 8  # payload segments (both first segments included) checked before confirming
 
@@ -45,14 +48,16 @@ _POPCOUNT = bytes(bin(i).count("1") for i in range(256))
 _PRINTABLE = bytes(0x20 <= i <= 0x7E for i in range(256))
 
 
-def exemption(p: bytes) -> str | None:
-    """Why `p` is not fully encrypted (a GFW exemption or a visible header), or None if it looks random."""
+def exemption(p: bytes, client: bool = True) -> str | None:
+    """Why `p` is not fully encrypted (a GFW exemption or a visible header), or None if it looks random.
+    The printable-prefix exemption is the GFW's for client packets only; on the server's first segment
+    it would cost recall (1 in 400 random segments) and the other checks cover text there."""
     n = len(p)
     bits = sum(p.translate(_POPCOUNT)) / n
     if not MIN_BITS_PER_BYTE < bits < MAX_BITS_PER_BYTE:
         return f"{bits:.2f} set bits per byte"
     printable = p.translate(_PRINTABLE)
-    if all(printable[:PRINTABLE_PREFIX]):
+    if client and all(printable[:PRINTABLE_PREFIX]):
         return "printable first bytes"
     if sum(printable) * 2 > n:
         return "mostly printable"
@@ -61,8 +66,8 @@ def exemption(p: bytes) -> str | None:
     head = p[:HEADER]
     if head.count(0) >= 3:
         return "zeroed header fields"
-    for off in range(len(head) - 1):
-        for value in (int.from_bytes(head[off : off + 2], "big"), int.from_bytes(head[off : off + 2], "little")):
+    for off in range(LENGTH_FIELD_END - 1):
+        for value in (int.from_bytes(p[off : off + 2], "big"), int.from_bytes(p[off : off + 2], "little")):
             if n - LENGTH_SLACK <= value <= n:
                 return f"length field at offset {off}"
     return None
@@ -104,7 +109,7 @@ class Shadowsocks(Dissector):
             return
         if not self._first[d]:
             floor = MIN_CLIENT_FIRST if d == 0 else MIN_SERVER_FIRST
-            why = exemption(p) if len(p) >= floor else f"{len(p)} bytes, below the AEAD floor of {floor}"
+            why = exemption(p, d == 0) if len(p) >= floor else f"{len(p)} bytes, below the AEAD floor of {floor}"
             if why:
                 self.reject(f"first {'client' if d == 0 else 'server'} segment not fully encrypted: {why}")
                 return
