@@ -44,7 +44,8 @@ def error(msg: str) -> None:
 # ---------------------------------------------------------------------------------------------- classify
 CLASSIFY_HELP = """\
 Read capture files, group packets into bidirectional flows, and label each flow as a tunnel
-(openvpn, wireguard, ipsec) or none, with a confidence and the evidence that decided it.
+(openvpn, wireguard, ipsec, openconnect, shadowsocks) or none, with a confidence and the evidence that
+decided it.
 
 Captures may be pcap (µs or ns), pcapng (several interfaces/link types) or gzip-compressed either;
 '-' reads a capture stream from standard input. A file that is not a capture is reported and skipped;
@@ -192,8 +193,8 @@ EVAL_HELP = """\
 Classify every capture named in a labelled-flows CSV and score vpnid's labels against it.
 
 The CSV needs columns pcap, transport, a_ip, a_port, b_ip, b_port, family (openvpn, wireguard, ipsec,
-other_vpn, none, unknown) and may have confidence. Pcap paths are relative to the CSV's folder;
-endpoints are in no particular order. A row whose transport and a_ip are '*' labels every flow of its
+openconnect, shadowsocks, other_vpn, none, unknown) and may have confidence. Pcap paths are relative
+to the CSV's folder; endpoints are in no particular order. A row whose transport and a_ip are '*' labels every flow of its
 capture that no other row names. Rows whose confidence does not start with --trust are not scored;
 neither are rows of family 'unknown'.
 

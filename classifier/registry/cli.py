@@ -20,9 +20,10 @@ from classifier.registry.store import ENV, RegistryStore, StoreError, db_locatio
 
 REGISTRY_HELP = f"""\
 The registry lists the tunnels organisations have declared: who (registration_id, organization,
-category), which tunnel (protocol: openvpn, wireguard, ipsec or any), from where (client_networks: one
-or more CIDRs) to where (server_endpoints: CIDR, CIDR:port or [IPv6-CIDR]:port; none means anywhere),
-when (valid_from, valid_until; an empty until is open-ended) and its status (active, suspended, revoked).
+category), which tunnel (protocol: openvpn, wireguard, ipsec, openconnect, shadowsocks or any), from
+where (client_networks: one or more CIDRs) to where (server_endpoints: CIDR, CIDR:port or
+[IPv6-CIDR]:port; none means anywhere), when (valid_from, valid_until; an empty until is open-ended)
+and its status (active, suspended, revoked).
 
 The database is a SQLite file named by --db PATH (or a sqlite:/// URL), or by ${ENV} when --db is not
 given. Readers never block an import and see all of it or none of it.
