@@ -133,21 +133,65 @@ _SUMS |= {k: len(_SUMS) + j for j, k in enumerate(("syn", "fin", "rst", "psh", "
 _EXTREMES = ("fwd_size", "bwd_size", "fwd_iat", "bwd_iat")
 
 
+class _Tables:
+    """The mergeable aggregates (everything here merges exactly across chunks) of a plugin's open flows,
+    one row per flow: a chunk folds into all its flows' rows with a few fancy-indexed operations instead
+    of a dozen small array operations per flow. Rows of ended flows are reused."""
+
+    def __init__(self, capacity: int = 1024) -> None:
+        self.sums = np.zeros((capacity, len(_SUMS)))
+        self.mins = np.zeros((capacity, len(_EXTREMES)))
+        self.maxs = np.zeros((capacity, len(_EXTREMES)))
+        self.last_ts = np.zeros((capacity, 2), np.int64)  # per direction: last payload packet's time
+        self.last_hdr = np.zeros((capacity, 2, 12), np.uint8)  # its first bytes
+        self.last_len = np.zeros((capacity, 2), np.int64)  # and how many of them are real
+        self.payloads = np.zeros(capacity, np.int64)
+        self.hist = np.zeros((capacity, 256), np.int32)  # bytes of the leading payloads (<= 8 * 256 each)
+        self.free = list(range(capacity - 1, -1, -1))
+
+    def alloc(self, n: int) -> np.ndarray:
+        """n fresh rows."""
+        if n > len(self.free):
+            old = len(self.payloads)
+            new = max(2 * old, old + n)
+            for name in ("sums", "mins", "maxs", "last_ts", "last_hdr", "last_len", "payloads", "hist"):
+                a = getattr(self, name)
+                grown = np.zeros((new, *a.shape[1:]), a.dtype)
+                grown[:old] = a
+                setattr(self, name, grown)
+            self.free[:0] = range(new - 1, old - 1, -1)
+        rows = np.array(self.free[len(self.free) - n:][::-1], np.int64)
+        del self.free[len(self.free) - n:]
+        self.sums[rows], self.mins[rows], self.maxs[rows] = 0.0, np.inf, -np.inf
+        self.last_ts[rows], self.last_hdr[rows], self.last_len[rows] = -1, 0, 0
+        self.payloads[rows], self.hist[rows] = 0, 0
+        return rows
+
+    def release(self, row: int) -> _Final:
+        """A copy of an ended flow's aggregates; its row is free again."""
+        self.free.append(row)
+        return _Final(self.sums[row].copy(), self.mins[row].copy(), self.maxs[row].copy(), self.hist[row].copy())
+
+
+@dataclass(slots=True)
+class _Final:
+    """An ended flow's aggregates, out of the tables."""
+
+    sums: np.ndarray
+    mins: np.ndarray
+    maxs: np.ndarray
+    hist: np.ndarray
+
+
 @dataclass(slots=True)
 class _State:
-    """One flow's partial aggregates; everything here merges exactly across chunks."""
+    """What a flow has in its plugin: its row of the aggregate tables while open, and what is per flow."""
 
-    sums: np.ndarray = field(default_factory=lambda: np.zeros(len(_SUMS)))
-    mins: np.ndarray = field(default_factory=lambda: np.full(len(_EXTREMES), np.inf))
-    maxs: np.ndarray = field(default_factory=lambda: np.full(len(_EXTREMES), -np.inf))
-    last_ts: np.ndarray = field(default_factory=lambda: np.full(2, -1, np.int64))  # per direction
-    last_hdr: np.ndarray = field(default_factory=lambda: np.zeros((2, 12), np.uint8))
-    last_len: np.ndarray = field(default_factory=lambda: np.zeros(2, np.int64))
-    payloads: int = 0
+    row: int = -1
     head: list[np.ndarray] = field(default_factory=list)  # size, dir, ts, opcode of HEAD payloads
     head_features: np.ndarray | None = None  # computed once HEAD is full, then `head` is dropped
-    hist: np.ndarray = field(default_factory=lambda: np.zeros(256, np.int64))
     undecided: frozenset[str] = frozenset()  # families with a dissector still undecided at last look
+    final: _Final | None = None  # set when the flow ends
 
 
 class FeaturePlugin:
@@ -161,6 +205,7 @@ class FeaturePlugin:
         # the model; feature extraction wants every flow (the defaults).
         self.undecided_only = undecided_only
         self.min_packets = min_packets
+        self.tables = _Tables()
 
 
     # ------------------------------------------------------------------ per chunk
@@ -180,7 +225,12 @@ class FeaturePlugin:
         ts = t.ts_ns[rows]
         flags = t.tcp_flags[rows].astype(np.int64)
         has = plen > 0
-        states = [f.ext.setdefault(KEY, _State()) for f in seg.flows]
+        states = [f.ext.get(KEY) for f in seg.flows]
+        new = [i for i, st in enumerate(states) if st is None]
+        for i, row in zip(new, self.tables.alloc(len(new)).tolist()):
+            states[i] = seg.flows[i].ext[KEY] = _State(row)
+        T = self.tables
+        slot = np.array([st.row for st in states], np.int64)
 
         sums = np.zeros((n_seg, len(_SUMS)))
         mins = np.full((n_seg, len(_EXTREMES)), np.inf)
@@ -205,9 +255,9 @@ class FeaturePlugin:
         prev_ts = np.r_[np.int64(-1), ts[p][:-1]] if len(p) else np.zeros(0, np.int64)
         prev_hdr = np.vstack([np.zeros((1, 12), np.uint8), hdr[:-1]]) if len(p) else hdr
         prev_len = np.r_[0, hlen[:-1]] if len(p) else hlen
-        for i in np.flatnonzero(first).tolist():
-            st, di = states[grp[i] // 2], grp[i] % 2
-            prev_ts[i], prev_hdr[i], prev_len[i] = st.last_ts[di], st.last_hdr[di], st.last_len[di]
+        g = grp[first]
+        prev_ts[first], prev_hdr[first], prev_len[first] = (a[slot[g // 2], g % 2] for a in (T.last_ts, T.last_hdr,
+                                                                                         T.last_len))
         paired = prev_ts >= 0
         size = plen[p].astype(np.float64)
         gap = (ts[p] - prev_ts) / NS
@@ -236,7 +286,7 @@ class FeaturePlugin:
             sums[:, _SUMS[f"{dn}_ctr_le"]] = pick(ctr_le)
 
         # Rank of each payload packet within its flow (capture order), for the head and the entropy.
-        payloads_before = np.array([st.payloads for st in states], np.int64)
+        payloads_before = T.payloads[slot]
         cum = np.cumsum(has)
         rank = np.zeros(len(rows), np.int64)
         rank[has] = (cum - 1 - (cum[starts] - has[starts])[sid])[has] + payloads_before[sid[has]]
@@ -248,31 +298,32 @@ class FeaturePlugin:
         young_bounds = np.searchsorted(sid[young], np.arange(n_seg + 1))
 
         last = np.r_[grp[1:] != grp[:-1], True] if len(p) else np.zeros(0, bool)
-        for i in np.flatnonzero(last).tolist():
-            st, di = states[grp[i] // 2], grp[i] % 2
-            st.last_ts[di], st.last_hdr[di], st.last_len[di] = ts[p[i]], hdr[i], hlen[i]
-        pay_counts = np.bincount(sid[has], minlength=n_seg).tolist()
+        g = grp[last]
+        T.last_ts[slot[g // 2], g % 2], T.last_hdr[slot[g // 2], g % 2], T.last_len[slot[g // 2], g % 2] = (
+            ts[p[last]], hdr[last], hlen[last])
+        T.sums[slot] += sums
+        T.mins[slot] = np.minimum(T.mins[slot], mins)
+        T.maxs[slot] = np.maximum(T.maxs[slot], maxs)
+        T.payloads[slot] += np.bincount(sid[has], minlength=n_seg)
+        if hist is not None:
+            T.hist[slot] += hist
         full = []
-        for i, (flow, st) in enumerate(zip(seg.flows, states)):
-            st.sums += sums[i]
-            np.minimum(st.mins, mins[i], out=st.mins)
-            np.maximum(st.maxs, maxs[i], out=st.maxs)
-            st.payloads += pay_counts[i]
-            if hist is not None and i in hist:
-                st.hist += hist[i]
-            a, b = young_bounds[i], young_bounds[i + 1]
-            if b > a:
-                sel = young[a:b]
-                st.head.append(np.stack([plen[sel], 1 - 2 * d[sel], ts[sel], opcode[a:b]]))
-                if st.payloads >= self.head_len:
-                    full.append(st)
+        payloads = T.payloads[slot].tolist()
+        for i in np.flatnonzero(young_bounds[1:] > young_bounds[:-1]).tolist():
+            st, a, b = states[i], young_bounds[i], young_bounds[i + 1]
+            sel = young[a:b]
+            st.head.append(np.stack([plen[sel], 1 - 2 * d[sel], ts[sel], opcode[a:b]]))
+            if payloads[i] >= self.head_len:
+                full.append(i)
+        for flow, st in zip(seg.flows, states):
             st.undecided = frozenset(dis.family for dis in flow.pending if dis.feature_state)
-        _head_features(full, self.n_first)  # now, so the kept head packets can go
+        # Now, so the kept head packets can go.
+        _head_features([states[i] for i in full], T.hist[slot[full]], self.n_first)
 
     @staticmethod
     def _entropy_bytes(t, rows: np.ndarray, has: np.ndarray, rank: np.ndarray, sid: np.ndarray,
-                       n_seg: int) -> dict[int, np.ndarray] | None:
-        """Byte histograms of the leading payloads, per segment that has any."""
+                       n_seg: int) -> np.ndarray | None:
+        """Byte histograms of the leading payloads, per segment (None when no segment has any)."""
         sel = np.flatnonzero(has & (rank < ENTROPY_PACKETS))
         if not len(sel):
             return None
@@ -281,23 +332,30 @@ class FeaturePlugin:
         total = int(take.sum())
         idx = np.repeat(t.payload_off[r] - np.r_[0, np.cumsum(take)[:-1]], take) + np.arange(total)
         owner = np.repeat(sid[sel], take)
-        h = np.bincount(owner * 256 + t.data[idx], minlength=n_seg * 256).reshape(n_seg, 256)
-        return {int(s): h[s] for s in np.unique(sid[sel]).tolist()}
+        return np.bincount(owner * 256 + t.data[idx], minlength=n_seg * 256).reshape(n_seg, 256)
 
     # ------------------------------------------------------------------ per flow
     def on_end(self, flow: Flow) -> None:
         """Keep the aggregates of flows the vectors are wanted for; `vectors` turns them into rows (all
         of a drained batch at once)."""
+        st = flow.ext.get(KEY)
+        if st is None:
+            return
         if flow.total_packets < self.min_packets:
-            flow.ext.pop(KEY, None)
+            del flow.ext[KEY]
+            self.tables.free.append(st.row)
+        else:
+            st.final = self.tables.release(st.row)
 
 
-def _head_features(states: Sequence[_State], n_first: int) -> None:
-    """Set entropy, opcode/ACK filters and the first-N sequence from the kept head packets of each state
-    that has none yet (then drop those packets), for all of them at once."""
-    states = [st for st in states if st.head_features is None]
-    if not states:
+def _head_features(states: Sequence[_State], hists: np.ndarray, n_first: int) -> None:
+    """Set entropy (from each state's byte histogram in `hists`), opcode/ACK filters and the first-N
+    sequence from the kept head packets of each state that has none yet (then drop those packets), for
+    all of them at once."""
+    todo = [i for i, st in enumerate(states) if st.head_features is None]
+    if not todo:
         return
+    states, hists = [states[i] for i in todo], hists[todo]
     n, width = len(states), max(HEAD, n_first)
     counts = np.array([sum(a.shape[1] for a in st.head) for st in states], np.int64)
     kept = np.concatenate([a for st in states for a in st.head], axis=1) if counts.any() else np.zeros((4, 0), np.int64)
@@ -313,7 +371,7 @@ def _head_features(states: Sequence[_State], n_first: int) -> None:
     seq[:, :, 0] = size[:, :n_first]
     seq[:, :, 1] = direction[:, :n_first]
     seq[:, 1:, 2] = np.where(valid[:, 1:n_first], (ts[:, 1:n_first] - ts[:, : n_first - 1]) / NS, 0.0)
-    entropy = np.array([_entropy(st.hist) for st in states])
+    entropy = np.array([_entropy(h) for h in hists])
     block = np.column_stack([entropy, _opcode_filter(opcode, valid & (opcode != 255)), _ack_filter(size, valid),
                              seq.reshape(n, -1)])
     for st, row in zip(states, block):
@@ -341,9 +399,9 @@ def _ratio(a: np.ndarray, b: np.ndarray) -> np.ndarray:
 def _matrix(flows: Sequence[Flow], states: Sequence[_State], n_first: int) -> np.ndarray:
     """Feature rows of ended flows, column by column over all of them (the same IEEE operations, so the
     same values, as computing them flow by flow)."""
-    s = np.array([st.sums for st in states])
-    mins = np.array([st.mins for st in states])
-    maxs = np.array([st.maxs for st in states])
+    s = np.array([st.final.sums for st in states])
+    mins = np.array([st.final.mins for st in states])
+    maxs = np.array([st.final.maxs for st in states])
     g = lambda k: s[:, _SUMS[k]]  # noqa: E731
     packets = np.array([f.packets for f in flows], np.int64)
     byte_counts = np.array([f.bytes for f in flows], np.int64)
@@ -365,7 +423,7 @@ def _matrix(flows: Sequence[Flow], states: Sequence[_State], n_first: int) -> np
         cols += [_ratio(g(f"{dn}_eq{j}"), pairs) for j in range(HDR)]
         cols += [_ratio(g(f"{dn}_ctr_be"), pairs), _ratio(g(f"{dn}_ctr_le"), pairs)]
     cols += [g("syn"), g("fin"), g("rst"), g("psh") / pkts, g("pure_ack") / pkts]
-    _head_features(states, n_first)
+    _head_features(states, np.array([st.final.hist for st in states]), n_first)
     head = np.array([st.head_features for st in states])
     sig = np.array([_sig_states(f, st) for f, st in zip(flows, states)], np.float64)
     return np.hstack([np.column_stack(cols).astype(np.float64), head, sig])
@@ -377,9 +435,9 @@ def _header_bytes(t, rows: np.ndarray, width: int) -> tuple[np.ndarray, np.ndarr
     hlen = np.minimum(t.payload_len[rows], width).astype(np.int64)
     if not len(rows) or not len(t.data):
         return np.zeros((len(rows), width), np.uint8), hlen
-    idx = t.payload_off[rows][:, None] + np.arange(width)
-    valid = np.arange(width) < hlen[:, None]
-    return np.where(valid, t.data[np.clip(idx, 0, len(t.data) - 1)], 0).astype(np.uint8), hlen
+    out = t.data[np.minimum(t.payload_off[rows][:, None] + np.arange(width), len(t.data) - 1)]
+    out[np.arange(width) >= hlen[:, None]] = 0
+    return out, hlen
 
 
 def _uint32(b: np.ndarray, big: bool) -> np.ndarray:

@@ -48,7 +48,7 @@ def head_one(head: np.ndarray, n_first: int) -> np.ndarray:
 @pytest.mark.parametrize("n_first", [20, 3, 120])
 def test_batched_head_features_equal_the_per_flow_definitions(seed, n_first):
     rng = np.random.default_rng(seed)
-    states, heads = [], []
+    states, heads, hists = [], [], np.zeros((60, 256), np.int32)
     for _ in range(60):
         n = int(rng.choice([0, 1, 2, 3, 5, 12, 40, 99, 100, 101, 150]))
         few_opcodes = rng.choice([1, 3, 5, 8, 12, 32])
@@ -58,10 +58,10 @@ def test_batched_head_features_equal_the_per_flow_definitions(seed, n_first):
         cuts = np.sort(rng.choice(np.arange(1, max(n, 2)), min(3, max(n - 1, 0)), replace=False)) if n > 1 else []
         st = _State()
         st.head = [p for p in np.split(head, cuts, axis=1) if p.shape[1]] if n else []
-        st.hist[rng.integers(0, 256, 50)] += 1
+        hists[len(states), rng.integers(0, 256, 50)] += 1
         states.append(st)
         heads.append(head)
-    _head_features(states, n_first)
+    _head_features(states, hists, n_first)
     for st, head in zip(states, heads):
         assert st.head == []
         assert st.head_features[1:].tobytes() == head_one(head, n_first).tobytes()
