@@ -20,6 +20,7 @@ import hashlib
 import math
 import os
 import tempfile
+import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, TYPE_CHECKING
@@ -216,7 +217,7 @@ class CompiledModel:
                            packets_column=packets_column, min_packets=min_packets, n_first=n_first,
                            n_features_in=n_features_in, feature_names=z["feature_names"].tolist(),
                            **{k: z[k] for k in cls._ARRAYS})
-        except (OSError, KeyError, ValueError):
+        except (OSError, KeyError, ValueError, EOFError, zipfile.BadZipFile):  # absent, torn or foreign
             return None
 
 
@@ -289,11 +290,15 @@ def _probe_rows(m: CompiledModel, n: int = 2000, seed: int = 0) -> np.ndarray:
 
 
 # ---------------------------------------------------------------------------------------------- loading
-def cache_dir() -> Path:
+def cache_dir() -> Path | None:
+    """Where compiled models are kept; None when there is no place for them (no home directory)."""
     base = os.environ.get(CACHE_ENV)
     if base:
         return Path(base)
-    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "vpnid"
+    try:
+        return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "vpnid"
+    except RuntimeError:
+        return None
 
 
 def load(path: str | Path) -> CompiledModel | FlowModel:
@@ -308,8 +313,9 @@ def load(path: str | Path) -> CompiledModel | FlowModel:
     except OSError as e:
         raise ModelError(f"{path}: not a vpnid model or damaged ({type(e).__name__}: {e})") from None
     digest = hashlib.sha256(data).hexdigest()
-    cached = cache_dir() / f"model-{digest}.npz"
-    compiled = CompiledModel.read(cached, digest)
+    where = cache_dir()
+    cached = where / f"model-{digest}.npz" if where else None
+    compiled = CompiledModel.read(cached, digest) if cached else None
     if compiled is not None:
         return compiled
     from classifier.model import load as load_audited
@@ -318,14 +324,21 @@ def load(path: str | Path) -> CompiledModel | FlowModel:
     compiled = compile_model(model)
     if compiled is None:
         return model
-    with contextlib.suppress(OSError):  # no cache (read-only home): the next run audits again
+    if cached is not None:
+        _store(compiled, cached, digest)
+    return compiled
+
+
+def _store(compiled: CompiledModel, cached: Path, digest: str) -> None:
+    """Write the cache entry whole or not at all (runs may race); without a writable cache (read-only
+    home) the next run audits the model file again."""
+    with contextlib.suppress(OSError):
         cached.parent.mkdir(parents=True, exist_ok=True)
         fd, tmp = tempfile.mkstemp(dir=cached.parent, prefix=".model-", suffix=".tmp")
         try:
             with os.fdopen(fd, "wb") as f:
                 compiled.save(f, digest)
-            os.replace(tmp, cached)  # the whole file or none, even with runs racing
+            os.replace(tmp, cached)
         finally:
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(tmp)
-    return compiled

@@ -85,8 +85,10 @@ def test_a_cache_entry_not_made_for_this_file_is_ignored(hgb, tmp_path, monkeypa
     arrays["sha256"] = np.str_("0" * 64)  # an entry copied from another model's name
     np.savez(entry, **arrays)
     assert CompiledModel.read(entry, entry.stem.removeprefix("model-")) is None
-    entry.write_bytes(b"not a zip")
-    assert CompiledModel.read(entry, entry.stem.removeprefix("model-")) is None
+    good = entry.read_bytes()
+    for damaged in (b"not a zip", good[: len(good) // 2]):
+        entry.write_bytes(damaged)
+        assert CompiledModel.read(entry, entry.stem.removeprefix("model-")) is None
     assert isinstance(fastmodel.load(path), CompiledModel)  # audited and cached again
 
 
