@@ -26,7 +26,6 @@ from features.packets import PORTED, TCP_ACK, TCP_FIN, TCP_RST, TCP_SYN, PacketT
 
 NS = 1_000_000_000
 KEY_BYTES = 37  # proto(1) + low address(16) + high address(16) + low port(2) + high port(2)
-FEED_WINDOW = 16  # payload packets of a segment read from the table at once for the dissectors
 
 
 @dataclass(slots=True)
@@ -358,23 +357,25 @@ class FlowTable:
 
     @staticmethod
     def _feed(flow: Flow, t: PacketTable, rows: np.ndarray, lo: np.ndarray, before: int, init_lo: bool) -> None:
-        """Feed the segment's payload packets to the flow's undecided dissectors, in capture order. Their
-        fields are read from the table a window at a time, as Python values in bulk: most flows settle
-        within a few packets, and per-packet NumPy scalar reads cost more than the dissectors' own work."""
+        """Feed the segment's payload packets to the flow's undecided dissectors, in capture order."""
         opened = bool((flow.tcp_flags[0] | flow.tcp_flags[1]) & TCP_SYN)
-        fed = np.flatnonzero(t.payload_len[rows] > 0)
-        for w in range(0, len(fed), FEED_WINDOW):
-            pos = fed[w : w + FEED_WINDOW]
-            r = rows[pos]
-            start = t.payload_off[r]
-            for i, direction, ts, a, b, seq, flags in zip(
-                    (pos + before + 1).tolist(), (lo[pos] != init_lo).astype(np.int64).tolist(), t.ts_ns[r].tolist(),
-                    start.tolist(), (start + t.payload_len[r]).tolist(), t.tcp_seq[r].tolist(),
-                    t.tcp_flags[r].tolist()):
-                if not flow.pending:
-                    return
-                flow.feed(FlowPacket(index=i, direction=direction, ts=ts / NS, payload=t.data[a:b].tobytes(),
-                                     proto=flow.proto, tcp_seq=seq, tcp_flags=flags, opened=opened))
+        for i, (row, is_lo) in enumerate(zip(rows.tolist(), lo.tolist())):
+            if not flow.pending:
+                return
+            if t.payload_len[row] <= 0:
+                continue
+            flow.feed(
+                FlowPacket(
+                    index=before + i + 1,
+                    direction=0 if is_lo == init_lo else 1,
+                    ts=int(t.ts_ns[row]) / NS,
+                    payload=t.payload(row),
+                    proto=flow.proto,
+                    tcp_seq=int(t.tcp_seq[row]),
+                    tcp_flags=int(t.tcp_flags[row]),
+                    opened=opened,
+                )
+            )
 
     def _end(self, flow: Flow, reason: str) -> None:
         if flow.total_packets == 0:
