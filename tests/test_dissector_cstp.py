@@ -91,7 +91,9 @@ H2 = [(d, app(s, 24)) for _ in range(20) for d, s in ((0, 13), (1, 17), (1, 1400
     ([(d, b"SSH-2.0-OpenSSH_9.6\r\n" + bytes(i)) for i in range(3) for d in (0, 1)], "none of 3 segments"),
     (handshake(GCM)[:1] + [(1, b"\x15\x03\x03\x00\x02\x02\x28")] + [(1, b"GET / HTTP/1.1\r\n\r\n")],
      "not a sequence of TLS records"),
-    ([(0, client_hello()), (1, tls_record(22, b"\x0b\x00\x00\x03" + bytes(3)))], "not a ServerHello"),
+    # joined after the hellos: judged mid-flow, and HTTP/2 records follow
+    ([(0, client_hello()), (1, tls_record(22, b"\x0b\x00\x00\x03" + bytes(3)))] + H2,
+     "application records without a tunnel's inner sizes"),
     (H2, "application records without a tunnel's inner sizes"),  # HTTP/2, capture started mid-stream
 ])
 def test_other_tls_and_non_tls_streams_are_not_cstp(packets, reason):
@@ -105,6 +107,11 @@ def test_a_capture_that_starts_inside_the_tunnel_is_confirmed_under_the_right_ov
     d = run([(1, os.urandom(700))] + tunnel(overhead))  # first: the tail of a record cut by the capture start
     assert d.state is State.CONFIRMED and d.confidence == 0.7
     assert f"{overhead}-byte AEAD overhead (mid-flow guess)" in d.evidence[-1]
+
+
+def test_a_capture_that_starts_after_the_hellos_is_judged_mid_flow():
+    d = run(handshake(GCM)[2:] + http_phase(24) + tunnel(24))  # Finished both ways, then the tunnel
+    assert d.state is State.CONFIRMED and "mid-flow guess" in d.evidence[-1]
 
 
 def test_records_are_followed_across_segments_and_retransmissions():

@@ -65,7 +65,6 @@ def test_cisco_dtls_0100_session_resumption_is_confirmed():
     ([(0, bytes([0xC3]) + os.urandom(1199))], "not a DTLS ClientHello"),  # QUIC Initial
     ([(0, struct.pack(">HHI", 1, 0, 0x2112A442) + os.urandom(12))], "not a DTLS ClientHello"),  # STUN
     ([(0, bytes.fromhex("abcd01000001000000000000") + b"\x01a\x03lab\x00\x00\x01\x00\x01")], "not a DTLS"),  # DNS
-    ([(0, client_hello(PSK, SID)[:40])], "not a DTLS ClientHello"),  # cut short
 ])
 def test_other_dtls_and_lookalikes_are_rejected(packets, reason):
     d = run(packets)
@@ -75,3 +74,47 @@ def test_other_dtls_and_lookalikes_are_rejected(packets, reason):
 def test_one_way_client_hellos_stay_undecided():
     d = run([(0, client_hello(PSK, SID))] * 3)
     assert d.state is State.CANDIDATE
+
+
+def app_data(seq: int, inner: int, overhead: int = 24, epoch: int = 1) -> bytes:
+    """One AnyConnect DTLS datagram: an application-data record holding the type byte and an IP packet."""
+    body = os.urandom(1 + inner + overhead)
+    return struct.pack(">BHH6sH", 23, 0xFEFD, epoch, seq.to_bytes(6, "big"), len(body)) + body
+
+
+def download(n: int = 12, overhead: int = 24, ack: int = 52) -> list[tuple[int, bytes]]:
+    """Mid-flow: full-size packets down, a pure TCP ACK up for every two."""
+    out, seq = [], [100, 300]
+    for _ in range(n):
+        for direction, inner in ((1, 1400), (1, 1400), (0, ack)):
+            out.append((direction, app_data(seq[direction], inner, overhead)))
+            seq[direction] += 1
+    return out
+
+
+@pytest.mark.parametrize("overhead", [24, 16])
+def test_mid_flow_data_channel_is_confirmed_from_record_sizes_and_sequence(overhead):
+    d = run(download(overhead=overhead))
+    assert d.state is State.CONFIRMED and d.confidence == 0.8 and d.attributes["variant"] == "mid-flow"
+    assert f"{overhead}-byte AEAD overhead" in d.evidence[-1] and "8× 52" in d.evidence[-1]
+
+
+def test_mid_flow_join_skips_the_end_of_a_handshake():
+    finished = record(0xFEFD, handshake(20, os.urandom(12)))
+    d = run([(0, finished), (1, finished)] + download())
+    assert d.state is State.CONFIRMED
+
+
+@pytest.mark.parametrize("packets, reason", [
+    # WebRTC data channel: SCTP inside DTLS (SACKs of 28 bytes, DATA chunks), no IP-packet sizes
+    ([(i % 2, app_data(50 + i // 2, 27 if i % 3 else 300)) for i in range(60)], "undecided"),
+    # sizes of a tunnel, but sequence numbers that jump: not one DTLS sender's records
+    ([(d, app_data(seq * 7, inner)) for seq, (d, inner) in enumerate([(1, 1400), (0, 52)] * 8)], "step by one"),
+    ([(1, app_data(9, 1400)), (0, os.urandom(80))], "not a DTLS record"),
+    ([(0, client_hello(PSK, SID)[:40])] + [(0, os.urandom(90))], "not a DTLS record"),  # a hello cut short
+])
+def test_mid_flow_dtls_that_is_no_tunnel_is_not_confirmed(packets, reason):
+    d = run(packets)
+    assert d.state is not State.CONFIRMED
+    assert reason in (d.evidence[-1] if d.evidence else "undecided")
+

@@ -214,8 +214,18 @@ def _data_flow(server_v1: bool = False, server_peer: int = 0x21, start: int = 50
 def test_mid_flow_data_v2_both_ways() -> None:
     d = run(_data_flow())
     assert d.state is State.CONFIRMED and d.confidence == pytest.approx(0.9)
-    assert d.verdict_packet == 6 and d.attributes["peer_id"] == "000021"
-    assert "peer-id 0x000021 both ways" in d.evidence[0] and "5000..5002" in d.evidence[1]
+    assert d.verdict_packet == 5 and d.attributes["peer_id"] == "000021"  # 3 packets one way, 2 the other
+    assert "peer-id 0x000021 both ways" in d.evidence[0] and "5000..5002 / 900..901" in d.evidence[1]
+
+
+def test_mid_flow_bulk_with_a_quiet_direction() -> None:
+    """A download: the server's data packets stream while the client's side sends two (its TCP ACKs
+    carry no payload)."""
+    rng = random.Random(5)
+    items = [(1, data_v2(0x21, 900 + i, 1300, rng)) for i in range(6)] + [(0, data_v2(0x21, 40 + i, 60, rng))
+                                                                           for i in range(2)]
+    assert run(udp_packets(items)).state is State.CONFIRMED
+    assert run(udp_packets(items[:6] + items[7:])).state is State.REJECTED  # one packet back: not enough
 
 
 def test_mid_flow_data_v2_client_v1_server() -> None:

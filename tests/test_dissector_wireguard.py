@@ -67,6 +67,22 @@ def test_mid_flow_transport_data_both_ways_confirms_at_0_9() -> None:
     assert f"{RESP:08x}" in d.evidence[-1] and f"{INIT:08x}" in d.evidence[-1]
 
 
+def test_full_size_packets_padded_only_up_to_the_mtu_are_transport_data() -> None:
+    """1420-byte inner packets at MTU 1420 are not padded to 1424: 1452-byte datagrams."""
+    packets = [(i % 2, i * 0.01, b.wg_data((RESP, INIT)[i % 2], 50 + i // 2, (1420, 52, 1420, 600)[i % 4]))
+               for i in range(10)]
+    assert {len(p) for _, _, p in packets} >= {1452}
+    assert b.run(WireGuard(), packets) is State.CONFIRMED
+
+
+def test_two_sizes_off_the_padding_grid_in_one_direction_are_rejected() -> None:
+    sizes = (1415, 600, 1417, 600)  # the initiator's side: two different "MTU-sized" packets
+    packets = [(i % 2, i * 0.01, b.wg_data((RESP, INIT)[i % 2], 50 + i // 2, sizes[i], mtu=sizes[i]))
+               for i in range(4)]
+    d = WireGuard()
+    assert b.run(d, packets) is State.REJECTED and "off the 32 + 16n grid" in d.evidence[-1]
+
+
 def test_keepalives_alone_both_ways_confirm() -> None:
     d = WireGuard()
     packets = [(i % 2, 25.0 * i, b.wg_data((RESP, INIT)[i % 2], 40 + i // 2, 0)) for i in range(6)]

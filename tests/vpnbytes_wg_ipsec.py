@@ -47,8 +47,8 @@ def wg_cookie(receiver: int) -> bytes:
     return b"\x03\x00\x00\x00" + struct.pack("<I", receiver) + rnd(56)
 
 
-def wg_data(receiver: int, counter: int, plaintext: int) -> bytes:
-    padded = -(-plaintext // 16) * 16
+def wg_data(receiver: int, counter: int, plaintext: int, mtu: int = 1420) -> bytes:
+    padded = min(-(-plaintext // 16) * 16, max(plaintext, mtu))  # padding stops at the MTU (§5.4.6)
     return b"\x04\x00\x00\x00" + struct.pack("<IQ", receiver, counter) + rnd(padded + 16)
 
 

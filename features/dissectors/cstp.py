@@ -125,8 +125,8 @@ class Cstp(Dissector):
     def on_packet(self, pkt: FlowPacket) -> None:
         d = pkt.direction
         if self.seen == 1 and (d != 0 or pkt.payload[:1] != bytes([CONTENT_HANDSHAKE])):
-            self._mid_flow, self._walkers, self._skip = True, [None, None], [0, 0]
-            self._sizes = {overhead: InnerSizes() for overhead in MID_FLOW_OVERHEADS}
+            self._join_mid_flow()
+            self._walkers = [None, None]
         if self._walkers[d] is None:  # mid-flow: wait for a segment that starts with a record
             if pkt.payload[:3] != APPLICATION_HEADER:
                 self._unsynced[d] += 1
@@ -147,11 +147,16 @@ class Cstp(Dissector):
             if self.state is not State.CANDIDATE:
                 return
 
+    def _join_mid_flow(self) -> None:
+        """No ServerHello to read the suite from: try every AEAD overhead, from the next records on."""
+        self._mid_flow, self._skip = True, [0, 0]
+        self._sizes = {overhead: InnerSizes() for overhead in MID_FLOW_OVERHEADS}
+
     def _server_hello(self, head: bytes) -> None:
         """The chosen suite fixes how many bytes each record adds to its plaintext."""
         suite = server_hello_suite(head)
-        if suite is None:
-            self.reject("the responder's first handshake record is not a ServerHello")
+        if suite is None:  # the capture began after the hellos: the rest of a handshake
+            self._join_mid_flow()
         elif (overhead := record_overhead(suite)) is None:
             self.reject(f"cipher suite 0x{suite:04x} has no fixed per-record overhead")
         else:

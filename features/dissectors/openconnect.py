@@ -29,6 +29,7 @@ from features.packets import IPPROTO_TCP, IPPROTO_UDP
 
 # DTLS record and handshake layout (RFC 6347 sections 4.1 and 4.2.2).
 CONTENT_HANDSHAKE, CONTENT_APPLICATION_DATA = 22, 23
+CONTENT_TYPES = frozenset({20, 21, 22, 23})  # change_cipher_spec, alert, handshake, application_data
 RECORD_HEADER = 13  # type, version, epoch, sequence number (6), length
 HANDSHAKE_HEADER = 12  # msg_type, length (3), message_seq, fragment_offset (3), fragment_length (3)
 CLIENT_HELLO, SERVER_HELLO = 1, 2
@@ -88,6 +89,12 @@ def parse_hello(p: bytes, msg_type: int) -> Hello | None:
     return Hello(version, session_id, tuple(int.from_bytes(raw[i : i + 2], "big") for i in range(0, n, 2)))
 
 
+def is_record(p: bytes) -> bool:
+    """The datagram starts with a DTLS record header (RFC 6347 section 4.1) of a known content type."""
+    return (len(p) >= RECORD_HEADER and p[0] in CONTENT_TYPES
+            and int.from_bytes(p[1:3], "big") in (*DTLS_VERSIONS, DTLS1_BAD_VER))
+
+
 def app_record(p: bytes) -> tuple[int, int, int] | None:
     """(version << 16 | epoch, sequence number, record length) of a datagram that is exactly one DTLS
     application-data record under a negotiated epoch, else None."""
@@ -115,8 +122,8 @@ class OpenConnect(Dissector):
         self._sizes: dict[int, InnerSizes] = {}
 
     def on_packet(self, pkt: FlowPacket) -> None:
-        if self.seen == 1 and app_record(pkt.payload) is not None:
-            self._tracks = (CounterTrack(), CounterTrack())
+        if self.seen == 1 and is_record(pkt.payload) and parse_hello(pkt.payload, CLIENT_HELLO) is None:
+            self._tracks = (CounterTrack(), CounterTrack())  # joined after the ClientHello
             self._sizes = {overhead: InnerSizes() for overhead in MID_FLOW_OVERHEADS}
         if self._tracks is not None:
             self._mid_flow(pkt)
@@ -156,10 +163,12 @@ class OpenConnect(Dissector):
             self.reject("ServerHello neither resumes the session nor picks a PSK suite")
 
     def _mid_flow(self, pkt: FlowPacket) -> None:
+        if not is_record(pkt.payload):
+            self.reject("mid-flow datagram is not a DTLS record")
+            return
         record = app_record(pkt.payload)
         if record is None:
-            self.reject("mid-flow datagram is not one DTLS application-data record")
-            return
+            return  # the rest of a handshake, or an alert
         key, seq, size = record
         track = self._tracks[pkt.direction]
         if track.key != key:

@@ -81,7 +81,8 @@ MAX_COUNTER = 1 << 24  # packet-ids start at 1 per session/key; far larger ones 
 EARLY_NEG_START = 0x0F000000
 MAX_COUNTER_STEP = 64  # data packet-ids may skip lost or reordered datagrams, not thousands
 MAX_TCP_PACKET = 0x4000  # far above tun-mtu 1500; ASCII-led streams (HTTP, SSH) declare more
-MIN_DATA_PACKETS = 3  # per direction, for the mid-flow rule
+MIN_DATA_PACKETS = 3  # per direction, for the mid-flow rule ...
+MIN_DATA_QUIET = 2  # ... or this many in the quiet direction of a bulk transfer (its ACKs carry no data)
 STUN_MAGIC_COOKIE = 0x2112A442
 TLS_HANDSHAKE = 22
 MAX_TLS_RECORD = (1 << 14) + 2048
@@ -273,8 +274,8 @@ class DataTrack:
             self.consistent = False
         self.counters.append(counter)
 
-    def counting(self) -> bool:
-        return self.consistent and len(self.counters) >= MIN_DATA_PACKETS and 0 < self.counters[0] < MAX_COUNTER
+    def counting(self, at_least: int = MIN_DATA_PACKETS) -> bool:
+        return self.consistent and len(self.counters) >= at_least and 0 < self.counters[0] < MAX_COUNTER
 
 
 def _min_data_size(opcode: int) -> int:
@@ -452,7 +453,9 @@ class OpenVPN(Dissector):
     def _check_data(self, pkt: FlowPacket) -> None:
         """Mid-flow rule; QUIC short headers fail it (protected first byte, one CID per direction)."""
         a, b = self._data
-        if not (a.counting() and b.counting()) or (a.first_byte ^ b.first_byte) & P_KEY_ID_MASK:
+        if not (a.counting() and b.counting(MIN_DATA_QUIET)) and not (b.counting() and a.counting(MIN_DATA_QUIET)):
+            return
+        if (a.first_byte ^ b.first_byte) & P_KEY_ID_MASK:
             return
         if a.peer_id is not None and b.peer_id is not None and a.peer_id != b.peer_id:
             return

@@ -31,7 +31,7 @@ HANDSHAKE_SIZES = {
 SENDER_OFFSET = {HANDSHAKE_INITIATION: 4, HANDSHAKE_RESPONSE: 4}
 RECEIVER_OFFSET = {HANDSHAKE_RESPONSE: 8, COOKIE_REPLY: 4, TRANSPORT_DATA: 4}
 KEEPALIVE_SIZE = 32  # type, receiver, 64-bit counter, 16-byte Poly1305 tag, empty plaintext (§5.4.6)
-PADDING = 16  # plaintext is zero-padded to a multiple of 16 bytes (§5.4.6)
+PADDING = 16  # plaintext is zero-padded to a multiple of 16 bytes, but not beyond the MTU (§5.4.6)
 # Keys are dropped after Reject-After-Time (180 s), so a counter beyond 2^32 would mean 24 Mpps.
 COUNTER_CEILING = 1 << 32
 REKEY_TIMEOUT = 5.0  # an unanswered initiation is retried after Rekey-Timeout (§6.4) ...
@@ -61,6 +61,9 @@ class WireGuard(Dissector):
         self._initiations: list[FlowPacket] = []
         self._tracks = (CounterTrack(), CounterTrack())
         self._only_initiations = True
+        # Per direction, the one transport size allowed off the 32 + 16n grid: padding stops at the MTU
+        # (whitepaper §5.4.6), so full-size packets carry 32 + MTU bytes.
+        self._capped: list[int | None] = [None, None]
 
     def on_packet(self, pkt: FlowPacket) -> None:
         p = pkt.payload
@@ -108,8 +111,12 @@ class WireGuard(Dissector):
         """Type 4: padded size, sane counter; echo of a handshake index or steady counters both ways."""
         p = pkt.payload
         if (len(p) - KEEPALIVE_SIZE) % PADDING:
-            self.reject(f"transport data of {len(p)} B is not 32 + a multiple of 16")
-            return
+            capped = self._capped[pkt.direction]
+            if capped is not None and capped != len(p):
+                self.reject(f"transport data of {capped} B and {len(p)} B: only the MTU-sized packet may be "
+                            "off the 32 + 16n grid")
+                return
+            self._capped[pkt.direction] = len(p)
         counter = int.from_bytes(p[8:16], "little")
         if counter >= COUNTER_CEILING:
             self.reject(f"transport counter {counter} implausibly large")
@@ -136,7 +143,7 @@ class WireGuard(Dissector):
                 pkt,
                 0.9,
                 f"WireGuard transport data both ways: receiver index {fwd.key:08x} ({fwd.packets} pkts) and "
-                f"{rev.key:08x} ({rev.packets} pkts), counters stepping by one, sizes 32 + 16n",
+                f"{rev.key:08x} ({rev.packets} pkts), counters stepping by one, sizes 32 + 16n or the MTU",
             )
 
     def _check_blocked(self, minimum: int) -> None:
