@@ -54,10 +54,12 @@ def tunnel(overhead: int, acks: int = 12, inner_ack: int = 52) -> list[tuple[int
     return out
 
 
-def run(packets: list[tuple[int, bytes]]) -> Cstp:
+def run(packets: list[tuple[int, bytes]], opened: bool = True) -> Cstp:
+    """Feed the packets; `opened`: the capture saw the connection's SYN (False: it started mid-flow)."""
     d, seq = Cstp(), [1000, 5000]
     for i, (direction, payload) in enumerate(packets, 1):
-        if d.feed(FlowPacket(i, direction, float(i), payload, tcp_seq=seq[direction], proto=6)) is not State.CANDIDATE:
+        pkt = FlowPacket(i, direction, float(i), payload, tcp_seq=seq[direction], proto=6, opened=opened)
+        if d.feed(pkt) is not State.CANDIDATE:
             break
         seq[direction] += len(payload)
     return d
@@ -88,13 +90,15 @@ H2 = [(d, app(s, 24)) for _ in range(20) for d, s in ((0, 13), (1, 17), (1, 1400
     (handshake(GCM) + http_phase(24) + [(0, app(s, 24)) for s in [60, 300, 411, 60, 290, 60, 515, 60, 333, 60, 612,
                                                                    60, 250, 60, 410, 60, 380, 60, 300]],
      "undecided"),
-    ([(d, b"SSH-2.0-OpenSSH_9.6\r\n" + bytes(i)) for i in range(3) for d in (0, 1)], "none of 3 segments"),
+    ([(0, b"SSH-2.0-OpenSSH_9.6\r\n"), (1, b"SSH-2.0-OpenSSH_9.2\r\n")], "not with a TLS ClientHello"),
     (handshake(GCM)[:1] + [(1, b"\x15\x03\x03\x00\x02\x02\x28")] + [(1, b"GET / HTTP/1.1\r\n\r\n")],
      "not a sequence of TLS records"),
     # joined after the hellos: judged mid-flow, and HTTP/2 records follow
     ([(0, client_hello()), (1, tls_record(22, b"\x0b\x00\x00\x03" + bytes(3)))] + H2,
      "application records without a tunnel's inner sizes"),
-    (H2, "application records without a tunnel's inner sizes"),  # HTTP/2, capture started mid-stream
+    # HTTPS bulk: 16 KiB records cannot be one IP packet each
+    (handshake(GCM) + http_phase(24) + [(1, app(16384, 24)[i:i + 1448]) for i in range(0, 16408, 1448)],
+     "more than one IP packet"),
 ])
 def test_other_tls_and_non_tls_streams_are_not_cstp(packets, reason):
     d = run(packets)
@@ -102,15 +106,25 @@ def test_other_tls_and_non_tls_streams_are_not_cstp(packets, reason):
     assert reason in (d.evidence[-1] if d.evidence else "undecided")
 
 
+@pytest.mark.parametrize("packets, reason", [
+    ([(d, b"SSH-2.0-OpenSSH_9.6\r\n" + bytes(i)) for i in range(3) for d in (0, 1)], "none of 3 segments"),
+    (H2, "application records without a tunnel's inner sizes"),  # HTTP/2
+])
+def test_other_streams_joined_mid_flow_are_not_cstp(packets, reason):
+    d = run(packets, opened=False)
+    assert d.state is not State.CONFIRMED
+    assert reason in (d.evidence[-1] if d.evidence else "undecided")
+
+
 @pytest.mark.parametrize("overhead", [24, 16, 17])
 def test_a_capture_that_starts_inside_the_tunnel_is_confirmed_under_the_right_overhead(overhead):
-    d = run([(1, os.urandom(700))] + tunnel(overhead))  # first: the tail of a record cut by the capture start
+    d = run([(1, os.urandom(700))] + tunnel(overhead), opened=False)  # first: a record's tail
     assert d.state is State.CONFIRMED and d.confidence == 0.7
     assert f"{overhead}-byte AEAD overhead (mid-flow guess)" in d.evidence[-1]
 
 
 def test_a_capture_that_starts_after_the_hellos_is_judged_mid_flow():
-    d = run(handshake(GCM)[2:] + http_phase(24) + tunnel(24))  # Finished both ways, then the tunnel
+    d = run(handshake(GCM)[2:] + http_phase(24) + tunnel(24), opened=False)  # Finished both ways, then the tunnel
     assert d.state is State.CONFIRMED and "mid-flow guess" in d.evidence[-1]
 
 

@@ -44,6 +44,9 @@ CSTP_HEADER = 8  # 'S' 'T' 'F' 0x01, length (2), type, 0
 SKIP_RECORDS = 4  # application records per direction before the tunnel starts (HTTP auth and CONNECT)
 APPLICATION_HEADER = bytes([CONTENT_APPLICATION_DATA, 3, 3])  # a TLS 1.2/1.3 application-data record
 MID_FLOW_OVERHEADS = (GCM_OVERHEAD, CHACHA_OVERHEAD, TLS13_OVERHEAD)
+# A tunnel packet is at most one IP packet of the tunnel MTU (AnyConnect's is below the 1500 of the
+# path it runs over), so a bigger record, HTTPS's 16 KiB bulk records for one, is not CSTP.
+MAX_RECORD_SIZE = 1500 + CSTP_HEADER + GCM_OVERHEAD
 MAX_UNSYNCED = 3  # mid-flow: segments per direction that may pass before one starts with a record
 MAX_RECORDS = 48  # application records (both directions) after which a flow without the run is not CSTP
 
@@ -125,6 +128,9 @@ class Cstp(Dissector):
     def on_packet(self, pkt: FlowPacket) -> None:
         d = pkt.direction
         if self.seen == 1 and (d != 0 or pkt.payload[:1] != bytes([CONTENT_HANDSHAKE])):
+            if pkt.opened:
+                self.reject("the connection was seen to open, and not with a TLS ClientHello")
+                return
             self._join_mid_flow()
             self._walkers = [None, None]
         if self._walkers[d] is None:  # mid-flow: wait for a segment that starts with a record
@@ -167,6 +173,9 @@ class Cstp(Dissector):
         d = pkt.direction
         if self._skip[d]:
             self._skip[d] -= 1
+            return
+        if size > MAX_RECORD_SIZE:
+            self.reject(f"a {size}-byte record holds more than one IP packet of a 1500-byte MTU")
             return
         for overhead, sizes in self._sizes.items():
             if run := sizes.add(d, size - overhead - CSTP_HEADER):

@@ -44,7 +44,6 @@ LENGTH_SLACK = 4  # a field 0..4 below the segment length is taken for a length 
 FULL_SEGMENT = 536  # a shorter segment is a whole write, not the middle of a split chunk
 CONFIRM_AFTER = 8  # payload segments (both first segments included) checked before confirming
 
-_POPCOUNT = bytes(bin(i).count("1") for i in range(256))
 _PRINTABLE = bytes(0x20 <= i <= 0x7E for i in range(256))
 
 
@@ -53,13 +52,13 @@ def exemption(p: bytes, client: bool = True) -> str | None:
     The printable-prefix exemption is the GFW's for client packets only; on the server's first segment
     it would cost recall (1 in 400 random segments) and the other checks cover text there."""
     n = len(p)
-    bits = sum(p.translate(_POPCOUNT)) / n
+    bits = int.from_bytes(p, "big").bit_count() / n
     if not MIN_BITS_PER_BYTE < bits < MAX_BITS_PER_BYTE:
         return f"{bits:.2f} set bits per byte"
     printable = p.translate(_PRINTABLE)
     if client and all(printable[:PRINTABLE_PREFIX]):
         return "printable first bytes"
-    if sum(printable) * 2 > n:
+    if printable.count(1) * 2 > n:
         return "mostly printable"
     if b"\1" * PRINTABLE_RUN in printable:
         return f"{PRINTABLE_RUN} printable bytes in a row"
@@ -77,7 +76,7 @@ def text_in(p: bytes) -> str | None:
     """Plain text inside a later segment (a protocol that went clear after its handshake, or printable
     payload); ciphertext has neither except by a chance far below one in a thousand segments."""
     printable = p.translate(_PRINTABLE)
-    if len(p) >= MOSTLY_TEXT_MIN and sum(printable) * 2 > len(p):
+    if len(p) >= MOSTLY_TEXT_MIN and printable.count(1) * 2 > len(p):
         return "mostly printable"
     if b"\1" * LATER_PRINTABLE_RUN in printable:
         return f"{LATER_PRINTABLE_RUN} printable bytes in a row"
