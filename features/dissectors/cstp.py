@@ -20,6 +20,7 @@ from typing import ClassVar
 
 from features.dissectors.base import Dissector, FlowPacket, State
 from features.dissectors.ipshape import InnerSizes
+from features.dissectors.tcpstream import InOrderStream
 from features.packets import IPPROTO_TCP
 
 # TLS record layer (RFC 5246 section 6.2; RFC 8446 section 5.1).
@@ -71,31 +72,16 @@ def server_hello_suite(body: bytes) -> int | None:
     return int.from_bytes(body[pos : pos + 2], "big") if pos + 2 <= len(body) else None
 
 
-class RecordWalker:
-    """One direction of a TLS-over-TCP stream cut into records; after a gap it goes quiet for good."""
+class RecordWalker(InOrderStream):
+    """One direction of a TLS-over-TCP stream cut into records."""
 
-    __slots__ = ("next_seq", "buf", "broken")
-
-    def __init__(self) -> None:
-        self.next_seq: int | None = None
-        self.buf = bytearray()
-        self.broken = False
+    __slots__ = ()
 
     def push(self, seq: int, data: bytes) -> list[tuple[int, int, bytes]] | None:
         """Add one segment; returns the (content type, length, first body bytes) of the records it
         completed, None if the bytes cannot be TLS records."""
-        if self.broken:
+        if not self.append(seq, data):
             return []
-        if self.next_seq is not None:
-            ahead = (seq - self.next_seq) & 0xFFFFFFFF
-            if ahead >= 1 << 31:  # retransmission, maybe with new bytes at its end
-                data = data[(self.next_seq - seq) & 0xFFFFFFFF :]
-                seq = self.next_seq
-            elif ahead:
-                self.broken = True
-                return []
-        self.next_seq = (seq + len(data)) & 0xFFFFFFFF
-        self.buf += data
         out = []
         while len(self.buf) >= RECORD_HEADER:
             size = int.from_bytes(self.buf[3:5], "big")
@@ -119,8 +105,7 @@ class Cstp(Dissector):
     def __init__(self) -> None:
         super().__init__()
         self._walkers: list[RecordWalker | None] = [RecordWalker(), RecordWalker()]
-        self._mid_flow = False
-        self._overhead: int | None = None  # from the ServerHello; mid-flow: every AEAD overhead is tried
+        self._mid_flow = False  # no ServerHello: every AEAD overhead is tried
         self._skip = [SKIP_RECORDS, SKIP_RECORDS]
         self._unsynced = [0, 0]
         self._sizes: dict[int, InnerSizes] = {}

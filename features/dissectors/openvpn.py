@@ -24,6 +24,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from features.dissectors.base import Dissector, FlowPacket, State
+from features.dissectors.tcpstream import InOrderStream
 from features.packets import IPPROTO_TCP, IPPROTO_UDP
 
 # Opcodes (ssl_pkt.h); the wire byte is opcode << P_OPCODE_SHIFT | key_id.
@@ -208,34 +209,15 @@ def _starts_tls_record(b: bytes) -> bool:
     return int.from_bytes(b[3:5], "big") <= MAX_TLS_RECORD
 
 
-class PduWalker:
-    """One direction of an OpenVPN-over-TCP stream cut into packets by their 2-byte length prefixes.
+class PduWalker(InOrderStream):
+    """One direction of an OpenVPN-over-TCP stream cut into packets by their 2-byte length prefixes."""
 
-    Uses sequence numbers to drop retransmitted bytes; after a gap (lost or unseen segment) the framing
-    cannot be trusted any more, so the walker goes quiet for good.
-    """
-
-    __slots__ = ("next_seq", "buf", "broken")
-
-    def __init__(self) -> None:
-        self.next_seq: int | None = None
-        self.buf = bytearray()
-        self.broken = False
+    __slots__ = ()
 
     def push(self, seq: int, data: bytes) -> list[bytes]:
         """Add one segment; returns the packets it completed."""
-        if self.broken:
+        if not self.append(seq, data):
             return []
-        if self.next_seq is not None:
-            ahead = (seq - self.next_seq) & 0xFFFFFFFF
-            if ahead >= 1 << 31:  # starts before what we have: retransmission, maybe with new bytes
-                data = data[(self.next_seq - seq) & 0xFFFFFFFF :]
-                seq = self.next_seq
-            elif ahead:
-                self.broken = True
-                return []
-        self.next_seq = (seq + len(data)) & 0xFFFFFFFF
-        self.buf += data
         out = []
         while len(self.buf) >= 2:
             size = int.from_bytes(self.buf[:2], "big")
