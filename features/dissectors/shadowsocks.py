@@ -39,7 +39,7 @@ PRINTABLE_RUN = 20
 LATER_PRINTABLE_RUN = 16  # in later segments: random bytes hold such a run with p ~ 1e-7 per byte offset
 MOSTLY_TEXT_MIN = 256  # shorter random segments are "mostly printable" too often (37% of bytes are)
 HEADER = 8  # leading bytes checked for zeroed fields
-LENGTH_FIELD_END = 5  # a 16-bit length field is looked for at offsets 0..3
+LENGTH_OFFSETS = range(4)  # where a 16-bit length field is looked for
 LENGTH_SLACK = 4  # a field 0..4 below the segment length is taken for a length (of the rest, or all)
 FULL_SEGMENT = 536  # a shorter segment is a whole write, not the middle of a split chunk
 CONFIRM_AFTER = 8  # payload segments (both first segments included) checked before confirming
@@ -65,7 +65,7 @@ def exemption(p: bytes, client: bool = True) -> str | None:
     head = p[:HEADER]
     if head.count(0) >= 3:
         return "zeroed header fields"
-    for off in range(LENGTH_FIELD_END - 1):
+    for off in LENGTH_OFFSETS:
         for value in (int.from_bytes(p[off : off + 2], "big"), int.from_bytes(p[off : off + 2], "little")):
             if n - LENGTH_SLACK <= value <= n:
                 return f"length field at offset {off}"
