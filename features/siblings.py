@@ -24,7 +24,9 @@ class SiblingPlugin:
 
     def __init__(self, dissectors: Sequence[type[Dissector]]) -> None:
         self.control = {d.family: d.sibling_transport for d in dissectors if d.sibling_transport is not None}
-        # (control transport, client, server, server port) -> (data channel flow id, its first packet time)
+        # (control transport, client, server, server port) -> (family, data channel flow id, its first
+        # packet time); both orientations are kept, as a capture that starts mid-flow may name the server
+        # as a flow's initiator
         self.channels: dict[tuple[int, bytes, bytes, int], tuple[str, str, int]] = {}
 
     def on_segments(self, seg: Segments) -> None:
@@ -33,14 +35,17 @@ class SiblingPlugin:
         for flow in seg.flows:
             v = flow.verdict
             if v is not None and v.family in self.control:
-                key = (self.control[v.family], flow.src, flow.dst, flow.dport)
-                self.channels.setdefault(key, (v.family, flow_id(flow), flow.first_ns))
+                proto = self.control[v.family]
+                if (proto, flow.src, flow.dst, flow.dport) not in self.channels:
+                    channel = (v.family, flow_id(flow), flow.first_ns)
+                    self.channels[(proto, flow.src, flow.dst, flow.dport)] = channel
+                    self.channels[(proto, flow.dst, flow.src, flow.sport)] = channel
 
     def on_end(self, flow: Flow) -> None:
         if flow.verdict is not None or not self.channels:
             return
-        hit = (self.channels.get((flow.proto, flow.src, flow.dst, flow.dport))  # or seen from mid-flow,
-               or self.channels.get((flow.proto, flow.dst, flow.src, flow.sport)))  # the server sending first
+        hit = (self.channels.get((flow.proto, flow.src, flow.dst, flow.dport))
+               or self.channels.get((flow.proto, flow.dst, flow.src, flow.sport)))
         if hit is None or flow.last_ns < hit[2]:
             return  # no data channel, or this flow had ended before the data channel started
         family, data_flow, _ = hit

@@ -61,6 +61,12 @@ def test_flows_that_do_not_share_client_server_and_port_or_ended_before_are_left
     assert got[(OTHER, 443, "tcp", 50003)] is None
 
 
+def test_data_channel_first_seen_from_the_server_still_names_its_control_channel():
+    server_first = [P(1.0, SERVER, CLIENT, 443, 40000, 17, 0, b"DATA"),
+                    P(1.1, CLIENT, SERVER, 40000, 443, 17, 0, b"DATA")]
+    assert labels(tcp(0.0, 30.0, 50001) + server_first)[(SERVER, 443, "tcp", 50001)] == "testvpn"
+
+
 def test_an_unconfirmed_udp_flow_names_no_control_channel():
     got = labels(tcp(0.0, 30.0, 50001) + udp(1.0, payload=b"QUIC"))
     assert got[(SERVER, 443, "tcp", 50001)] is None
