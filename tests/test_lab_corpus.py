@@ -4,8 +4,11 @@ from __future__ import annotations
 import csv
 import hashlib
 import ipaddress
+import json
 import re
 import socket
+import subprocess
+import sys
 from pathlib import Path
 
 import dpkt
@@ -115,3 +118,13 @@ def test_trim_drops_bulk_but_keeps_every_handshake_and_rekey(tmp_path, name, por
     assert len(after) < len(before) or port == 500
     assert [p for p in before if is_handshake(p)] == [p for p in after if is_handshake(p)]
     assert any(is_handshake(p) for p in after)
+
+
+def test_vpnid_eval_is_right_on_every_family_of_the_corpus():
+    """The lab issue's bar: `vpnid eval pcaps/corpus/manifest.csv` correct on every row, every family."""
+    res = subprocess.run([sys.executable, "-m", "classifier.cli", "eval", "--strict", "--json",
+                          str(CORPUS / "manifest.csv")], capture_output=True, text=True, check=False)
+    assert res.returncode == 0, res.stdout[-2000:] + res.stderr[-2000:]
+    score = json.loads(res.stdout)
+    assert set(score["families"]) == set(FAMILIES)
+    assert all(f["recall"] == 1.0 for f in score["families"].values())
