@@ -6,7 +6,7 @@ A few hundred synthetic registrations across every category in documentation and
 expired, suspended or revoked, plus the LAB rows, which cover SOME of the lab's tunnels (client
 198.18.0.1, server 198.18.0.2; see `vpnid lab --list`) so a demo trial shows every verdict:
 
-    registered         openvpn to :1194, wireguard to :51820
+    registered         openvpn to :1194, wireguard to :51820, openconnect to :8443
     expired            wireguard to :41820 (wireguard-rehandshake)
     revoked            openvpn to :53
     suspended          anything to :443 (a suspended wireguard registration covers it)
@@ -43,6 +43,8 @@ LAB = [
     ("LAB-0005", "Lab Freelancer", "freelancer", "wireguard", 443, "2020-01-01", "", "suspended", "lab :443"),
     ("LAB-0006", "Lab Code House", "software_house", "openvpn", 4500, "2020-01-01", "", "active",
      "lab :4500, declared as openvpn but runs ipsec"),
+    ("LAB-0007", "Lab Remote Office", "it_company", "openconnect", 8443, "2020-01-01", "", "active",
+     "lab openconnect :8443 (AnyConnect CSTP over TLS)"),
 ]
 ORG_WORDS = ("North", "Blue", "Cedar", "Harbor", "Summit", "Delta", "Nova", "Atlas", "Orion", "Pine", "Vertex", "Lumen")
 CATEGORY_NAMES = {"bank": "Bank", "embassy": "Embassy", "it_company": "IT", "freelancer": "Consulting",
