@@ -82,7 +82,8 @@ def test_one_request_one_answer_is_confirmed_when_the_flow_ends():
     assert d.state is State.CONFIRMED and d.verdict_packet == 5
 
 
-def test_interactive_chunks_are_never_below_the_aead_floor():
+def test_the_aead_floor_is_a_real_one_byte_chunk():
+    """MIN_CHUNK against real ciphertext: a keystroke through the proxy is exactly one floor-sized chunk."""
     assert min(len(p) for _, p in typing()[2:]) == MIN_CHUNK
 
 
