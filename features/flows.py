@@ -86,12 +86,16 @@ class Flow:
 
     def feed(self, pkt: FlowPacket) -> None:
         """Hand one payload packet to every undecided dissector; the first to confirm decides."""
+        settled = False
         for d in self.pending:
-            if d.feed(pkt) is State.CONFIRMED:
+            state = d.feed(pkt)
+            if state is State.CONFIRMED:
                 self._decide(d)
                 self.pending = []
                 return
-        self.pending = [d for d in self.pending if d.state is State.CANDIDATE]
+            settled = settled or state is not State.CANDIDATE
+        if settled:
+            self.pending = [d for d in self.pending if d.state is State.CANDIDATE]
 
     def _decide(self, d: Dissector) -> None:
         self.verdict = Verdict(d.family, d.confidence, list(d.evidence), dict(d.attributes), d.verdict_packet)
@@ -290,7 +294,9 @@ class FlowTable:
         )
         before_seg: list[int] = []
         init_lo_seg: list[bool] = []
-        for flow, kb, s0, cnt, t_first, t_last, plo, ball, blo, flo, fhi, anyp in zip(*seg_lists):
+        fed: list[tuple[Flow, int, bool, int]] = []  # segments whose payload packets go to dissectors
+        fed_at: list[int] = []
+        for i, (flow, kb, s0, cnt, t_first, t_last, plo, ball, blo, flo, fhi, anyp) in enumerate(zip(*seg_lists)):
             before = flow.total_packets
             # Map low/high endpoint aggregates onto initiator (0) / responder (1).
             d_lo, d_hi = (0, 1) if self._initiator_is_lo(flow, kb) else (1, 0)
@@ -305,7 +311,10 @@ class FlowTable:
             flow.first_ns = min(flow.first_ns, t_first)
             flow.last_ns = max(flow.last_ns, t_last)
             if flow.pending and anyp:
-                self._feed(flow, t, order[s0 : s0 + cnt], lo_s[s0 : s0 + cnt], before, d_lo == 0)
+                fed.append((flow, before, d_lo == 0, _wanted(flow)))
+                fed_at.append(i)
+        if fed:
+            self._feed(fed, t, order, lo_s, has_payload_s, starts[fed_at], count[fed_at])
         if self.plugins:
             direction = (lo_s != np.repeat(np.array(init_lo_seg, bool), count)).astype(np.uint8)
             seg = Segments(t, order, starts, seg_flows, np.array(before_seg, np.int64), direction)
@@ -356,26 +365,41 @@ class FlowTable:
         return order, starts, count, seg_flows, [kb for kb, k in zip(seg_keys, keep.tolist()) if k]
 
     @staticmethod
-    def _feed(flow: Flow, t: PacketTable, rows: np.ndarray, lo: np.ndarray, before: int, init_lo: bool) -> None:
-        """Feed the segment's payload packets to the flow's undecided dissectors, in capture order."""
-        opened = bool((flow.tcp_flags[0] | flow.tcp_flags[1]) & TCP_SYN)
-        for i, (row, is_lo) in enumerate(zip(rows.tolist(), lo.tolist())):
+    def _feed(fed: list[tuple[Flow, int, bool, int]], t: PacketTable, order: np.ndarray, lo_s: np.ndarray,
+              has_payload_s: np.ndarray, starts: np.ndarray, count: np.ndarray) -> None:
+        """Feed the payload packets of the segments in `fed` (flow, its packets before the segment,
+        whether its initiator is the key's low end, how many payload packets its dissectors may still
+        look at) to their flows' undecided dissectors, in capture order. The packets' fields are read
+        from the table for all these segments at once, as Python values: per-packet NumPy scalar reads
+        cost more than most dissectors' own work."""
+        # Positions (in `order`) of every packet of the fed segments, then of the payload packets the
+        # dissectors' budgets leave them to look at.
+        first = np.r_[0, np.cumsum(count)[:-1]]
+        pos = np.repeat(starts - first, count) + np.arange(int(count.sum()))
+        seg = np.repeat(np.arange(len(fed)), count)
+        pay = has_payload_s[pos]
+        rank = np.cumsum(pay) - 1  # payload packets before, within the segment
+        rank -= np.repeat(rank[first] + 1 - pay[first], count)
+        pay &= rank < np.repeat(np.array([w for *_, w in fed], np.int64), count)
+        pos, seg = pos[pay], seg[pay]
+        rows = order[pos]
+        off = t.payload_off[rows]
+        data = memoryview(t.data)
+        flow = None
+        current = -1
+        for sid, i, is_lo, ts, a, b, seq, flags in zip(
+                seg.tolist(), (pos - starts[seg]).tolist(), lo_s[pos].tolist(), t.ts_ns[rows].tolist(),
+                off.tolist(), (off + t.payload_len[rows]).tolist(), t.tcp_seq[rows].tolist(),
+                t.tcp_flags[rows].tolist()):
+            if sid != current:
+                current = sid
+                flow, before, init_lo, _ = fed[sid]
+                proto = flow.proto
+                opened = bool((flow.tcp_flags[0] | flow.tcp_flags[1]) & TCP_SYN)
             if not flow.pending:
-                return
-            if t.payload_len[row] <= 0:
                 continue
-            flow.feed(
-                FlowPacket(
-                    index=before + i + 1,
-                    direction=0 if is_lo == init_lo else 1,
-                    ts=int(t.ts_ns[row]) / NS,
-                    payload=t.payload(row),
-                    proto=flow.proto,
-                    tcp_seq=int(t.tcp_seq[row]),
-                    tcp_flags=int(t.tcp_flags[row]),
-                    opened=opened,
-                )
-            )
+            flow.feed(FlowPacket(before + i + 1, 0 if is_lo == init_lo else 1, ts / NS, data[a:b].tobytes(), seq,
+                                 flags, proto, opened))
 
     def _end(self, flow: Flow, reason: str) -> None:
         if flow.total_packets == 0:
@@ -418,6 +442,11 @@ def flow_id(flow: Flow) -> str:
     h.update(bytes([flow.proto]) + flow.src + flow.sport.to_bytes(2, "big") + flow.dst)
     h.update(flow.dport.to_bytes(2, "big") + flow.first_ns.to_bytes(8, "big", signed=True))
     return "F" + base64.b32encode(h.digest()).decode().lower()
+
+
+def _wanted(flow: Flow) -> int:
+    """Payload packets the flow's undecided dissectors may still look at (each gives up at its budget)."""
+    return max(d.budget - d.seen for d in flow.pending)
 
 
 def _observe_from(flow: Flow, t: PacketTable, row: int) -> None:
