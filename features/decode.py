@@ -881,7 +881,9 @@ def decode(chunk: RawChunk, reassembler: Reassembler) -> PacketTable:
         reassembler.expire(int(chunk.ts_ns.max()), stats)
     out = _in_capture_order(rows, len(chunk))
     return PacketTable(
-        data=np.concatenate(buffers) if len(buffers) > 1 else chunk.data,
+        data=chunk.data,
+        extra=(np.concatenate(buffers[1:]) if len(buffers) > 2 else buffers[1] if len(buffers) > 1
+               else np.zeros(0, np.uint8)),
         frame=chunk.frame[out.pkt],
         ts_ns=chunk.ts_ns[out.pkt],
         src=out.src,

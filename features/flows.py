@@ -384,7 +384,7 @@ class FlowTable:
         pos, seg = pos[pay], seg[pay]
         rows = order[pos]
         off = t.payload_off[rows]
-        data = memoryview(t.data)
+        data, extra, n = memoryview(t.data), memoryview(t.extra), t.data.size
         flow = None
         current = -1
         for sid, i, is_lo, ts, a, b, seq, flags in zip(
@@ -398,8 +398,9 @@ class FlowTable:
                 opened = bool((flow.tcp_flags[0] | flow.tcp_flags[1]) & TCP_SYN)
             if not flow.pending:
                 continue
-            flow.feed(FlowPacket(before + i + 1, 0 if is_lo == init_lo else 1, ts / NS, data[a:b].tobytes(), seq,
-                                 flags, proto, opened))
+            payload = data[a:b].tobytes() if a < n else extra[a - n : b - n].tobytes()
+            flow.feed(FlowPacket(before + i + 1, 0 if is_lo == init_lo else 1, ts / NS, payload, seq, flags, proto,
+                                 opened))
 
     def _end(self, flow: Flow, reason: str) -> None:
         if flow.total_packets == 0:

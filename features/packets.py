@@ -98,10 +98,12 @@ class PacketTable:
 
     Addresses are 16-byte values (`V16`): IPv6 as is, IPv4 as IPv4-mapped IPv6 (::ffff:a.b.c.d), so both
     families share one column and one flow key. `payload_off`/`payload_len` locate the transport payload
-    (for ESP and AH: the ESP/AH header onwards) in `data`; `payload_len` counts captured bytes only.
+    (for ESP and AH: the ESP/AH header onwards) in `data` followed by `extra`, as if the two were one
+    buffer; `payload_len` counts captured bytes only. (Reassembled datagrams go to `extra` rather than
+    being appended to the chunk's data: that would copy the whole chunk, ~35 MB, for a few datagrams.)
     """
 
-    data: np.ndarray  # uint8 buffer (the chunk's data, plus reassembled datagrams appended)
+    data: np.ndarray  # uint8 buffer: the chunk's data
     frame: np.ndarray  # int64 file frame number (of the last fragment, for reassembled datagrams)
     ts_ns: np.ndarray  # int64
     src: np.ndarray  # V16
@@ -116,14 +118,36 @@ class PacketTable:
     tcp_seq: np.ndarray  # uint32 (0 for non-TCP)
     encap: np.ndarray  # uint8, number of tunnel layers removed (GRE, GTP-U, IP-in-IP)
     stats: dict[str, int] = field(default_factory=dict)  # counters: non_ip, truncated, fragments_*, ...
+    extra: np.ndarray = field(default_factory=lambda: np.zeros(0, np.uint8))  # reassembled datagrams
 
     def __len__(self) -> int:
         return int(self.frame.shape[0])
 
     def payload(self, i: int) -> bytes:
         """Captured transport payload of row i (used only on the few packets dissectors look at)."""
-        start = int(self.payload_off[i])
+        start, n = int(self.payload_off[i]), self.data.size
+        if start >= n:  # a reassembled datagram's
+            return self.extra[start - n : start - n + int(self.payload_len[i])].tobytes()
         return self.data[start : start + int(self.payload_len[i])].tobytes()
+
+    def byte_count(self) -> int:
+        """Bytes in `data` and `extra` together."""
+        return self.data.size + self.extra.size
+
+    def bytes_at(self, idx: np.ndarray) -> np.ndarray:
+        """The bytes at offsets `idx` of `data` followed by `extra`; an offset past the end reads the
+        last byte. Needs at least one byte."""
+        n, m = self.data.size, self.extra.size
+        if not m:
+            return self.data[np.minimum(idx, n - 1)]
+        idx = np.minimum(idx, n + m - 1)
+        if not n:
+            return self.extra[idx]
+        out = self.data[np.minimum(idx, n - 1)]
+        beyond = idx >= n
+        if beyond.any():
+            out[beyond] = self.extra[idx[beyond] - n]
+        return out
 
 
 def ipv4_mapped(addr4: bytes) -> bytes:

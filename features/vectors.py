@@ -332,7 +332,7 @@ class FeaturePlugin:
         total = int(take.sum())
         idx = np.repeat(t.payload_off[r] - np.r_[0, np.cumsum(take)[:-1]], take) + np.arange(total)
         owner = np.repeat(sid[sel], take)
-        return np.bincount(owner * 256 + t.data[idx], minlength=n_seg * 256).reshape(n_seg, 256)
+        return np.bincount(owner * 256 + t.bytes_at(idx), minlength=n_seg * 256).reshape(n_seg, 256)
 
     # ------------------------------------------------------------------ per flow
     def on_end(self, flow: Flow) -> None:
@@ -433,9 +433,9 @@ def _matrix(flows: Sequence[Flow], states: Sequence[_State], n_first: int) -> np
 def _header_bytes(t, rows: np.ndarray, width: int) -> tuple[np.ndarray, np.ndarray]:
     """The first `width` payload bytes of each row (zero-padded) and how many are real."""
     hlen = np.minimum(t.payload_len[rows], width).astype(np.int64)
-    if not len(rows) or not len(t.data):
+    if not len(rows) or not t.byte_count():
         return np.zeros((len(rows), width), np.uint8), hlen
-    out = t.data[np.minimum(t.payload_off[rows][:, None] + np.arange(width), len(t.data) - 1)]
+    out = t.bytes_at(t.payload_off[rows][:, None] + np.arange(width))
     out[np.arange(width) >= hlen[:, None]] = 0
     return out, hlen
 

@@ -284,7 +284,8 @@ def test_ipv4_fragments_out_of_order_across_chunks() -> None:
     assert second.frame.tolist() == [5]
     assert row(second) == ("10.0.0.1", "192.0.2.9", 17, 500, 500, len(pkt), BIG, 0)
     assert second.stats["fragments"] == 2 and second.stats["reassembled"] == 1
-    assert second.data.size == sum(len(f) for f in (frags[0], frags[2])) + len(pkt)
+    assert second.data.size == sum(len(f) for f in (frags[0], frags[2]))  # the chunk's frames
+    assert second.extra.size == len(pkt)  # and the reassembled datagram beside them
 
 
 def test_ipv6_fragments() -> None:

@@ -244,7 +244,7 @@ def check_table(t: PacketTable, chunk: RawChunk) -> None:
     expect(bool(np.isin(t.frame, chunk.frame).all()), "row of a frame not in the chunk")
     expect(bool((np.diff(t.frame) > 0).all()), "rows not one per frame in capture order: {}", t.frame)
     expect(bool((t.payload_off >= 0).all() and (t.payload_len >= 0).all()), "negative payload offset/length")
-    expect(bool((t.payload_off + t.payload_len <= t.data.size).all()), "payload runs past the data")
+    expect(bool((t.payload_off + t.payload_len <= t.byte_count()).all()), "payload runs past the data")
     expect(bool((t.encap <= MAX_ENCAP).all()), "encap {} beyond {}", t.encap, MAX_ENCAP)
     unported = ~np.isin(t.proto, list(PORTED))
     expect(not (t.sport[unported].any() or t.dport[unported].any()), "ports on a transport without ports")
