@@ -23,6 +23,7 @@ import struct
 import sys
 import zlib
 from collections.abc import Callable, Iterable, Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import BinaryIO
 
@@ -307,20 +308,32 @@ def _pcap_pieces(stream: _Stream, name: str, warn: Warn, max_frames: int, order:
                  tick_ns: int) -> Iterator[RawChunk]:
     fmt = _PcapFormat.read(stream, name, order, tick_ns)
     frames = 0
-    while True:
-        start = stream.pos
-        stream.release()
-        starts, headers, stream.pos, bad_caplen = _walk_pcap(np.frombuffer(stream.buf, np.uint8), start,
-                                                             order == ">", fmt.max_caplen, max_frames)
-        if len(starts):
-            yield fmt.piece(stream.buf, start, stream.pos, starts, headers, frames)
-            frames += len(starts)
-        if bad_caplen >= 0:
-            warn(f"{name}: corrupt record header at frame {frames + 1} (captured length {bad_caplen} "
-                 f"exceeds the limit of {fmt.max_caplen} bytes); processed up to it")
-            return
-        if len(starts) < max_frames and not stream.more_or_warn(warn):
-            break
+
+    def walk(start: int) -> tuple[np.ndarray, np.ndarray, int, int]:
+        return _walk_pcap(np.frombuffer(stream.buf, np.uint8), start, order == ">", fmt.max_caplen, max_frames)
+
+    # A mapped file is walked one piece ahead on a second thread (the walk releases the GIL): the walk
+    # waits on memory, once per record, and the pages it maps are the next piece's, which is then ready
+    # when it is asked for. A stream's buffer changes as blocks arrive, so it is walked when needed.
+    mapped = isinstance(stream.buf, mmap.mmap)
+    ahead: Future | None = None
+    with ThreadPoolExecutor(1, thread_name_prefix="vpnid-pcap-walk") if mapped else contextlib.nullcontext() as pool:
+        while True:
+            start = stream.pos
+            stream.release()
+            starts, headers, stream.pos, bad_caplen = ahead.result() if ahead is not None else walk(start)
+            ahead = None
+            if mapped and bad_caplen < 0 and len(starts) == max_frames:
+                ahead = pool.submit(walk, stream.pos)
+            if len(starts):
+                yield fmt.piece(stream.buf, start, stream.pos, starts, headers, frames)
+                frames += len(starts)
+            if bad_caplen >= 0:
+                warn(f"{name}: corrupt record header at frame {frames + 1} (captured length {bad_caplen} "
+                     f"exceeds the limit of {fmt.max_caplen} bytes); processed up to it")
+                return
+            if len(starts) < max_frames and not stream.more_or_warn(warn):
+                break
     if not stream.failed:
         yield from _pcap_tail(stream, name, warn, fmt, frames)
 
