@@ -3,6 +3,8 @@ extraction share, so both see exactly the same flows."""
 
 from __future__ import annotations
 
+import queue
+import threading
 from collections.abc import Callable, Iterator
 
 from features.capture import read_chunks
@@ -33,8 +35,50 @@ def flows_of(path: str, table: FlowTable, chunk_frames: int, counters: dict[str,
              warn: Warn, *, close: bool = True, eager: bool = False) -> Iterator[list[Flow]]:
     """Batches of ended flows of one capture, one per chunk, in the order the flow table ends them.
     `close=False` leaves the flows still open at the end in `table`, for the next rotated file."""
-    for t in packet_tables(path, chunk_frames, counters, warn, eager):
+    tables = packet_tables(path, chunk_frames, counters, warn, eager)
+    for t in tables if eager else _ahead(tables):
         table.add(t)
         yield table.drain()
     if close:
         yield table.close()
+
+
+_END = object()
+
+
+def _ahead(items: Iterator[PacketTable]) -> Iterator[PacketTable]:
+    """`items`, produced one ahead on a worker thread: the next chunk is read and decoded while the
+    flow table works on this one (much of decoding runs in NumPy without the GIL), in the same order
+    and with the same results. An exception on the worker is raised here, where it would have been.
+    Not for live captures (`eager`), whose chunks should be read only when the table asks."""
+    handoff: queue.Queue = queue.Queue(1)
+    stop = threading.Event()
+
+    def put(item: object) -> bool:
+        while not stop.is_set():
+            try:
+                handoff.put(item, timeout=0.1)
+                return True
+            except queue.Full:
+                pass
+        return False
+
+    def work() -> None:
+        try:
+            for item in items:
+                if not put(item):
+                    return
+        except BaseException as e:  # noqa: BLE001 - handed to the consumer, raised there
+            put(e)
+            return
+        put(_END)
+
+    worker = threading.Thread(target=work, name="vpnid-decode", daemon=True)
+    worker.start()
+    try:
+        while (item := handoff.get()) is not _END:
+            if isinstance(item, BaseException):
+                raise item
+            yield item
+    finally:
+        stop.set()  # a consumer that stops early lets the worker end after its current chunk
