@@ -12,6 +12,7 @@ and keeps every frame before it; only a file that cannot be a capture at all rai
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import dataclasses
 import itertools
@@ -107,6 +108,9 @@ NS_PER_S = 1_000_000_000
 TSOFFSET_MAX = (1 << 63) // NS_PER_S  # if_tsoffset seconds whose nanoseconds still fit in 64 bits
 
 _log = logging.getLogger(__name__)
+# Mapped pages are handed back this many pieces behind the walk: the pieces in between are still in use
+# (walked ahead, decoded ahead, in the flow table; see `features.stream`) and would fault back in.
+RELEASE_LAG = 3
 
 
 def read_chunks(
@@ -218,10 +222,11 @@ class _Stream:
         mm.madvise(mmap.MADV_SEQUENTIAL)
         return cls(iter(()), mm)
 
-    def release(self) -> None:
-        """Let the kernel drop the mapped pages before `pos` from this process. The data stays valid:
-        a chunk that still looks at them faults them back in from the page cache."""
-        if isinstance(self.buf, mmap.mmap) and (done := self.pos - self.pos % mmap.PAGESIZE):
+    def release(self, upto: int | None = None) -> None:
+        """Let the kernel drop the mapped pages before `upto` (default: `pos`) from this process. The
+        data stays valid: a chunk that still looks at them faults them back in from the page cache."""
+        upto = self.pos if upto is None else upto
+        if isinstance(self.buf, mmap.mmap) and (done := upto - upto % mmap.PAGESIZE):
             self.buf.madvise(mmap.MADV_DONTNEED, 0, done)
 
     def more(self) -> bool:
@@ -317,10 +322,12 @@ def _pcap_pieces(stream: _Stream, name: str, warn: Warn, max_frames: int, order:
     # when it is asked for. A stream's buffer changes as blocks arrive, so it is walked when needed.
     mapped = isinstance(stream.buf, mmap.mmap)
     ahead: Future | None = None
+    begun: collections.deque[int] = collections.deque(maxlen=RELEASE_LAG + 1)
     with ThreadPoolExecutor(1, thread_name_prefix="vpnid-pcap-walk") if mapped else contextlib.nullcontext() as pool:
         while True:
             start = stream.pos
-            stream.release()
+            begun.append(start)
+            stream.release(begun[0] if mapped else None)
             starts, headers, stream.pos, bad_caplen = ahead.result() if ahead is not None else walk(start)
             ahead = None
             if mapped and bad_caplen < 0 and len(starts) == max_frames:
