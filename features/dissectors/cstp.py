@@ -169,5 +169,5 @@ class Cstp(Dissector):
                              f"TLS records carry one IP packet each behind an 8-byte CSTP header, under {how}: "
                              f"{run} (AnyConnect CSTP tunnel)")
                 return
-        if sum(sizes.records) >= MAX_RECORDS:
+        if sum(next(iter(self._sizes.values())).records) >= MAX_RECORDS:  # every hypothesis counts the same
             self.reject(f"{MAX_RECORDS} application records without a tunnel's inner sizes")

@@ -35,6 +35,7 @@ HANDSHAKE_HEADER = 12  # msg_type, length (3), message_seq, fragment_offset (3),
 CLIENT_HELLO, SERVER_HELLO = 1, 2
 DTLS_VERSIONS = frozenset({0xFEFF, 0xFEFD, 0xFEFC})  # DTLS 1.0, 1.2, 1.3
 DTLS1_BAD_VER = 0x0100  # Cisco's pre-RFC 4347 DTLS (OpenSSL's DTLS1_BAD_VER)
+RECORD_VERSIONS = DTLS_VERSIONS | {DTLS1_BAD_VER}
 RANDOM_SIZE = 32
 SESSION_ID_SIZE = 32  # the AnyConnect application/session id
 HANDSHAKE_BUDGET = 4  # datagrams to wait for the ServerHello
@@ -62,7 +63,7 @@ def parse_hello(p: bytes, msg_type: int) -> Hello | None:
     if len(p) < RECORD_HEADER + HANDSHAKE_HEADER + 2 + RANDOM_SIZE + 1 or p[0] != CONTENT_HANDSHAKE:
         return None
     version = int.from_bytes(p[1:3], "big")
-    if version not in DTLS_VERSIONS and version != DTLS1_BAD_VER:
+    if version not in RECORD_VERSIONS:
         return None
     h = RECORD_HEADER
     if p[h] != msg_type or p[h + 6 : h + 9] != b"\0\0\0":  # fragment_offset 0
@@ -91,18 +92,17 @@ def parse_hello(p: bytes, msg_type: int) -> Hello | None:
 
 def is_record(p: bytes) -> bool:
     """The datagram starts with a DTLS record header (RFC 6347 section 4.1) of a known content type."""
-    return (len(p) >= RECORD_HEADER and p[0] in CONTENT_TYPES
-            and int.from_bytes(p[1:3], "big") in (*DTLS_VERSIONS, DTLS1_BAD_VER))
+    return len(p) >= RECORD_HEADER and p[0] in CONTENT_TYPES and int.from_bytes(p[1:3], "big") in RECORD_VERSIONS
 
 
 def app_record(p: bytes) -> tuple[int, int, int] | None:
     """(version << 16 | epoch, sequence number, record length) of a datagram that is exactly one DTLS
     application-data record under a negotiated epoch, else None."""
-    if len(p) < RECORD_HEADER or p[0] != CONTENT_APPLICATION_DATA:
+    if not is_record(p) or p[0] != CONTENT_APPLICATION_DATA:
         return None
     version, epoch = int.from_bytes(p[1:3], "big"), int.from_bytes(p[3:5], "big")
     size = int.from_bytes(p[11:13], "big")
-    if (version not in DTLS_VERSIONS and version != DTLS1_BAD_VER) or epoch == 0 or size != len(p) - RECORD_HEADER:
+    if epoch == 0 or size != len(p) - RECORD_HEADER:
         return None
     return version << 16 | epoch, int.from_bytes(p[5:11], "big"), size
 
