@@ -18,9 +18,9 @@ import time
 from collections import Counter
 from datetime import date, timedelta
 
-from classifier.records import FlowRecord
-from classifier.registry.match import VERDICTS, FlowBatch, Matcher
-from classifier.registry.model import CATEGORIES, PROTOCOLS, STATUSES, Endpoint, Registration
+from vpnid.classifier.audit.registry.match import VERDICTS, FlowBatch, Matcher
+from vpnid.classifier.audit.registry.registration import CATEGORIES, PROTOCOLS, STATUSES, Endpoint, Registration
+from vpnid.classifier.running.records import FlowRecord
 
 T0 = 1_735_689_600.0  # 2025-01-01 UTC
 

@@ -31,8 +31,8 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from features.capture import read_chunks  # noqa: E402
-from features.packets import LINKTYPE_ETHERNET  # noqa: E402
+from vpnid.features.capture import read_chunks  # noqa: E402
+from vpnid.features.packets import LINKTYPE_ETHERNET  # noqa: E402
 
 INPUTS = ROOT / "benchmarks" / "inputs"
 SOURCES = ("pcaps/corpus/*.pcap", "pcaps/generated/*.pcap")  # lab output, committed corpus first
@@ -117,7 +117,7 @@ def _shift_word(buf: np.ndarray, at: np.ndarray, k: int) -> None:
 
 # ---------------------------------------------------------------------------------------------- runners
 def run_vpnid(pcap: str) -> None:
-    from classifier.cli import main
+    from vpnid.classifier.cli.main import main
 
     if rc := main(["classify", "--format", "jsonl", "-o", str(INPUTS / "vpnid-out.jsonl"), pcap]):
         raise SystemExit(rc)

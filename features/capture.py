@@ -31,30 +31,7 @@ from typing import BinaryIO
 import numpy as np
 from numba import njit
 
-from features.packets import LINKTYPE_RAW, RAW_IP_DLTS, CaptureError, RawChunk
-
-
-def _load_numba_arrays_without_blas_probe() -> None:
-    """Load numba's NumPy support (which its first compiled call would load) without its probe for
-    SciPy's BLAS: `numba.np.arraymath` imports `scipy.linalg.cython_blas` only to learn whether BLAS is
-    there, and that import costs a short `vpnid classify` ~0.1 s of its ~0.6 s. The compiled loops here
-    and in `classifier.fastmodel` use no linear algebra; without the probe, numba's compiled
-    np.correlate/np.convolve in this process use numba's own inner product instead of BLAS, and nothing
-    else changes (np.dot and np.linalg look for BLAS again when they are compiled). SciPy itself stays
-    importable as usual: the block lasts only for this import."""
-    blas = "scipy.linalg.cython_blas"
-    if "numba.np.arraymath" in sys.modules or blas in sys.modules:
-        return
-    sys.modules[blas] = None  # type: ignore[assignment]  # importing it now fails at once
-    try:
-        import numba.np.arraymath  # noqa: F401
-    except ImportError:  # another numba layout: its first compiled call loads what it needs, as before
-        pass
-    finally:
-        del sys.modules[blas]
-
-
-_load_numba_arrays_without_blas_probe()
+from vpnid.features.packets import LINKTYPE_RAW, RAW_IP_DLTS, CaptureError, RawChunk
 
 Warn = Callable[[str], None]
 
@@ -111,7 +88,7 @@ TSOFFSET_MAX = (1 << 63) // NS_PER_S  # if_tsoffset seconds whose nanoseconds st
 
 _log = logging.getLogger(__name__)
 # Mapped pages are handed back this many pieces behind the walk: the pieces in between are still in use
-# (walked ahead, decoded ahead, in the flow table; see `features.stream`) and would fault back in.
+# (walked ahead, decoded ahead, in the flow table; see `vpnid.features.stream`) and would fault back in.
 RELEASE_LAG = 3
 
 

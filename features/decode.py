@@ -27,7 +27,7 @@ from typing import Callable, NamedTuple, Self
 
 import numpy as np
 
-from features.packets import (
+from vpnid.features.packets import (
     IPPROTO_GRE,
     IPPROTO_IPIP,
     IPPROTO_IPV6,

@@ -21,8 +21,8 @@ from typing import Protocol
 
 import numpy as np
 
-from features.dissectors.base import Dissector, FlowPacket, State
-from features.packets import PORTED, TCP_ACK, TCP_FIN, TCP_RST, TCP_SYN, PacketTable
+from vpnid.features.dissectors.base import Dissector, FlowPacket, State
+from vpnid.features.packets import PORTED, TCP_ACK, TCP_FIN, TCP_RST, TCP_SYN, PacketTable
 
 NS = 1_000_000_000
 KEY_BYTES = 37  # proto(1) + low address(16) + high address(16) + low port(2) + high port(2)

@@ -13,8 +13,8 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from features.dissectors.base import Dissector
-from features.flows import Flow, Segments, Verdict, flow_id
+from vpnid.features.dissectors.base import Dissector
+from vpnid.features.flows import Flow, Segments, Verdict, flow_id
 
 CONFIDENCE = 0.8  # one step below the data channel's own signature: the link is by endpoints only
 

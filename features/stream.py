@@ -7,10 +7,10 @@ import queue
 import threading
 from collections.abc import Callable, Iterator
 
-from features.capture import read_chunks
-from features.decode import Reassembler, decode
-from features.flows import Flow, FlowTable
-from features.packets import PacketTable
+from vpnid.features.capture import read_chunks
+from vpnid.features.decode import Reassembler, decode
+from vpnid.features.flows import Flow, FlowTable
+from vpnid.features.packets import PacketTable
 
 Warn = Callable[[str], None]
 

@@ -22,10 +22,20 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from features.dissectors import registry
-from features.flows import NS, Flow, FlowTable, FlowTableConfig, Segments, flow_id
-from features.packets import IPPROTO_TCP, IPPROTO_UDP, TCP_ACK, TCP_FIN, TCP_PSH, TCP_RST, TCP_SYN
-from features.packets import address_text, transport_name
+from vpnid.features.dissectors import catalog
+from vpnid.features.families import IPSEC, OPENCONNECT, OPENVPN, WIREGUARD
+from vpnid.features.flows import NS, Flow, FlowTable, FlowTableConfig, Segments, flow_id
+from vpnid.features.packets import (
+    IPPROTO_TCP,
+    IPPROTO_UDP,
+    TCP_ACK,
+    TCP_FIN,
+    TCP_PSH,
+    TCP_RST,
+    TCP_SYN,
+    address_text,
+    transport_name,
+)
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -43,7 +53,7 @@ KEY = "vectors"  # this plugin's slot in Flow.ext
 INDEX_COLUMNS = ("pcap", "flow_id", "transport", "src_ip", "src_port", "dst_ip", "dst_port")
 # Families with a dissector, in column order. Fixed here (not read from the registry) so that adding a
 # dissector cannot change the layout silently: a test fails until this and SCHEMA_VERSION are updated.
-SIG_FAMILIES = ("ipsec", "wireguard", "openvpn", "openconnect")
+SIG_FAMILIES = (IPSEC, WIREGUARD, OPENVPN, OPENCONNECT)  # feature-schema order
 SIG_STATE = {"not_run": 0, "undecided": 1, "rejected": 2, "confirmed": 3}
 DIRS = ("fwd", "bwd")  # initiator -> responder, responder -> initiator
 
@@ -384,7 +394,7 @@ def _sig_states(flow: Flow, st: _State) -> list[int]:
     sig = []
     for fam in SIG_FAMILIES:
         ran = any(fam == dis.family and flow.proto in dis.transports and dis.feature_state
-                  for dis in registry.ALL)
+                  for dis in catalog.ALL)
         state = ("confirmed" if verdict == fam else "undecided" if fam in st.undecided
                  else "rejected" if ran else "not_run")
         sig.append(SIG_STATE[state])
@@ -521,14 +531,14 @@ def extract(captures: Iterable[str | Path], n_first: int = N_FIRST, drop_first: 
     `drop_first` withholds each flow's first packets, as `vpnid eval --drop-first` does."""
     import pandas as pd
 
-    from features.stream import flows_of
+    from vpnid.features.stream import flows_of
 
     base = config or FlowTableConfig()
     cfg = FlowTableConfig(base.idle_timeout, base.active_timeout, base.max_flows, drop_first)
     index, blocks = [], []
     for cap in captures:
         plugin = FeaturePlugin(n_first)
-        table = FlowTable(registry.ALL, cfg, plugins=(plugin,))
+        table = FlowTable(catalog.ALL, cfg, plugins=(plugin,))
         for flows in flows_of(str(cap), table, chunk_frames, {}, lambda _m: None):
             index += [index_row(str(cap), f) for f in flows]
             blocks.append(vectors(flows, n_first))

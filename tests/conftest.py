@@ -6,7 +6,7 @@ import os
 
 import pytest
 
-from classifier.fastmodel import CACHE_ENV
+from vpnid.classifier.labelling.loading import CACHE_ENV
 
 
 @pytest.fixture(autouse=True, scope="session")

@@ -7,7 +7,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from features.packets import PacketTable, ipv4_mapped
+from vpnid.features.packets import PacketTable, ipv4_mapped
 
 
 @dataclass

@@ -6,7 +6,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from features.packets import LINKTYPE_ETHERNET, RawChunk
+from vpnid.features.packets import LINKTYPE_ETHERNET, RawChunk
 
 NS = 1_000_000_000
 

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import argparse
 
-from classifier.registry import cli
-from classifier.registry.model import FIELDS
+from vpnid.classifier.audit.registry.registration import FIELDS
+from vpnid.classifier.cli import registry as cli
 
 HEADER = ",".join(FIELDS) + "\n"
 GOOD = {"registration_id": "R1", "organization": "First Bank", "category": "bank", "protocol": "openvpn",

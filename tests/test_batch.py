@@ -13,8 +13,8 @@ import pyarrow.parquet as pq
 import pytest
 from scapy.all import rdpcap, wrpcap
 
-from classifier.cli import main
 from tests.test_cli import mixed_pcap, vpnid  # noqa: F401  (mixed_pcap is a fixture)
+from vpnid.classifier.cli.main import main
 
 
 def jsonl(text: str) -> list[dict]:
@@ -53,7 +53,7 @@ def test_join_equals_one_capture(mixed_pcap, rotated):  # noqa: F811
 
 
 def test_classify_reads_a_capture_stream_on_stdin(mixed_pcap):  # noqa: F811
-    res = subprocess.run([sys.executable, "-m", "classifier.cli", "classify", "--format", "jsonl", "-"],
+    res = subprocess.run([sys.executable, "-m", "vpnid.classifier.cli.main", "classify", "--format", "jsonl", "-"],
                          input=mixed_pcap.read_bytes(), capture_output=True, cwd=Path(__file__).parents[1], timeout=120)
     assert res.returncode == 0, res.stderr
     piped = jsonl(res.stdout.decode())

@@ -1,4 +1,4 @@
-"""features.capture on capture files the tests write themselves (pcapbuild for exact bytes, scapy for a
+"""vpnid.features.capture on capture files the tests write themselves (pcapbuild for exact bytes, scapy for a
 third-party writer, tshark via pyshark as the reference reader)."""
 
 from __future__ import annotations
@@ -14,10 +14,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from features import capture
-from features.capture import read_chunks
-from features.packets import LINKTYPE_ETHERNET, LINKTYPE_LINUX_SLL, LINKTYPE_RAW, CaptureError
 from tests import pcapbuild as pb
+from vpnid.features import capture
+from vpnid.features.capture import read_chunks
+from vpnid.features.packets import LINKTYPE_ETHERNET, LINKTYPE_LINUX_SLL, LINKTYPE_RAW, CaptureError
 
 FRAMES = [bytes(range(i, i + 20 + i)) for i in range(5)]  # five frames of different sizes and contents
 T0 = 1_700_000_000
@@ -314,7 +314,7 @@ def test_gzip_corrupt_after_the_header(tmp_path, monkeypatch):
 
 def test_stdin_stream():
     """Through a real pipe: no seeking, data arriving in pieces."""
-    code = ("from features.capture import read_chunks; "
+    code = ("from vpnid.features.capture import read_chunks; "
             "print(*[int(f) for c in read_chunks('-', chunk_frames=2) for f in c.frame])")
     out = subprocess.run([sys.executable, "-c", code], input=gzip.compress(five_frame_pcap()),
                          capture_output=True, check=True, cwd=Path(__file__).parents[1])

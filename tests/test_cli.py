@@ -16,7 +16,7 @@ LAB_A, LAB_B, LAB_C = "198.18.0.1", "198.18.0.2", "198.18.0.3"
 
 
 def vpnid(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "classifier.cli", *args], capture_output=True, text=True,
+    return subprocess.run([sys.executable, "-m", "vpnid.classifier.cli.main", *args], capture_output=True, text=True,
                           cwd=Path(__file__).parent.parent, timeout=120)
 
 

@@ -40,8 +40,9 @@ from scapy.contrib.gtp import GTP_U_Header, GTPPDUSessionContainer
 from scapy.contrib.mpls import MPLS
 from scapy.layers.vxlan import VXLAN
 
-from features.decode import Reassembler, decode
-from features.packets import (
+from tests.frames import chunk
+from vpnid.features.decode import Reassembler, decode
+from vpnid.features.packets import (
     LINKTYPE_ETHERNET,
     LINKTYPE_IPV4,
     LINKTYPE_IPV6,
@@ -56,7 +57,6 @@ from features.packets import (
     RawChunk,
     address_text,
 )
-from tests.frames import chunk
 
 ETH = Ether(src="02:00:00:00:00:01", dst="02:00:00:00:00:02")
 V4 = IP(src="10.0.0.1", dst="192.0.2.9")

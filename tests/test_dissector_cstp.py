@@ -8,9 +8,9 @@ from pathlib import Path
 
 import pytest
 
-from classifier.pipeline import Options, classify_capture
-from features.dissectors.base import FlowPacket, State
-from features.dissectors.cstp import Cstp, RecordWalker, record_overhead
+from vpnid.classifier.running.pipeline import Options, classify_capture
+from vpnid.features.dissectors.base import FlowPacket, State
+from vpnid.features.dissectors.cstp import Cstp, RecordWalker, record_overhead
 
 ROOT = Path(__file__).resolve().parents[1]
 GCM, CHACHA, TLS13_AES, CBC = 0xC02C, 0xCCA9, 0x1301, 0xC014

@@ -8,11 +8,11 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from scapy.layers.dns import DNS, DNSQR, DNSRR
 
-from features.dissectors.base import State
-from features.dissectors.esp import AH, ESP
-from features.dissectors.ike import IKE
-from features.packets import IPPROTO_AH, IPPROTO_ESP, IPPROTO_UDP
 from tests import vpnbytes_wg_ipsec as b
+from vpnid.features.dissectors.base import State
+from vpnid.features.dissectors.esp import AH, ESP
+from vpnid.features.dissectors.ike import IKE
+from vpnid.features.packets import IPPROTO_AH, IPPROTO_ESP, IPPROTO_UDP
 
 I_SPI, R_SPI = bytes.fromhex("05ac0f4d122013f4"), bytes.fromhex("5f46ee70bc4c5d0d")
 ESP_OUT, ESP_IN = 0xC27247B7, 0x0354AA4F

@@ -7,8 +7,8 @@ import struct
 
 import pytest
 
-from features.dissectors.base import FlowPacket, State
-from features.dissectors.openconnect import OpenConnect
+from vpnid.features.dissectors.base import FlowPacket, State
+from vpnid.features.dissectors.openconnect import OpenConnect
 
 PSK = [0x00A9, 0xCCAB, 0xC0A5, 0x008D, 0x00A8, 0xC0A4, 0x008C, 0x00AE]
 ECDHE = [0xC02B, 0xC02F, 0xC02C, 0xCCA9]

@@ -9,15 +9,6 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from features.dissectors.base import FlowPacket, State
-from features.dissectors.openvpn import (
-    P_ACK_V1,
-    P_CONTROL_HARD_RESET_CLIENT_V2,
-    P_CONTROL_HARD_RESET_SERVER_V2,
-    P_CONTROL_V1,
-    OpenVPN,
-    PduWalker,
-)
 from tests.vpnbytes_openvpn import (
     CLIENT,
     SERVER,
@@ -28,6 +19,15 @@ from tests.vpnbytes_openvpn import (
     data_v2,
     framed,
     udp_packets,
+)
+from vpnid.features.dissectors.base import FlowPacket, State
+from vpnid.features.dissectors.openvpn import (
+    P_ACK_V1,
+    P_CONTROL_HARD_RESET_CLIENT_V2,
+    P_CONTROL_HARD_RESET_SERVER_V2,
+    P_CONTROL_V1,
+    OpenVPN,
+    PduWalker,
 )
 
 WRAPS = ["plain", "md5", "sha1", "sha256", "sha512", "tls-crypt"]

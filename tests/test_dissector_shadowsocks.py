@@ -13,9 +13,9 @@ from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.ciphers.aead import ChaCha20Poly1305
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
-from classifier.pipeline import Options, classify_capture
-from features.dissectors.base import FlowPacket, State
-from features.dissectors.shadowsocks import MIN_CHUNK, Shadowsocks
+from vpnid.classifier.running.pipeline import Options, classify_capture
+from vpnid.features.dissectors.base import FlowPacket, State
+from vpnid.features.dissectors.shadowsocks import MIN_CHUNK, Shadowsocks
 
 ROOT = Path(__file__).resolve().parents[1]
 rb = random.Random(1).randbytes  # seeded: fixed salts and ciphertext (random bytes trip an exemption ~1% of the time)

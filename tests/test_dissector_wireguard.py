@@ -8,9 +8,9 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from scapy.layers.dns import DNS, DNSQR, DNSRR
 
-from features.dissectors.base import FlowPacket, State
-from features.dissectors.wireguard import WireGuard
 from tests import vpnbytes_wg_ipsec as b
+from vpnid.features.dissectors.base import FlowPacket, State
+from vpnid.features.dissectors.wireguard import WireGuard
 
 INIT, RESP = 0x30D037D8, 0xAB7DF406
 

@@ -6,8 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from classifier.evaluate import LabelsError, read_labels, score
-from classifier.records import FlowRecord
+from vpnid.classifier.labelling.evaluate import LabelsError, read_labels, score
+from vpnid.classifier.running.records import FlowRecord
 
 HEADER = "pcap,transport,a_ip,a_port,b_ip,b_port,family,confidence\n"
 

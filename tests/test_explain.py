@@ -7,10 +7,11 @@ import shutil
 
 import pytest
 
-from classifier import explain
-from classifier.cli import main
-from classifier.pipeline import classify_capture
 from tests import trialdata as td
+from vpnid.classifier.audit import explain
+from vpnid.classifier.cli import explain as explain_cli
+from vpnid.classifier.cli.main import main
+from vpnid.classifier.running.pipeline import classify_capture
 
 
 @pytest.fixture(scope="module")
@@ -49,7 +50,7 @@ def test_explain_shows_wiresharks_dissection_of_the_deciding_packets(capsys, cap
 
 def test_explain_without_tshark_says_so_and_still_lists_the_packets(capsys, capture, monkeypatch):
     path, wg = capture
-    monkeypatch.setattr(explain, "tshark_path", lambda: None)
+    monkeypatch.setattr(explain_cli, "tshark_path", lambda: None)
     code, out, err = _explain(capsys, str(path), "--flow", wg.flow_id)
     assert code == 0, err
     assert "tshark is not installed" in out and not re.search(r"^\s+Wireshark: ", out, re.M)

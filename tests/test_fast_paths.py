@@ -14,12 +14,12 @@ import communityid
 import numpy as np
 import pytest
 
-from classifier.community import community_id
-from classifier.pipeline import classify_capture
-from features import capture, flows
-from features.capture import read_chunks
-from features.flows import KEY_BYTES, _unique_keys
-from features.packets import CaptureError, ipv4_mapped
+from vpnid.classifier.running.community import community_id
+from vpnid.classifier.running.pipeline import classify_capture
+from vpnid.features import capture, flows
+from vpnid.features.capture import read_chunks
+from vpnid.features.flows import KEY_BYTES, _unique_keys
+from vpnid.features.packets import CaptureError, ipv4_mapped
 
 EXTERNAL = Path(__file__).resolve().parents[2] / "shared" / "corpus" / "external" / "ndpi" / "pcap"
 CAPTURES = sorted(p for p in EXTERNAL.glob("*") if p.suffix in (".pcap", ".pcapng", ".cap"))

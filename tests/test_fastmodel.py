@@ -12,11 +12,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from classifier import fastmodel, model
-from classifier.fastmodel import CompiledModel, ModelError, compile_model
-from classifier.model import DEFAULT_MODEL, FlowModel, save
-from features.vectors import extract
 from tests.test_model import synthetic
+from vpnid.classifier.labelling import loading, model
+from vpnid.classifier.labelling.compiled import CompiledModel, compile_model
+from vpnid.classifier.labelling.judgement import ModelError
+from vpnid.classifier.labelling.loading import DEFAULT_MODEL
+from vpnid.classifier.labelling.model import FlowModel, save
+from vpnid.features.vectors import extract
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -49,36 +51,36 @@ def test_small_hgb_compiles_and_other_estimators_stay_with_scikit_learn(hgb):
 
 def test_cache_serves_only_the_file_it_was_compiled_from(hgb, tmp_path, monkeypatch):
     m, X = hgb
-    monkeypatch.setenv(fastmodel.CACHE_ENV, str(tmp_path / "cache"))
+    monkeypatch.setenv(loading.CACHE_ENV, str(tmp_path / "cache"))
     path = tmp_path / "m.skops"
     save(m, path)
-    first = fastmodel.load(path)
+    first = loading.load(path)
     assert isinstance(first, CompiledModel) and len(list((tmp_path / "cache").glob("model-*.npz"))) == 1
 
     def audited(*_a):
         raise AssertionError("audited again although cached")
 
     monkeypatch.setattr(model, "load", audited)
-    again = fastmodel.load(path)
+    again = loading.load(path)
     assert isinstance(again, CompiledModel) and again.predict_proba(X).tobytes() == m.predict_proba(X).tobytes()
     monkeypatch.undo()
 
     # Another file (here: the same one, altered) misses the cache and is audited, and refused.
-    monkeypatch.setenv(fastmodel.CACHE_ENV, str(tmp_path / "cache"))
+    monkeypatch.setenv(loading.CACHE_ENV, str(tmp_path / "cache"))
     data = bytearray(path.read_bytes())
     data[len(data) // 2] ^= 0xFF
     bad = tmp_path / "bad.skops"
     bad.write_bytes(bytes(data))
     with pytest.raises(ModelError, match="bad.skops"):
-        fastmodel.load(bad)
+        loading.load(bad)
 
 
 def test_a_cache_entry_not_made_for_this_file_is_ignored(hgb, tmp_path, monkeypatch):
     m, _ = hgb
-    monkeypatch.setenv(fastmodel.CACHE_ENV, str(tmp_path))
+    monkeypatch.setenv(loading.CACHE_ENV, str(tmp_path))
     path = tmp_path / "m.skops"
     save(m, path)
-    fastmodel.load(path)
+    loading.load(path)
     (entry,) = tmp_path.glob("model-*.npz")
     with np.load(entry) as z:
         arrays = dict(z)
@@ -89,14 +91,14 @@ def test_a_cache_entry_not_made_for_this_file_is_ignored(hgb, tmp_path, monkeypa
     for damaged in (b"not a zip", good[: len(good) // 2]):
         entry.write_bytes(damaged)
         assert CompiledModel.read(entry, entry.stem.removeprefix("model-")) is None
-    assert isinstance(fastmodel.load(path), CompiledModel)  # audited and cached again
+    assert isinstance(loading.load(path), CompiledModel)  # audited and cached again
 
 
 def test_classify_with_a_cached_model_never_imports_scikit_learn(tmp_path):
-    code = ("import os, sys; from classifier.cli import main; "
+    code = ("import os, sys; from vpnid.classifier.cli.main import main; "
             "rc = main(['classify', '--format', 'jsonl', '-o', os.devnull, 'pcaps/corpus/wireguard-keepalive.pcap']); "
             "print(rc, 'sklearn' in sys.modules)")
-    env = {**os.environ, fastmodel.CACHE_ENV: str(tmp_path)}
+    env = {**os.environ, loading.CACHE_ENV: str(tmp_path)}
     runs = [subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, env=env)
             for _ in range(2)]
     assert [r.stdout.split() for r in runs] == [["0", "True"], ["0", "False"]], [r.stderr for r in runs]

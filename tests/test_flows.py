@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import numpy as np
 
-from features.dissectors.base import Dissector, FlowPacket, State
-from features.flows import FlowTable, FlowTableConfig
-from features.packets import TCP_ACK, TCP_FIN, TCP_RST, TCP_SYN, address_text
 from tests.flowbuild import P, table
+from vpnid.features.dissectors.base import Dissector, FlowPacket, State
+from vpnid.features.flows import FlowTable, FlowTableConfig
+from vpnid.features.packets import TCP_ACK, TCP_FIN, TCP_RST, TCP_SYN, address_text
 
 A, B, C = "198.18.0.1", "198.18.0.2", "198.18.0.3"
 

@@ -11,9 +11,9 @@ from pathlib import Path
 import pytest
 from scapy.all import UDP, IPv6, IPv6ExtHdrDestOpt
 
-from features.decode import Reassembler, decode
 from tests.frames import chunk
 from tests.fuzz import targets
+from vpnid.features.decode import Reassembler, decode
 
 FUZZ = Path(__file__).parent / "fuzz"
 ROOT = FUZZ.parent.parent

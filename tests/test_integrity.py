@@ -15,13 +15,13 @@ from pathlib import Path
 
 import pytest
 
-from classifier.pipeline import classify_capture
-from classifier.registry.csvio import read_csv
-from classifier.registry.store import open_store
-from classifier.trials import TrialStore
 from tests import trialdata as td
 from tests.capturegen import ICMP_ECHO, sweep_source, write_capture
 from tests.registry_helpers import HEADER, row
+from vpnid.classifier.audit.registry.csvio import read_csv
+from vpnid.classifier.audit.registry.store import open_store
+from vpnid.classifier.audit.trials import TrialStore
+from vpnid.classifier.running.pipeline import classify_capture
 
 ROOT = Path(__file__).parent.parent
 FLOWS = 12_000  # several insert batches (trials.BATCH) per run

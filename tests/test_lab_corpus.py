@@ -14,8 +14,8 @@ from pathlib import Path
 import dpkt
 import pytest
 
-from pcaps.lab import manifest, pcapfile, registry
-from pcaps.lab.variant import FAMILIES
+from vpnid.pcaps.lab import catalog, manifest, pcapfile
+from vpnid.pcaps.lab.variant import FAMILIES
 
 CORPUS = manifest.CORPUS_DIR
 LAB_NET = ipaddress.ip_network("198.18.0.0/15")
@@ -50,7 +50,7 @@ def test_manifest_row_is_well_formed(row):
 
 
 def test_every_variant_and_family_is_in_the_corpus():
-    assert {Path(p).stem for p in IDS} == {v.name for v in registry.VARIANTS}
+    assert {Path(p).stem for p in IDS} == {v.name for v in catalog.VARIANTS}
     assert {r["family"] for r in ROWS} == set(FAMILIES)
     assert sorted(p.name for p in CORPUS.glob("*.pcap")) == sorted(IDS), "unlisted or missing capture files"
 
@@ -122,7 +122,7 @@ def test_trim_drops_bulk_but_keeps_every_handshake_and_rekey(tmp_path, name, por
 
 def test_vpnid_eval_is_right_on_every_family_of_the_corpus():
     """The lab issue's bar: `vpnid eval pcaps/corpus/manifest.csv` correct on every row, every family."""
-    res = subprocess.run([sys.executable, "-m", "classifier.cli", "eval", "--strict", "--json",
+    res = subprocess.run([sys.executable, "-m", "vpnid.classifier.cli.main", "eval", "--strict", "--json",
                           str(CORPUS / "manifest.csv")], capture_output=True, text=True, check=False)
     assert res.returncode == 0, res.stdout[-2000:] + res.stderr[-2000:]
     score = json.loads(res.stdout)

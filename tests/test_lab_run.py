@@ -9,19 +9,20 @@ import os
 
 import pytest
 
-from classifier.model import DEFAULT_MODEL, load
-from classifier.pipeline import Options, classify_capture
-from pcaps.lab import manifest, pcapfile, registry, system
-from pcaps.lab.cli import capture
-from pcaps.lab.pki import Pki
-from pcaps.lab.variant import FAMILIES
+from vpnid.classifier.labelling.loading import DEFAULT_MODEL
+from vpnid.classifier.labelling.model import load
+from vpnid.classifier.running.pipeline import Options, classify_capture
+from vpnid.pcaps.lab import catalog, manifest, pcapfile, system
+from vpnid.pcaps.lab.cli import capture
+from vpnid.pcaps.lab.pki import Pki
+from vpnid.pcaps.lab.variant import FAMILIES
 
 pytestmark = pytest.mark.lab
 
 ONE_PER_FAMILY = ["openvpn-udp-tlscryptv2-high", "wireguard-rehandshake", "ipsec-ikev2-psk", "openconnect-tls-8443",
                   "shadowsocks-chacha-8388", "neg-https-tls13-443"]
 TOLERANCE = 0.25  # TCP acknowledgement patterns and timer jitter move packet counts between runs
-VARIANTS = registry.select(",".join(ONE_PER_FAMILY))
+VARIANTS = catalog.select(",".join(ONE_PER_FAMILY))
 
 
 def _skip_reason() -> str | None:
@@ -29,7 +30,7 @@ def _skip_reason() -> str | None:
         return "needs root: network namespaces, TUN devices and tcpdump"
     debs, mods = system.missing(VARIANTS)
     if debs or mods:
-        return f"lab packages missing: {' '.join(debs + mods)} (python -m pcaps.lab --install)"
+        return f"lab packages missing: {' '.join(debs + mods)} (python -m vpnid.pcaps.lab --install)"
     return None
 
 

@@ -51,7 +51,7 @@ def key(r: dict) -> tuple:
 
 
 def test_live_labels_equal_offline(veth_ns, mixed_pcap):  # noqa: F811
-    live = subprocess.Popen(["ip", "netns", "exec", veth_ns, sys.executable, "-m", "classifier.cli", "live", "vb",
+    live = subprocess.Popen(["ip", "netns", "exec", veth_ns, sys.executable, "-m", "vpnid.classifier.cli.main", "live", "vb",
                              "net", "198.18.0.0/15"], cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                             text=True)
     try:

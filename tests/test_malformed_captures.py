@@ -12,12 +12,12 @@ import pytest
 from scapy.all import GRE, IP, TCP, UDP, Ether, Raw, fragment, wrpcap
 from scapy.contrib.gtp import GTP_U_Header
 
-from classifier.cli import main
-from classifier.pipeline import CaptureStats, classify_capture
-from features.decode import MAX_ENCAP
 from tests import pcapbuild as pb
 from tests import vpnbytes_wg_ipsec as vb
 from tests.vpnbytes_openvpn import Session, framed
+from vpnid.classifier.cli.main import main
+from vpnid.classifier.running.pipeline import CaptureStats, classify_capture
+from vpnid.features.decode import MAX_ENCAP
 
 A, B = "198.18.0.1", "198.18.0.2"
 T0 = 1_700_000_000

@@ -9,10 +9,10 @@ import numpy as np
 import pytest
 import skops.io as sio
 
-from classifier.labels import label
-from classifier.model import MARKER, FlowModel, ModelError, load, save
-from features.flows import Flow, Verdict
-from features.vectors import feature_names
+from vpnid.classifier.labelling.labels import label
+from vpnid.classifier.labelling.model import MARKER, FlowModel, ModelError, load, save
+from vpnid.features.flows import Flow, Verdict
+from vpnid.features.vectors import feature_names
 
 NAMES = feature_names()
 

@@ -25,6 +25,6 @@ def test_notebook_runs_top_to_bottom(tmp_path, monkeypatch):
     nb = nbformat.read(NOTEBOOK, as_version=4)
     NotebookClient(nb, timeout=170, kernel_name="python3", resources={"metadata": {"path": str(NOTEBOOK.parent)}}).execute()
     assert out.exists()
-    from classifier.model import load
+    from vpnid.classifier.labelling.model import load
 
     assert load(out).classes_.size >= 2

@@ -6,11 +6,12 @@ import io
 
 import pytest
 
-from classifier.registry.csvio import CsvError, read_csv, write_csv
-from classifier.registry.model import RegistrationError, parse_registration
-from classifier.registry.sample import PATH as SAMPLE, sample
-from classifier.registry.store import open_store
 from tests.registry_helpers import GOOD, HEADER, row, vpnid_registry
+from vpnid.classifier.audit.registry.csvio import CsvError, read_csv, write_csv
+from vpnid.classifier.audit.registry.registration import RegistrationError, parse_registration
+from vpnid.classifier.audit.registry.sample import PATH as SAMPLE
+from vpnid.classifier.audit.registry.sample import sample
+from vpnid.classifier.audit.registry.store import open_store
 
 
 def test_one_bad_row_imports_nothing_and_names_its_line(tmp_path, capsys):

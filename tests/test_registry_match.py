@@ -7,11 +7,11 @@ from datetime import UTC, datetime
 import pytest
 from scapy.all import DNS, DNSQR, IP, UDP, Ether, IPv6, Raw, wrpcap
 
-from classifier.pipeline import classify_capture
-from classifier.registry.match import Matcher, RegistryVerdict
-from classifier.registry.model import parse_registration
 from tests import tunnelbytes as tb
 from tests.registry_helpers import GOOD
+from vpnid.classifier.audit.registry.match import Matcher, RegistryVerdict
+from vpnid.classifier.audit.registry.registration import parse_registration
+from vpnid.classifier.running.pipeline import classify_capture
 
 DAY = datetime(2025, 3, 1, 12, tzinfo=UTC)  # every session starts this day (UTC)
 CLIENT, SERVER, OTHER_CLIENT = "198.18.0.1", "198.18.0.2", "198.18.5.7"

@@ -6,12 +6,12 @@ import sqlite3
 
 import pytest
 
-from classifier.registry import migrate
-from classifier.registry.csvio import read_csv
-from classifier.registry.model import parse_registration
-from classifier.registry.sample import PATH as SAMPLE
-from classifier.registry.store import CORE_STEPS, StoreError, open_store
 from tests.registry_helpers import GOOD, vpnid_registry
+from vpnid.classifier.audit.registry import migrate
+from vpnid.classifier.audit.registry.csvio import read_csv
+from vpnid.classifier.audit.registry.registration import parse_registration
+from vpnid.classifier.audit.registry.sample import PATH as SAMPLE
+from vpnid.classifier.audit.registry.store import CORE_STEPS, StoreError, open_store
 
 
 def reg(rid: str, **changes: str):

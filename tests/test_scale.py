@@ -29,7 +29,7 @@ MAX_RSS_GROWTH_KB = 160 << 10
 def classify_stream(write: Callable[[BinaryIO], None], output: str, *args: str) -> tuple[int, str, int]:
     """Exit status, stderr and peak RSS (kB) of `vpnid classify --format csv -o OUTPUT ARGS -` fed by
     `write` through a pipe (so no capture file is kept anywhere)."""
-    proc = subprocess.Popen([sys.executable, "-m", "classifier.cli", "classify", "--no-model", "--format", "csv",
+    proc = subprocess.Popen([sys.executable, "-m", "vpnid.classifier.cli.main", "classify", "--no-model", "--format", "csv",
                              "-o", output, *args, "-"], cwd=ROOT, stdin=subprocess.PIPE, stderr=subprocess.PIPE)
     assert proc.stdin is not None and proc.stderr is not None
     errors: list[bytes] = []

@@ -9,10 +9,11 @@ from pathlib import Path
 
 import pytest
 
-from classifier.evaluate import read_labels, score
-from classifier.labels import TUNNEL_FAMILIES
-from classifier.model import DEFAULT_MODEL, load
-from classifier.pipeline import Options, classify_capture
+from vpnid.classifier.labelling.evaluate import read_labels, score
+from vpnid.features.families import REFERENCE_FAMILIES
+from vpnid.classifier.labelling.loading import DEFAULT_MODEL
+from vpnid.classifier.labelling.model import load
+from vpnid.classifier.running.pipeline import Options, classify_capture
 
 ROOT = Path(__file__).resolve().parents[1]
 CORPUS = ROOT / "pcaps" / "corpus" / "manifest.csv"
@@ -23,7 +24,7 @@ pytestmark = pytest.mark.slow
 
 
 def vpnid(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "classifier.cli", *args], capture_output=True, text=True, cwd=ROOT)
+    return subprocess.run([sys.executable, "-m", "vpnid.classifier.cli.main", *args], capture_output=True, text=True, cwd=ROOT)
 
 
 def evaluate(labels: Path, drop_first: int):
@@ -34,7 +35,7 @@ def evaluate(labels: Path, drop_first: int):
 
 def test_mid_flow_recall_per_tunnel_family_and_no_label_on_negatives():
     report = evaluate(CORPUS, 25)
-    for fam in TUNNEL_FAMILIES:
+    for fam in REFERENCE_FAMILIES:
         assert report.families[fam].rows and report.families[fam].recall >= 0.95, fam
     assert not report.false_positives
 
@@ -42,7 +43,7 @@ def test_mid_flow_recall_per_tunnel_family_and_no_label_on_negatives():
 @pytest.mark.skipif(not EXTERNAL.exists(), reason=f"external dev set not present at {EXTERNAL}")
 def test_external_set_keeps_every_tunnel_and_no_false_positive_with_the_model():
     report = evaluate(EXTERNAL, 0)
-    assert sum(report.families[f].correct for f in TUNNEL_FAMILIES) == 38
+    assert sum(report.families[f].correct for f in REFERENCE_FAMILIES) == 38
     assert not report.false_positives and not report.misses
 
 

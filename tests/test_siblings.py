@@ -5,12 +5,12 @@ from __future__ import annotations
 from pathlib import Path
 from typing import ClassVar
 
-from classifier.pipeline import Options, classify_capture
-from features.dissectors.base import Dissector, FlowPacket
-from features.flows import FlowTable, FlowTableConfig
-from features.packets import IPPROTO_TCP, IPPROTO_UDP, TCP_ACK, TCP_FIN, TCP_SYN, address_text
-from features.siblings import SiblingPlugin
 from tests.flowbuild import P, table
+from vpnid.classifier.running.pipeline import Options, classify_capture
+from vpnid.features.dissectors.base import Dissector, FlowPacket
+from vpnid.features.flows import FlowTable, FlowTableConfig
+from vpnid.features.packets import IPPROTO_TCP, IPPROTO_UDP, TCP_ACK, TCP_FIN, TCP_SYN, address_text
+from vpnid.features.siblings import SiblingPlugin
 
 ROOT = Path(__file__).resolve().parents[1]
 CLIENT, SERVER, OTHER = "198.18.0.1", "198.18.0.2", "198.18.0.3"

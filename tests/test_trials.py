@@ -11,13 +11,13 @@ from pathlib import Path
 import dpkt
 import pytest
 
-from classifier.pipeline import Options
-from classifier.registry.csvio import read_csv
-from classifier.registry.store import open_store
-from classifier.report.trial_report import write_report
-from classifier.trials import TrialStore, Window
-from features.packets import CaptureError
 from tests import trialdata as td
+from vpnid.classifier.audit.registry.csvio import read_csv
+from vpnid.classifier.audit.registry.store import open_store
+from vpnid.classifier.audit.report.trial_report import write_report
+from vpnid.classifier.audit.trials import TrialStore, Window
+from vpnid.classifier.running.pipeline import Options
+from vpnid.features.packets import CaptureError
 
 ROOT = Path(__file__).parent.parent
 

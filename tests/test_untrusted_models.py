@@ -10,10 +10,10 @@ import pickle
 
 import skops.io as sio
 
-from classifier.cli import main
-from classifier.model import FILE_FORMAT, MARKER
-from features.vectors import SCHEMA_VERSION
 from tests import pcapbuild as pb
+from vpnid.classifier.cli.main import main
+from vpnid.classifier.labelling.model import FILE_FORMAT, MARKER
+from vpnid.features.vectors import SCHEMA_VERSION
 
 
 class RunsCode:

@@ -6,7 +6,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from features.vectors import ACK_BINS, HEAD, NS, _head_features, _State
+from vpnid.features.vectors import ACK_BINS, HEAD, NS, _head_features, _State
 
 
 def opcode_filter_one(opcodes: np.ndarray) -> list[float]:

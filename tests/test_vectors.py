@@ -7,11 +7,19 @@ import struct
 import numpy as np
 import pytest
 
-from features.dissectors import registry
-from features.flows import FlowTable, FlowTableConfig
-from features.vectors import (INDEX_COLUMNS, SCHEMA_VERSION, FeaturePlugin, extract, feature_names, schema,
-                              to_parquet, vectors)
 from tests.flowbuild import P, table
+from vpnid.features.dissectors import catalog
+from vpnid.features.flows import FlowTable, FlowTableConfig
+from vpnid.features.vectors import (
+    INDEX_COLUMNS,
+    SCHEMA_VERSION,
+    FeaturePlugin,
+    extract,
+    feature_names,
+    schema,
+    to_parquet,
+    vectors,
+)
 
 A, B = "198.18.0.1", "198.18.0.2"
 
@@ -81,9 +89,9 @@ def test_schema_documents_every_column_once_with_unit_and_meaning():
 def test_every_dissector_family_has_a_state_column():
     """Adding a dissector family changes the layout: update SIG_FAMILIES and bump SCHEMA_VERSION (or keep
     the new dissector out of the features with `feature_state = False` until the next schema)."""
-    from features.vectors import SIG_FAMILIES
+    from vpnid.features.vectors import SIG_FAMILIES
 
-    assert set(SIG_FAMILIES) == {d.family for d in registry.ALL if d.feature_state}
+    assert set(SIG_FAMILIES) == {d.family for d in catalog.ALL if d.feature_state}
 
 
 def test_chunking_does_not_change_any_feature():
@@ -128,7 +136,7 @@ def test_openvpn_opcode_filter_counts_distinct_opcodes_and_flags_resets_that_rec
 
 
 def test_signature_state_flags():
-    flows, x = run([tunnel()], dissectors=registry.ALL)
+    flows, x = run([tunnel()], dissectors=catalog.ALL)
     assert flows[0].verdict is not None and flows[0].verdict.family == "wireguard"
     assert col(x, "sig_wireguard")[0] == 3
     assert col(x, "sig_openvpn")[0] == 2  # ran and rejected

@@ -69,4 +69,4 @@ def registry_csv(path: Path) -> Path:
 
 
 def vpnid_argv(*args: str) -> list[str]:
-    return [sys.executable, "-m", "classifier.cli", *args]
+    return [sys.executable, "-m", "vpnid.classifier.cli.main", *args]

@@ -10,8 +10,8 @@ import random
 import struct
 from dataclasses import dataclass, field
 
-from features.dissectors.base import FlowPacket
-from features.dissectors.openvpn import (
+from vpnid.features.dissectors.base import FlowPacket
+from vpnid.features.dissectors.openvpn import (
     P_ACK_V1,
     P_CONTROL_HARD_RESET_CLIENT_V2,
     P_CONTROL_HARD_RESET_CLIENT_V3,

@@ -8,7 +8,7 @@ from __future__ import annotations
 import random
 import struct
 
-from features.dissectors.base import Dissector, FlowPacket, State
+from vpnid.features.dissectors.base import Dissector, FlowPacket, State
 
 RNG = random.Random(20240229)
 

@@ -45,7 +45,7 @@ class Dissector:
     # was trained on.
     feature_state: ClassVar[bool] = True
     # Transport of the tunnel's separate control channel, labelled through this (data channel) dissector's
-    # verdict by `features.siblings`; None when the protocol has no such sibling flow.
+    # verdict by `vpnid.features.siblings`; None when the protocol has no such sibling flow.
     sibling_transport: ClassVar[int | None] = None
 
     def __init__(self) -> None:

@@ -18,10 +18,11 @@ from __future__ import annotations
 
 from typing import ClassVar
 
-from features.dissectors.base import Dissector, FlowPacket, State
-from features.dissectors.ipshape import InnerSizes
-from features.dissectors.tcpstream import InOrderStream
-from features.packets import IPPROTO_TCP
+from vpnid.features.dissectors.base import Dissector, FlowPacket, State
+from vpnid.features.dissectors.ipshape import InnerSizes
+from vpnid.features.dissectors.tcpstream import InOrderStream
+from vpnid.features.families import OPENCONNECT
+from vpnid.features.packets import IPPROTO_TCP
 
 # TLS record layer (RFC 5246 section 6.2; RFC 8446 section 5.1).
 RECORD_HEADER = 5
@@ -97,7 +98,7 @@ class RecordWalker(InOrderStream):
 class Cstp(Dissector):
     """AnyConnect CSTP tunnel inside TLS: IP packets one per AEAD record, seen through record lengths."""
 
-    family: ClassVar[str] = "openconnect"
+    family: ClassVar[str] = OPENCONNECT
     transports: ClassVar[frozenset[int]] = frozenset({IPPROTO_TCP})
     budget: ClassVar[int] = 96
     feature_state: ClassVar[bool] = False  # came after feature schema v1 (its sig_openconnect is DTLS)

@@ -10,9 +10,10 @@ from __future__ import annotations
 
 from typing import ClassVar
 
-from features.dissectors.base import Dissector, FlowPacket
-from features.dissectors.seqtrack import CounterTrack
-from features.packets import IPPROTO_AH, IPPROTO_ESP, IPPROTO_UDP
+from vpnid.features.dissectors.base import Dissector, FlowPacket
+from vpnid.features.dissectors.seqtrack import CounterTrack
+from vpnid.features.families import IPSEC
+from vpnid.features.packets import IPPROTO_AH, IPPROTO_ESP, IPPROTO_UDP
 
 ESP_HEADER = 8  # SPI (4) + sequence number (4), RFC 4303 §2
 SPI_RESERVED_MAX = 255  # SPIs 1-255 are reserved by IANA, 0 is local-only (RFC 4303 §2.1)
@@ -44,7 +45,7 @@ def esp_shaped(first4: bytes, size: int) -> bool:
 class ESP(Dissector):
     """ESP over IP protocol 50 (one header decides) or inside UDP (mid-flow record pattern)."""
 
-    family: ClassVar[str] = "ipsec"
+    family: ClassVar[str] = IPSEC
     transports: ClassVar[frozenset[int]] = frozenset({IPPROTO_ESP, IPPROTO_UDP})
     budget: ClassVar[int] = 32
 
@@ -131,7 +132,7 @@ class ESP(Dissector):
 class AH(Dissector):
     """AH over IP protocol 51: the fixed header fields are checkable, so one packet decides."""
 
-    family: ClassVar[str] = "ipsec"
+    family: ClassVar[str] = IPSEC
     transports: ClassVar[frozenset[int]] = frozenset({IPPROTO_AH})
     budget: ClassVar[int] = 4
 

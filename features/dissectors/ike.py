@@ -11,9 +11,10 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import ClassVar, NamedTuple
 
-from features.dissectors.base import Dissector, FlowPacket, State
-from features.dissectors.esp import NAT_KEEPALIVE, NON_ESP_MARKER, esp_shaped
-from features.packets import IPPROTO_TCP, IPPROTO_UDP
+from vpnid.features.dissectors.base import Dissector, FlowPacket, State
+from vpnid.features.dissectors.esp import NAT_KEEPALIVE, NON_ESP_MARKER, esp_shaped
+from vpnid.features.families import IPSEC
+from vpnid.features.packets import IPPROTO_TCP, IPPROTO_UDP
 
 ISAKMP_HEADER = 28  # RFC 2408 §3.1, RFC 7296 §3.1
 GENERIC_PAYLOAD_HEADER = 4  # next payload, flags/reserved, length (RFC 7296 §3.2)
@@ -203,7 +204,7 @@ NEUTRAL = (KEEPALIVE, ESP_PACKET, MALFORMED)
 class IKE(Dissector):
     """IKEv1/IKEv2 key exchange, with or without NAT-T marker, over UDP or RFC 8229 TCP."""
 
-    family: ClassVar[str] = "ipsec"
+    family: ClassVar[str] = IPSEC
     transports: ClassVar[frozenset[int]] = frozenset({IPPROTO_UDP, IPPROTO_TCP})
     budget: ClassVar[int] = 16
 

@@ -22,10 +22,11 @@ from __future__ import annotations
 
 from typing import ClassVar, NamedTuple
 
-from features.dissectors.base import Dissector, FlowPacket, State
-from features.dissectors.ipshape import InnerSizes
-from features.dissectors.seqtrack import CounterTrack
-from features.packets import IPPROTO_TCP, IPPROTO_UDP
+from vpnid.features.dissectors.base import Dissector, FlowPacket, State
+from vpnid.features.dissectors.ipshape import InnerSizes
+from vpnid.features.dissectors.seqtrack import CounterTrack
+from vpnid.features.families import OPENCONNECT
+from vpnid.features.packets import IPPROTO_TCP, IPPROTO_UDP
 
 # DTLS record and handshake layout (RFC 6347 sections 4.1 and 4.2.2).
 CONTENT_HANDSHAKE, CONTENT_APPLICATION_DATA = 22, 23
@@ -110,7 +111,7 @@ def app_record(p: bytes) -> tuple[int, int, int] | None:
 class OpenConnect(Dissector):
     """AnyConnect-style DTLS data channel (PSK-negotiated DTLS 1.2, or Cisco's DTLS 0x0100 resumption)."""
 
-    family: ClassVar[str] = "openconnect"
+    family: ClassVar[str] = OPENCONNECT
     transports: ClassVar[frozenset[int]] = frozenset({IPPROTO_UDP})
     budget: ClassVar[int] = 48  # mid-flow; a handshake decides within HANDSHAKE_BUDGET datagrams
     sibling_transport: ClassVar[int | None] = IPPROTO_TCP  # the CSTP (TLS) connection that handed over the keys

@@ -23,9 +23,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from features.dissectors.base import Dissector, FlowPacket, State
-from features.dissectors.tcpstream import InOrderStream
-from features.packets import IPPROTO_TCP, IPPROTO_UDP
+from vpnid.features.dissectors.base import Dissector, FlowPacket, State
+from vpnid.features.dissectors.tcpstream import InOrderStream
+from vpnid.features.families import OPENVPN
+from vpnid.features.packets import IPPROTO_TCP, IPPROTO_UDP
 
 # Opcodes (ssl_pkt.h); the wire byte is opcode << P_OPCODE_SHIFT | key_id.
 P_CONTROL_HARD_RESET_CLIENT_V1 = 1
@@ -270,7 +271,7 @@ def _short(sid: bytes) -> str:
 
 
 class OpenVPN(Dissector):
-    family = "openvpn"
+    family = OPENVPN
     transports = frozenset({IPPROTO_UDP, IPPROTO_TCP})
     budget = 16  # nDPI needs up to 12 packets on TCP; data-only flows need 3 per direction
 

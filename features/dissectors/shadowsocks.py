@@ -23,8 +23,9 @@ from __future__ import annotations
 
 from typing import ClassVar
 
-from features.dissectors.base import Dissector, FlowPacket, State
-from features.packets import IPPROTO_TCP
+from vpnid.features.dissectors.base import Dissector, FlowPacket, State
+from vpnid.features.families import SHADOWSOCKS
+from vpnid.features.packets import IPPROTO_TCP
 
 MIN_SALT = 16  # SIP004: salt is the key size, 16 (AES-128-GCM), 24 or 32 bytes
 CHUNK_OVERHEAD = 2 + 16 + 16  # encrypted length + its tag + the payload's tag
@@ -86,7 +87,7 @@ def text_in(p: bytes) -> str | None:
 class Shadowsocks(Dissector):
     """Shadowsocks AEAD: both first segments fully encrypted and AEAD-sized, client first, start seen."""
 
-    family: ClassVar[str] = "shadowsocks"
+    family: ClassVar[str] = SHADOWSOCKS
     transports: ClassVar[frozenset[int]] = frozenset({IPPROTO_TCP})
     budget: ClassVar[int] = 2 * CONFIRM_AFTER  # room for a client that sends several segments first
     feature_state: ClassVar[bool] = False  # came after feature schema v1

@@ -11,9 +11,10 @@ from __future__ import annotations
 
 from typing import ClassVar
 
-from features.dissectors.base import Dissector, FlowPacket
-from features.dissectors.seqtrack import CounterTrack
-from features.packets import IPPROTO_UDP
+from vpnid.features.dissectors.base import Dissector, FlowPacket
+from vpnid.features.dissectors.seqtrack import CounterTrack
+from vpnid.features.families import WIREGUARD
+from vpnid.features.packets import IPPROTO_UDP
 
 HANDSHAKE_INITIATION = 1
 HANDSHAKE_RESPONSE = 2
@@ -50,7 +51,7 @@ def _u32le(p: bytes, offset: int) -> int:
 class WireGuard(Dissector):
     """WireGuard over UDP: handshake index echo, mid-flow transport data, or blocked initiations."""
 
-    family: ClassVar[str] = "wireguard"
+    family: ClassVar[str] = WIREGUARD
     transports: ClassVar[frozenset[int]] = frozenset({IPPROTO_UDP})
     budget: ClassVar[int] = 32
 

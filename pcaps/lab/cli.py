@@ -10,12 +10,12 @@ import tempfile
 import time
 from pathlib import Path
 
-from pcaps.lab import manifest, registry, system
-from pcaps.lab.netns import Lab, LabError
-from pcaps.lab.pki import Pki
-from pcaps.lab.variant import Variant
+from vpnid.pcaps.lab import catalog, manifest, system
+from vpnid.pcaps.lab.netns import Lab, LabError
+from vpnid.pcaps.lab.pki import Pki
+from vpnid.pcaps.lab.variant import Variant
 
-DEFAULT_OUT = Path(__file__).resolve().parents[1] / "generated"
+DEFAULT_OUT = Path("pcaps/generated")  # relative to where the lab runs (a checkout: ignored by git)
 
 DESCRIPTION = """\
 Run real VPN daemons (OpenVPN 2.6, wireguard-go, strongSwan, ocserv/openconnect,
@@ -55,7 +55,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    variants = registry.select(args.only)
+    variants = catalog.select(args.only)
     if args.list:
         for v in variants:
             print(f"{v.name:36} {v.family:12} {v.transport:8} {v.server_port:>5}  ~{v.seconds:>3} s  {v.config}")
@@ -100,7 +100,7 @@ def _generate(variants: list[Variant], out: Path, scale: int, commit: bool) -> i
             continue
         done.append((v, pcap))
         print(f"{v.name}: {pcap.stat().st_size / 1024:.0f} KiB in {time.monotonic() - t0:.0f} s", flush=True)
-    order = [v.name for v in registry.VARIANTS]
+    order = [v.name for v in catalog.VARIANTS]
     manifest.update(out / "manifest.csv", [manifest.row(v, p) for v, p in done], order)
     if commit and done:
         print(f"corpus manifest: {manifest.commit(done, order)}")

@@ -1,10 +1,11 @@
 """Daemon configurations are kept as small templates in templates/; this fills them in."""
 from __future__ import annotations
 
+from importlib.resources import files
 from pathlib import Path
 from string import Template
 
-TEMPLATES = Path(__file__).with_name("templates")
+TEMPLATES = Path(str(files(__package__) / "templates"))  # package data
 
 
 def render(template: str, dest: Path, **values: object) -> Path:

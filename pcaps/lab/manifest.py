@@ -9,14 +9,15 @@ import csv
 import ipaddress
 from pathlib import Path
 
-from pcaps.lab import pcapfile
-from pcaps.lab.netns import LAB_NET
-from pcaps.lab.system import version
-from pcaps.lab.variant import Variant
+from vpnid.pcaps import CORPUS
+from vpnid.pcaps.lab import pcapfile
+from vpnid.pcaps.lab.netns import LAB_NET
+from vpnid.pcaps.lab.system import version
+from vpnid.pcaps.lab.variant import Variant
 
 COLUMNS = ["pcap", "transport", "a_ip", "a_port", "b_ip", "b_port", "family",
            "software", "version", "config", "server_port", "duration_s", "packets", "sha256"]
-CORPUS_DIR = Path(__file__).resolve().parents[1] / "corpus"
+CORPUS_DIR = CORPUS  # `--commit` adds trimmed captures to the bundled corpus
 CORPUS_LIMIT_BYTES = 30 * 1024 * 1024
 # A corpus capture keeps its first packets, then 3 s of every 30 s plus every control packet.
 TRIM = dict(head_packets=1500, window_s=3.0, period_s=30.0)

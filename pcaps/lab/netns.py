@@ -14,6 +14,7 @@ import signal
 import subprocess
 import sys
 import time
+from importlib.resources import files
 from pathlib import Path
 from typing import Callable, Iterator
 
@@ -21,7 +22,7 @@ LAB_NET = "198.18.0.0/15"
 CLIENT_IP = "198.18.0.1"
 SERVER_IP = "198.18.0.2"
 TRAFFIC_PORT = 8080
-TRAFFIC_SCRIPT = Path(__file__).with_name("traffic.py")
+TRAFFIC_SCRIPT = Path(str(files(__package__) / "traffic.py"))  # run as a script inside the namespaces
 
 
 class LabError(RuntimeError):

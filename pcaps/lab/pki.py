@@ -10,7 +10,7 @@ import subprocess
 from dataclasses import dataclass
 from pathlib import Path
 
-from pcaps.lab.netns import CLIENT_IP, SERVER_IP
+from vpnid.pcaps.lab.netns import CLIENT_IP, SERVER_IP
 
 IKE_EKU = "1.3.6.1.5.5.8.2.2"  # ikeIntermediate, wanted by some IKE peers
 

@@ -8,7 +8,7 @@ import subprocess
 import sys
 from typing import Iterable
 
-from pcaps.lab.variant import Variant
+from vpnid.pcaps.lab.variant import Variant
 
 BASE_PACKAGES = ("iproute2", "iputils-ping", "ethtool", "tcpdump", "openssl")
 APT = ["apt-get", "-o", "DPkg::Lock::Timeout=300"]  # other processes may hold the dpkg lock

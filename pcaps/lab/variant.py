@@ -5,11 +5,13 @@ import zlib
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Callable, Mapping
 
-if TYPE_CHECKING:
-    from pcaps.lab.netns import Lab
-    from pcaps.lab.pki import Pki
+from vpnid.features.families import NONE, TUNNEL_FAMILIES
 
-FAMILIES = ("openvpn", "wireguard", "ipsec", "openconnect", "shadowsocks", "none")
+if TYPE_CHECKING:
+    from vpnid.pcaps.lab.netns import Lab
+    from vpnid.pcaps.lab.pki import Pki
+
+FAMILIES = (*TUNNEL_FAMILIES, NONE)
 
 
 @dataclass(frozen=True)

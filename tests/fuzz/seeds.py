@@ -17,17 +17,17 @@ from scapy.all import GRE, IP, UDP, CookedLinuxV2, Dot1Q, Ether, IPv6, IPv6ExtHd
 from scapy.contrib.gtp import GTP_U_Header
 from scapy.layers.vxlan import VXLAN
 
-from features.capture import read_chunks
-from features.decode import Reassembler, decode
-from features.dissectors import registry
-from features.dissectors.base import State
-from features.dissectors.esp import AH
-from features.packets import IPPROTO_AH, LINKTYPE_ETHERNET, LINKTYPE_LINUX_SLL2, LINKTYPE_NULL, LINKTYPE_RAW
 from tests import pcapbuild as pb
 from tests.fuzz import targets as t
 from tests.vpnbytes_wg_ipsec import ah
+from vpnid.features.capture import read_chunks
+from vpnid.features.decode import Reassembler, decode
+from vpnid.features.dissectors import catalog
+from vpnid.features.dissectors.base import State
+from vpnid.features.dissectors.esp import AH
+from vpnid.features.packets import IPPROTO_AH, LINKTYPE_ETHERNET, LINKTYPE_LINUX_SLL2, LINKTYPE_NULL, LINKTYPE_RAW
 
-DISSECTORS = {f"dissect_{cls.__name__.lower()}": cls for cls in registry.ALL}
+DISSECTORS = {f"dissect_{cls.__name__.lower()}": cls for cls in catalog.ALL}
 LAB = Path(__file__).parent.parent.parent / "pcaps" / "corpus"
 CORPUS = Path(__file__).parent / "corpus"
 FRAMES_PER_CAPTURE = 12

@@ -18,14 +18,14 @@ from collections.abc import Callable, Iterator
 
 import numpy as np
 
-from classifier.pipeline import Options, classify_capture
-from features import capture
-from features.capture import read_chunks
-from features.decode import MAX_ENCAP, Reassembler, decode
-from features.dissectors import registry
-from features.dissectors.base import Dissector, FlowPacket, State
-from features.flows import Flow, FlowTable, FlowTableConfig
-from features.packets import (
+from vpnid.classifier.running.pipeline import Options, classify_capture
+from vpnid.features import capture
+from vpnid.features.capture import read_chunks
+from vpnid.features.decode import MAX_ENCAP, Reassembler, decode
+from vpnid.features.dissectors import catalog
+from vpnid.features.dissectors.base import Dissector, FlowPacket, State
+from vpnid.features.flows import Flow, FlowTable, FlowTableConfig
+from vpnid.features.packets import (
     LINKTYPE_ETHERNET,
     LINKTYPE_IPV4,
     LINKTYPE_IPV6,
@@ -340,7 +340,7 @@ CHUNK_BREAK = 0x80
 RECORD = struct.Struct("8B")  # dt, src, dst, sport, dport, proto, flags, payload length
 FLOW_CONFIG = {"idle_timeout": 10.0, "active_timeout": 60.0}
 END_REASONS = {"idle", "active", "fin", "rst", "end_of_capture", "evicted"}
-FAMILIES = {d.family for d in registry.ALL}
+FAMILIES = {d.family for d in catalog.ALL}
 
 Packet = tuple[int, bytes, bytes, int, int, int, int, bytes]  # ts_ns, src, dst, sport, dport, proto, flags
 
@@ -403,7 +403,7 @@ def packet_table(packets: list[Packet], first_frame: int) -> PacketTable:
 
 
 def run_table(chunks: list[list[Packet]], config: FlowTableConfig) -> tuple[list[Flow], FlowTable]:
-    table = FlowTable(registry.ALL, config)
+    table = FlowTable(catalog.ALL, config)
     flows, frame = [], 1
     for packets in chunks:
         table.add(packet_table(packets, frame))
@@ -454,5 +454,5 @@ TARGETS: dict[str, Callable[[bytes], None]] = {
     "pipeline": pipeline,
     "decode": decode_chunks,
     "flows": flow_table,
-    **{f"dissect_{cls.__name__.lower()}": functools.partial(dissect, cls) for cls in registry.ALL},
+    **{f"dissect_{cls.__name__.lower()}": functools.partial(dissect, cls) for cls in catalog.ALL},
 }

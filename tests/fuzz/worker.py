@@ -14,10 +14,10 @@ import sys
 import atheris
 from numba.core.dispatcher import Dispatcher
 
-with atheris.instrument_imports(include=["features", "classifier"]):
+with atheris.instrument_imports(include=["vpnid.features", "vpnid.classifier"]):
     from tests.fuzz.targets import TARGETS
 
-COMPILED_MODULES = ("features.capture",)
+COMPILED_MODULES = ("vpnid.features.capture",)
 
 
 def uninstrumented_compiled(module_name: str) -> None:

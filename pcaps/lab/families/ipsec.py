@@ -10,10 +10,10 @@ from __future__ import annotations
 import shutil
 from pathlib import Path
 
-from pcaps.lab.config import render
-from pcaps.lab.netns import CLIENT_IP, SERVER_IP, Lab, run_checked
-from pcaps.lab.pki import Pki
-from pcaps.lab.variant import Variant, scaled
+from vpnid.pcaps.lab.config import render
+from vpnid.pcaps.lab.netns import CLIENT_IP, SERVER_IP, Lab, run_checked
+from vpnid.pcaps.lab.pki import Pki
+from vpnid.pcaps.lab.variant import Variant, scaled
 
 INNER = {"a": "198.19.3.1", "b": "198.19.3.2"}
 ADDR = {"a": CLIENT_IP, "b": SERVER_IP}

@@ -9,14 +9,15 @@ import random
 import subprocess
 import sys
 import time
+from importlib.resources import files
 from pathlib import Path
 
-from pcaps.lab.netns import SERVER_IP, Lab
-from pcaps.lab.pki import Pki
-from pcaps.lab.variant import Variant
+from vpnid.pcaps.lab.netns import SERVER_IP, Lab
+from vpnid.pcaps.lab.pki import Pki
+from vpnid.pcaps.lab.variant import Variant
 
 SYSTEM_PYTHON = "/usr/bin/python3"  # `python3` on PATH may be a pyenv shim
-QUIC_PEER = Path(__file__).resolve().parents[1] / "peers" / "quic_peer.py"
+QUIC_PEER = Path(str(files("vpnid.pcaps.lab.peers") / "quic_peer.py"))  # run as a script
 
 
 def _site(lab: Lab, rng: random.Random, pages: int) -> tuple[Path, list[list[str]]]:

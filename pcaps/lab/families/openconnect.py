@@ -5,10 +5,10 @@ import shutil
 import subprocess
 from pathlib import Path
 
-from pcaps.lab.config import TEMPLATES, render
-from pcaps.lab.netns import SERVER_IP, Lab
-from pcaps.lab.pki import Pki
-from pcaps.lab.variant import Variant, scaled
+from vpnid.pcaps.lab.config import TEMPLATES, render
+from vpnid.pcaps.lab.netns import SERVER_IP, Lab
+from vpnid.pcaps.lab.pki import Pki
+from vpnid.pcaps.lab.variant import Variant, scaled
 
 INNER_SERVER = "198.19.4.1"
 PASSWORD = "labpass"

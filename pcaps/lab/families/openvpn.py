@@ -8,10 +8,10 @@ from __future__ import annotations
 import subprocess
 from pathlib import Path
 
-from pcaps.lab.config import render
-from pcaps.lab.netns import SERVER_IP, Lab
-from pcaps.lab.pki import Pki
-from pcaps.lab.variant import Variant, scaled
+from vpnid.pcaps.lab.config import render
+from vpnid.pcaps.lab.netns import SERVER_IP, Lab
+from vpnid.pcaps.lab.pki import Pki
+from vpnid.pcaps.lab.variant import Variant, scaled
 
 INNER_SERVER = "198.19.1.1"
 HIGH_PORT = 37519  # arbitrary, away from every well-known VPN port

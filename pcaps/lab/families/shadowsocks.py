@@ -1,9 +1,9 @@
 """shadowsocks-libev: ss-local (SOCKS5 in namespace a) to ss-server; one AEAD TCP connection per proxied request."""
 from __future__ import annotations
 
-from pcaps.lab.netns import SERVER_IP, Lab
-from pcaps.lab.pki import Pki
-from pcaps.lab.variant import Variant, scaled
+from vpnid.pcaps.lab.netns import SERVER_IP, Lab
+from vpnid.pcaps.lab.pki import Pki
+from vpnid.pcaps.lab.variant import Variant, scaled
 
 TARGET = "198.19.5.1"  # the "web server" behind the proxy, on lo in namespace b
 SOCKS = "127.0.0.1:1080"

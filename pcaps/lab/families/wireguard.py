@@ -5,9 +5,9 @@ import os
 import subprocess
 from pathlib import Path
 
-from pcaps.lab.netns import SERVER_IP, Lab
-from pcaps.lab.pki import Pki
-from pcaps.lab.variant import Variant, scaled
+from vpnid.pcaps.lab.netns import SERVER_IP, Lab
+from vpnid.pcaps.lab.pki import Pki
+from vpnid.pcaps.lab.variant import Variant, scaled
 
 INNER = {"a": "198.19.2.1", "b": "198.19.2.2"}
 UAPI = Path("/var/run/wireguard")  # shared by all namespaces, hence per-run interface names

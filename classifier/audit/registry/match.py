@@ -1,0 +1,270 @@
+"""Cross-check tunnel flows against the registry: which registration, if any, sanctions each tunnel.
+
+Rules (the README and `vpnid registry --help` repeat them):
+
+* Only flows labelled as a tunnel get a verdict; flows labelled `none` get None.
+* A registration *covers* a flow when one end (the client) is inside one of its client networks and,
+  if it lists server endpoints, the other end (the server) is inside one of them, on the endpoint's port
+  when it names one (a port-specific endpoint never covers portless flows such as IPsec ESP: list the
+  bare CIDR for those). Both orientations are tried: the flow's initiator (src) as the client, and the
+  reverse, because a capture that starts mid-flow may have seen the server speak first.
+* A covering registration gives, in this order of checks: `revoked` or `suspended` (its status), then
+  `expired` (the flow's first_seen, as a UTC date, is outside valid_from..valid_until inclusive - before
+  valid_from counts as expired too), then `protocol_mismatch` (the flow's label is not the registered
+  protocol; `any` matches every family), else `registered`.
+* When several registrations cover a flow, the best verdict wins: registered > protocol_mismatch >
+  expired > suspended > revoked (the one closest to sanctioned explains the flow); ties go to the
+  initiator-as-client orientation, then to the smallest registration_id. No covering registration:
+  `unregistered`.
+
+Matching is vectorised. Addresses are 128-bit integers split into (hi, lo) uint64 halves, IPv4 in `lo`
+with its own index, so families never mix. Client networks are grouped by prefix length; for each length
+every flow address is masked once, and its (hi, lo) pair is found by `searchsorted` after ranking the
+halves into one int64 key, so a flow inside several nested or overlapping networks finds all of them.
+The cost is O(prefix lengths x flows x log networks), never flows x registrations.
+"""
+
+from __future__ import annotations
+
+import socket
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import date
+from typing import NamedTuple
+
+import numpy as np
+
+from vpnid.classifier.audit.registry.registration import ANY, PROTOCOLS, Network, Registration
+from vpnid.classifier.running.records import FlowRecord
+from vpnid.features.families import NONE
+
+VERDICTS = ("registered", "protocol_mismatch", "expired", "suspended", "revoked", "unregistered")
+REGISTERED, PROTOCOL_MISMATCH, EXPIRED, SUSPENDED, REVOKED, UNREGISTERED = range(len(VERDICTS))
+_ANY, _OTHER_FAMILY = PROTOCOLS.index(ANY), -1
+_U64 = (1 << 64) - 1
+_EPOCH = date(1970, 1, 1).toordinal()
+_OPEN_END = np.iinfo(np.int64).max
+_STATUS = {"active": REGISTERED, "suspended": SUSPENDED, "revoked": REVOKED}
+_PACKED = np.dtype([("v6", "u1"), ("hi", ">u8"), ("lo", ">u8")])
+
+
+@dataclass(frozen=True, slots=True)
+class RegistryVerdict:
+    registry: str  # one of VERDICTS
+    registration_id: str | None  # the registration that decided it; None when unregistered
+
+
+class _Nets(NamedTuple):
+    """Networks as columns: family, prefix length, and the (hi, lo) halves of address and netmask."""
+
+    v6: np.ndarray
+    plen: np.ndarray
+    hi: np.ndarray
+    lo: np.ndarray
+    mask_hi: np.ndarray
+    mask_lo: np.ndarray
+
+
+def _mask(width: int, prefix: int) -> tuple[int, int]:
+    m = ((1 << width) - 1) ^ ((1 << (width - prefix)) - 1) if prefix <= width else 0
+    return m >> 64, m & _U64
+
+
+_MASKS = np.array([[_mask(w, p) for p in range(129)] for w in (32, 128)], np.uint64)  # [v6, prefix] -> hi, lo
+
+
+def _columns(nets: Sequence[Network]) -> _Nets:
+    """Built from flat lists of bools, ints and bytes: no per-network tuples for the GC to walk."""
+    v6 = np.array([n.version == 6 for n in nets], bool)
+    plen = np.array([n.prefixlen for n in nets], np.int64)
+    halves = np.frombuffer(b"".join(n.network_address.packed.rjust(16, b"\0") for n in nets), ">u8")
+    halves = halves.reshape(-1, 2).astype(np.uint64)
+    masks = _MASKS[v6.astype(np.int64), plen].reshape(-1, 2)
+    return _Nets(v6, plen, halves[:, 0], halves[:, 1], masks[:, 0], masks[:, 1])
+
+
+def _expand(starts: np.ndarray, counts: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """For ranges [starts[i], starts[i] + counts[i]): (i, position) for every position of every range."""
+    owner = np.repeat(np.arange(len(counts)), counts)
+    before = np.cumsum(counts) - counts
+    return owner, np.repeat(starts, counts) + (np.arange(owner.size) - before[owner])
+
+
+def _rank_of(sorted_unique: np.ndarray, values: np.ndarray) -> np.ndarray:
+    """Index of each value in `sorted_unique`, or -1 where absent."""
+    i = np.searchsorted(sorted_unique, values)
+    found = (i < len(sorted_unique)) & (sorted_unique[np.minimum(i, len(sorted_unique) - 1)] == values)
+    return np.where(found, i, -1)
+
+
+@dataclass(frozen=True, slots=True)
+class _Level:
+    """The networks of one prefix length: masked flow addresses are looked up by exact key."""
+
+    mask_hi: np.uint64
+    mask_lo: np.uint64
+    his: np.ndarray  # sorted unique network hi halves
+    los: np.ndarray  # sorted unique network lo halves
+    keys: np.ndarray  # sorted hi_rank * len(los) + lo_rank, one per (network, registration)
+    owners: np.ndarray  # registration index for each key
+
+    def lookup(self, hi: np.ndarray, lo: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        rh, rl = _rank_of(self.his, hi & self.mask_hi), _rank_of(self.los, lo & self.mask_lo)
+        rows = np.flatnonzero((rh >= 0) & (rl >= 0))
+        key = rh[rows] * len(self.los) + rl[rows]
+        left = np.searchsorted(self.keys, key, "left")
+        owner, pos = _expand(left, np.searchsorted(self.keys, key, "right") - left)
+        return rows[owner], self.owners[pos]
+
+
+def _levels(nets: _Nets, owner: np.ndarray, v6: bool) -> list[_Level]:
+    """One address family's client networks (owner: their registration index), by prefix length."""
+    family = np.flatnonzero(nets.v6 == v6)
+    levels = []
+    for plen in np.unique(nets.plen[family]):
+        g = family[nets.plen[family] == plen]
+        hi, lo = nets.hi[g], nets.lo[g]
+        his, los = np.unique(hi), np.unique(lo)
+        keys = np.searchsorted(his, hi).astype(np.int64) * len(los) + np.searchsorted(los, lo)
+        order = np.argsort(keys, kind="stable")
+        levels.append(_Level(nets.mask_hi[g[0]], nets.mask_lo[g[0]], his, los, keys[order], owner[g][order]))
+    return levels
+
+
+@dataclass(frozen=True, slots=True)
+class FlowBatch:
+    """Tunnel flows as columns: the vectorised input of `Matcher.check_batch`."""
+
+    v6: np.ndarray  # bool
+    src_hi: np.ndarray  # uint64 halves of the addresses
+    src_lo: np.ndarray
+    dst_hi: np.ndarray
+    dst_lo: np.ndarray
+    src_port: np.ndarray  # int64
+    dst_port: np.ndarray
+    day: np.ndarray  # int64 UTC days since 1970-01-01 of first_seen
+    protocol: np.ndarray  # int64 index into PROTOCOLS, -1 for another tunnel family
+
+    @classmethod
+    def from_records(cls, records: Sequence[FlowRecord]) -> FlowBatch:
+        # Each address becomes 17 bytes (IPv6 flag, 16 address bytes), parsed once per distinct text and
+        # read back as columns in one go. Bytes, unlike tuples, do not wake the garbage collector, which
+        # would otherwise walk all the records again and again at a million flows.
+        seen: dict[str, bytes] = {}
+
+        def pack(text: str) -> bytes:
+            if (packed := seen.get(text)) is None:
+                try:
+                    packed = seen[text] = bytes(13) + socket.inet_pton(socket.AF_INET, text)
+                except OSError:
+                    packed = seen[text] = b"\1" + socket.inet_pton(socket.AF_INET6, text)
+            return packed
+
+        def columns(texts: list[str]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+            a = np.frombuffer(b"".join(map(pack, texts)), _PACKED)
+            return a["v6"].astype(bool), a["hi"].astype(np.uint64), a["lo"].astype(np.uint64)
+
+        v6, src_hi, src_lo = columns([r.src_ip for r in records])
+        _, dst_hi, dst_lo = columns([r.dst_ip for r in records])
+        family = {p: i for i, p in enumerate(PROTOCOLS) if p != ANY}
+        return cls(v6, src_hi, src_lo, dst_hi, dst_lo,
+                   src_port=np.array([r.src_port for r in records], np.int64),
+                   dst_port=np.array([r.dst_port for r in records], np.int64),
+                   day=np.floor(np.array([r.first_seen for r in records], np.float64) / 86400).astype(np.int64),
+                   protocol=np.array([family.get(r.label, _OTHER_FAMILY) for r in records], np.int64))
+
+
+@dataclass(frozen=True, slots=True)
+class Matcher:
+    """An index of registrations; build it with `Matcher.build`, then `check` flow records."""
+
+    ids: tuple[str, ...]  # registration ids, sorted; every array below is indexed like them
+    clients: tuple[list[_Level], list[_Level]]  # IPv4, IPv6 client network levels
+    protocol: np.ndarray
+    status: np.ndarray  # SUSPENDED, REVOKED or REGISTERED (active)
+    from_day: np.ndarray
+    until_day: np.ndarray
+    ep_start: np.ndarray  # server endpoints of registration r: rows ep_start[r] .. ep_start[r] + ep_count[r]
+    ep_count: np.ndarray
+    endpoints: _Nets
+    ep_port: np.ndarray  # -1: any port
+
+    @classmethod
+    def build(cls, registrations: Sequence[Registration]) -> Matcher:
+        regs = sorted(registrations, key=lambda r: r.registration_id)
+        clients = _columns([n for r in regs for n in r.client_networks])
+        owner = np.repeat(np.arange(len(regs)), [len(r.client_networks) for r in regs])
+        eps = [e for r in regs for e in r.server_endpoints]
+        count = np.array([len(r.server_endpoints) for r in regs], np.int64)
+        day = lambda d: d.toordinal() - _EPOCH  # noqa: E731
+        return cls(
+            ids=tuple(r.registration_id for r in regs),
+            clients=(_levels(clients, owner, False), _levels(clients, owner, True)),
+            protocol=np.array([PROTOCOLS.index(r.protocol) for r in regs], np.int64),
+            status=np.array([_STATUS[r.status] for r in regs], np.int64),
+            from_day=np.array([day(r.valid_from) for r in regs], np.int64),
+            until_day=np.array([day(r.valid_until) if r.valid_until else _OPEN_END for r in regs], np.int64),
+            ep_start=np.cumsum(count) - count,
+            ep_count=count,
+            endpoints=_columns([e.network for e in eps]),
+            ep_port=np.array([-1 if e.port is None else e.port for e in eps], np.int64),
+        )
+
+    def _servers_ok(self, rows: np.ndarray, regs: np.ndarray, v6: np.ndarray, hi: np.ndarray, lo: np.ndarray,
+                    port: np.ndarray) -> np.ndarray:
+        """For (flow row, registration) pairs: does the server end fall in one of its endpoints?"""
+        ok = self.ep_count[regs] == 0
+        has = np.flatnonzero(~ok)
+        pair, e = _expand(self.ep_start[regs[has]], self.ep_count[regs[has]])
+        f, ep = rows[has][pair], self.endpoints
+        hit = ((ep.v6[e] == v6[f]) & ((hi[f] & ep.mask_hi[e]) == ep.hi[e]) & ((lo[f] & ep.mask_lo[e]) == ep.lo[e])
+               & ((self.ep_port[e] < 0) | (self.ep_port[e] == port[f])))
+        ok[has] = np.bincount(pair, weights=hit, minlength=len(has)) > 0
+        return ok
+
+    def check_batch(self, b: FlowBatch) -> tuple[np.ndarray, np.ndarray]:
+        """Per flow: the verdict (index into VERDICTS) and the deciding registration's index (-1 if none)."""
+        rows_, regs_, orient_ = [], [], []
+        sides = ((b.src_hi, b.src_lo, b.dst_hi, b.dst_lo, b.dst_port),  # initiator as client
+                 (b.dst_hi, b.dst_lo, b.src_hi, b.src_lo, b.src_port))  # responder as client
+        for orientation, (c_hi, c_lo, s_hi, s_lo, s_port) in enumerate(sides):
+            for v6, levels in enumerate(self.clients):
+                sel = np.flatnonzero(b.v6 == bool(v6))
+                for level in levels:
+                    rows, regs = level.lookup(c_hi[sel], c_lo[sel])
+                    rows = sel[rows]
+                    keep = self._servers_ok(rows, regs, b.v6, s_hi, s_lo, s_port)
+                    rows_.append(rows[keep])
+                    regs_.append(regs[keep])
+                    orient_.append(np.full(int(keep.sum()), orientation, np.int64))
+        verdict = np.full(len(b.day), UNREGISTERED, np.int64)
+        chosen = np.full(len(b.day), -1, np.int64)
+        if not rows_:
+            return verdict, chosen
+        rows, regs, orient = np.concatenate(rows_), np.concatenate(regs_), np.concatenate(orient_)
+        day, status = b.day[rows], self.status[regs]
+        rank = np.select(
+            [status != REGISTERED, (day < self.from_day[regs]) | (day > self.until_day[regs]),
+             (self.protocol[regs] != _ANY) & (self.protocol[regs] != b.protocol[rows])],
+            [status, EXPIRED, PROTOCOL_MISMATCH], REGISTERED)
+        order = np.lexsort((regs, orient, rank, rows))  # registration indices follow sorted ids
+        first = order[np.r_[True, rows[order][1:] != rows[order][:-1]]] if order.size else order
+        verdict[rows[first]] = rank[first]
+        chosen[rows[first]] = regs[first]
+        return verdict, chosen
+
+    def check(self, records: Sequence[FlowRecord]) -> list[RegistryVerdict | None]:
+        """A verdict per record, in order; None for flows not labelled as a tunnel."""
+        tunnels = [i for i, r in enumerate(records) if r.label != NONE]
+        verdict, chosen = self.check_batch(FlowBatch.from_records([records[i] for i in tunnels]))
+        out: list[RegistryVerdict | None] = [None] * len(records)
+        shared: dict[int, RegistryVerdict] = {}  # verdicts are immutable: one object per distinct value
+        for i, v, c in zip(tunnels, verdict.tolist(), chosen.tolist()):
+            key = c * len(VERDICTS) + v
+            if (made := shared.get(key)) is None:
+                made = shared[key] = RegistryVerdict(VERDICTS[v], self.ids[c] if c >= 0 else None)
+            out[i] = made
+        return out
+
+    def check_one(self, record: FlowRecord) -> RegistryVerdict | None:
+        return self.check([record])[0]

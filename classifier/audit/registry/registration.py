@@ -1,0 +1,170 @@
+"""A registration of a sanctioned tunnel, its canonical text form, and validation with precise messages.
+
+The text form (one string per field, lists space-separated) is what the CSV files and the database hold;
+`parse_registration` turns it into typed values and `Registration.to_fields` back, so a parsed-then-written
+registration always comes out in one canonical spelling (that is what makes export → import exact).
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import re
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from datetime import date
+from typing import TypeVar
+
+from vpnid.features.families import TUNNEL_FAMILIES
+
+CATEGORIES = ("bank", "embassy", "it_company", "freelancer", "bpo", "software_house", "other")
+ANY = "any"  # a registration that covers every tunnel family
+PROTOCOLS = (*TUNNEL_FAMILIES, ANY)
+STATUSES = ("active", "suspended", "revoked")
+FIELDS = ("registration_id", "organization", "category", "protocol", "client_networks", "server_endpoints",
+          "valid_from", "valid_until", "status", "notes")
+
+Network = ipaddress.IPv4Network | ipaddress.IPv6Network
+_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:-]{0,63}")
+_DATE = re.compile(r"\d{4}-\d{2}-\d{2}")
+T = TypeVar("T")
+
+
+class RegistrationError(ValueError):
+    """One registration is invalid; `problems` holds one message per bad field."""
+
+    def __init__(self, problems: list[str]) -> None:
+        super().__init__("; ".join(problems))
+        self.problems = problems
+
+
+@dataclass(frozen=True, slots=True)
+class Endpoint:
+    """A server endpoint: a network and, optionally, one port (None: any port, and portless ESP flows)."""
+
+    network: Network
+    port: int | None = None
+
+    def __str__(self) -> str:
+        if self.port is None:
+            return str(self.network)
+        return f"[{self.network}]:{self.port}" if self.network.version == 6 else f"{self.network}:{self.port}"
+
+
+@dataclass(frozen=True, slots=True)
+class Registration:
+    registration_id: str
+    organization: str
+    category: str
+    protocol: str
+    client_networks: tuple[Network, ...]
+    server_endpoints: tuple[Endpoint, ...]
+    valid_from: date
+    valid_until: date | None  # None: open-ended
+    status: str
+    notes: str = ""
+
+    def to_fields(self) -> dict[str, str]:
+        """The canonical text form, keyed by FIELDS in order."""
+        return {
+            "registration_id": self.registration_id,
+            "organization": self.organization,
+            "category": self.category,
+            "protocol": self.protocol,
+            "client_networks": " ".join(map(str, self.client_networks)),
+            "server_endpoints": " ".join(map(str, self.server_endpoints)),
+            "valid_from": self.valid_from.isoformat(),
+            "valid_until": self.valid_until.isoformat() if self.valid_until else "",
+            "status": self.status,
+            "notes": self.notes,
+        }
+
+
+def parse_network(text: str) -> Network:
+    """A CIDR (a bare address means a single host). Host bits set is an error, not silently masked:
+    '10.1.2.3/8' is more likely a typo than a wish to register all of 10/8."""
+    try:
+        return ipaddress.ip_network(text, strict=True)
+    except ValueError:
+        try:
+            loose = ipaddress.ip_network(text, strict=False)
+        except ValueError:
+            raise ValueError(f"{text!r} is not an IPv4 or IPv6 network in CIDR notation") from None
+        raise ValueError(f"{text!r} has host bits set (the network is {loose})") from None
+
+
+def parse_endpoint(text: str) -> Endpoint:
+    """`CIDR`, `CIDR:port` (IPv4) or `[CIDR]:port` (brackets needed for IPv6, where ':' is ambiguous)."""
+    if text.startswith("["):
+        net, sep, port = text[1:].partition("]:")
+        if not sep:
+            raise ValueError(f"{text!r}: a bracketed endpoint is written [CIDR]:port")
+    elif text.count(":") == 1:
+        net, _, port = text.partition(":")
+    else:
+        return Endpoint(parse_network(text))
+    if not (port.isdigit() and 1 <= int(port) <= 65535):
+        raise ValueError(f"{text!r}: port {port!r} is not a number from 1 to 65535")
+    return Endpoint(parse_network(net), int(port))
+
+
+def _date(text: str, name: str) -> date:
+    try:
+        if not _DATE.fullmatch(text):
+            raise ValueError
+        return date.fromisoformat(text)
+    except ValueError:
+        raise ValueError(f"{name} {text!r} is not a date written YYYY-MM-DD") from None
+
+
+def _choice(fields: Mapping[str, str], name: str, allowed: tuple[str, ...], problems: list[str]) -> str:
+    value = fields.get(name, "").strip().lower()
+    if value not in allowed:
+        problems.append(f"{name} {value!r} is not one of {', '.join(allowed)}")
+    return value
+
+
+def _list(text: str, name: str, parse: Callable[[str], T], problems: list[str]) -> tuple[T, ...]:
+    out = []
+    for item in text.split():
+        try:
+            out.append(parse(item))
+        except ValueError as e:
+            problems.append(f"{name}: {e}")
+    return tuple(out)
+
+
+def parse_registration(fields: Mapping[str, str]) -> Registration:
+    """Validate the text form of a registration; every bad field is named in the RegistrationError."""
+    problems: list[str] = []
+    f = {k: (v or "").strip() for k, v in fields.items()}
+    rid = f.get("registration_id", "")
+    if not _ID.fullmatch(rid):
+        problems.append("registration_id is empty" if not rid else
+                        f"registration_id {rid!r} must be 1-64 letters, digits or . _ : - (starting with a "
+                        "letter or digit)")
+    org = f.get("organization", "")
+    if not org:
+        problems.append("organization is empty")
+    category = _choice(f, "category", CATEGORIES, problems)
+    protocol = _choice(f, "protocol", PROTOCOLS, problems)
+    status = _choice(f, "status", STATUSES, problems)
+    clients = _list(f.get("client_networks", ""), "client_networks", parse_network, problems)
+    if not f.get("client_networks"):
+        problems.append("client_networks is empty (at least one CIDR is needed)")
+    servers = _list(f.get("server_endpoints", ""), "server_endpoints", parse_endpoint, problems)
+    valid_from = valid_until = None
+    try:
+        valid_from = _date(f.get("valid_from", ""), "valid_from")
+    except ValueError as e:
+        problems.append(str(e))
+    if f.get("valid_until"):
+        try:
+            valid_until = _date(f["valid_until"], "valid_until")
+        except ValueError as e:
+            problems.append(str(e))
+    if valid_from and valid_until and valid_until < valid_from:
+        problems.append(f"valid_until {valid_until} is before valid_from {valid_from}")
+    if problems:
+        raise RegistrationError(problems)
+    return Registration(rid, org, category, protocol, clients, servers, valid_from, valid_until, status,
+                        fields.get("notes") or "")

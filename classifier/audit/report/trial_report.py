@@ -1,0 +1,153 @@
+"""`vpnid trial report`: one trial as files an analyst can hand on.
+
+    report.html   self-contained (plots are inline SVG, no script, no network): protocol mix, timeline
+                  of flagged tunnels, top unregistered endpoints, organisations' and client networks, and
+                  every flagged flow with its evidence and the `vpnid explain` command that shows it
+    flagged.csv   the flagged flows, one per row (JSONL record fields plus organization, client_network)
+    summary.json  the trial's parameters and counts, for scripts
+    flagged.pcap  the captured frames of every flagged flow, for Wireshark
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+from collections import Counter
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+
+import jinja2
+
+from vpnid.classifier.audit.report import plots
+from vpnid.classifier.audit.trials import FlowResult, Trial, TrialStore
+from vpnid.classifier.running.flowpackets import Frame, flow_frames, write_pcaps
+from vpnid.classifier.running.pipeline import Options, Warn
+
+TOP = 15  # rows of the rankings
+TIMELINE_ROWS = 40  # tunnels (client -> server) drawn in the timeline, the most active first
+TABLE_ROWS = 2000  # flagged flows listed in the HTML; flagged.csv has them all
+_ENV = jinja2.Environment(loader=jinja2.PackageLoader("vpnid.classifier.audit.report", "."), autoescape=True,
+                          undefined=jinja2.StrictUndefined, trim_blocks=True, lstrip_blocks=True)
+
+
+@dataclass(frozen=True, slots=True)
+class Written:
+    files: list[Path]
+    flagged_flows: int
+    pcap_frames: int
+    missing_captures: list[str]  # captures that could not be re-read for flagged.pcap
+
+
+def _server(r: dict) -> str:
+    host = f"[{r['dst_ip']}]" if ":" in r["dst_ip"] else r["dst_ip"]
+    return f"{host}:{r['dst_port']}/{r['transport']}" if r["dst_port"] else f"{host}/{r['transport']}"
+
+
+def _utc(t: float) -> str:
+    return datetime.fromtimestamp(t, UTC).strftime("%Y-%m-%d %H:%M:%S")
+
+
+def _endpoints(flagged: Sequence[FlowResult]) -> list[dict]:
+    """Unregistered server endpoints, by flows, with how many clients used them."""
+    flows: Counter[tuple[str, str]] = Counter()
+    clients: dict[tuple[str, str], set[str]] = {}
+    for res in flagged:
+        r = res.record
+        if r["registry"] == "unregistered":
+            key = (_server(r), r["label"])
+            flows[key] += 1
+            clients.setdefault(key, set()).add(r["src_ip"])
+    return [{"endpoint": e, "label": lab, "flows": n, "clients": len(clients[(e, lab)])}
+            for (e, lab), n in flows.most_common(TOP)]
+
+
+def _networks(flagged: Sequence[FlowResult]) -> list[dict]:
+    """Flagged flows by organisation (or unregistered) and client network."""
+    flows = Counter((res.organization or "(unregistered)", res.client_network or "?", res.record["registry"],
+                     res.record["registration_id"] or "") for res in flagged)
+    return [{"organization": org, "network": net, "verdict": v, "registration_id": rid, "flows": n}
+            for (org, net, v, rid), n in flows.most_common(TOP)]
+
+
+def _summary(trial: Trial, mix: Sequence[tuple[str, str | None, int]], flagged: Sequence[FlowResult],
+             written: dict) -> dict:
+    by_label: Counter[str] = Counter()
+    by_verdict: Counter[str] = Counter()
+    for label, verdict, n in mix:
+        by_label[label] += n
+        if verdict is not None:
+            by_verdict[verdict] += n
+    return {"trial": asdict(trial), "flows_by_label": dict(by_label), "tunnels_by_verdict": dict(by_verdict),
+            "top_unregistered_endpoints": _endpoints(flagged), "flagged_by_network": _networks(flagged),
+            **written}
+
+
+def _pcap(trial: Trial, flagged: Sequence[FlowResult], out: Path, warn: Warn) -> tuple[list[Path], int, list[str]]:
+    """flagged.pcap from the trial's captures, re-read with the trial's flow options."""
+    p = trial.parameters
+    opts = Options(idle_timeout=p["idle_timeout"], active_timeout=p["active_timeout"], max_flows=p["max_flows"])
+    wanted: dict[str, dict[str, dict]] = {}
+    for res in flagged:
+        wanted.setdefault(res.record["pcap"], {})[res.record["flow_id"]] = res.record
+    frames: list[Frame] = []
+    missing = []
+    for pcap, records in wanted.items():
+        if not Path(pcap).is_file():
+            warn(f"{pcap}: capture no longer there; its {len(records)} flagged flows are not in flagged.pcap")
+            missing.append(pcap)
+            continue
+        for flow_frames_ in flow_frames(pcap, records, opts, warn).values():
+            frames += flow_frames_
+    return write_pcaps(frames, out / "flagged.pcap"), len(frames), missing
+
+
+def _csv(flagged: Sequence[FlowResult], path: Path) -> None:
+    fields = [*(flagged[0].record if flagged else {}), "organization", "client_network"]
+    with open(path, "w", encoding="utf-8", newline="") as f:
+        w = csv.writer(f, lineterminator="\n")
+        w.writerow(fields)
+        for res in flagged:
+            d = res.record | {"evidence": " | ".join(res.record["evidence"]), "organization": res.organization,
+                              "client_network": res.client_network}
+            w.writerow(["" if d.get(k) is None else d[k] for k in fields])
+
+
+def _html(trial: Trial, summary: dict, mix: Sequence[tuple[str, str | None, int]],
+          flagged: Sequence[FlowResult]) -> str:
+    rows = [(f"{r.record['src_ip']} → {_server(r.record)}", r.record["first_seen"], r.record["last_seen"],
+             r.record["registry"]) for r in flagged]
+    shown = {name for name, _ in Counter(row[0] for row in rows).most_common(TIMELINE_ROWS)}
+    endpoints = summary["top_unregistered_endpoints"]
+    figures = {
+        "mix": plots.protocol_mix(mix),
+        "timeline": plots.timeline([row for row in rows if row[0] in shown]) if flagged else None,
+        "endpoints": plots.ranking([(f"{e['endpoint']} {e['label']}", e["flows"]) for e in endpoints],
+                                   "Top unregistered endpoints") if endpoints else None,
+    }
+    table = [{"r": res.record, "organization": res.organization, "network": res.client_network,
+              "server": _server(res.record), "first": _utc(res.record["first_seen"]),
+              "duration": res.record["last_seen"] - res.record["first_seen"]} for res in flagged[:TABLE_ROWS]]
+    return _ENV.get_template("report.html.j2").render(
+        trial=trial, summary=summary, figures=figures, flagged=table, flagged_total=len(flagged),
+        colours={k or "none": v for k, v in plots.COLOURS.items()}, generated=_utc(datetime.now(UTC).timestamp()),
+        since=_utc(trial.parameters["from"]) if trial.parameters["from"] is not None else None,
+        until=_utc(trial.parameters["to"]) if trial.parameters["to"] is not None else None)
+
+
+def write_report(trials: TrialStore, name: str, out: Path, warn: Warn = lambda _m: None) -> Written:
+    """Write the report files of trial `name` into `out` (created if needed)."""
+    with trials.reading():  # one consistent view, even if the trial is being re-run meanwhile
+        trial = trials.require(name)
+        mix = trials.mix(name)
+        flagged = list(trials.results(name, flagged_only=True))
+    out.mkdir(parents=True, exist_ok=True)
+    pcaps, frames, missing = _pcap(trial, flagged, out, warn)
+    files = [out / "report.html", out / "flagged.csv", out / "summary.json", *pcaps]
+    summary = _summary(trial, mix, flagged, {"files": [p.name for p in files], "flagged_pcap_frames": frames,
+                                             "missing_captures": missing})
+    _csv(flagged, out / "flagged.csv")
+    (out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n", encoding="utf-8")
+    (out / "report.html").write_text(_html(trial, summary, mix, flagged), encoding="utf-8")
+    return Written(files, len(flagged), frames, missing)

@@ -1,0 +1,313 @@
+"""Trial runs: classify captures, cross-check every tunnel against the registry, and keep the result.
+
+A trial is stored in the registry's own database (its schema is a `trials` extension of it), with what
+an audit must be able to show later: its parameters, the registry's state time (`changed_at`) and the
+model version it ran with, every flow's record and verdict, and which tunnels it flagged (a tunnel flow
+whose registry verdict is anything but `registered`).
+
+Re-running a trial replaces it atomically without holding the database's write lock while captures
+are read: the new run's flows are written under a `running` row that no reader looks at, and one short
+transaction then deletes the old trial and marks the new one `done`. Readers that read inside
+`TrialStore.reading()` see the old trial or the new one, never a mix.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import json
+import secrets
+import sqlite3
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass, replace
+from datetime import UTC, datetime
+from pathlib import Path
+
+from vpnid.classifier.audit.registry import migrate
+from vpnid.classifier.audit.registry.match import Matcher
+from vpnid.classifier.audit.registry.registration import Registration
+from vpnid.classifier.audit.registry.store import SqliteStore
+from vpnid.classifier.running.pipeline import Options, Warn, classify_capture
+from vpnid.classifier.running.records import FlowRecord
+from vpnid.features.families import NONE
+
+SCHEMA = "trials"
+STEPS: list[migrate.Step] = [
+    # 1: trials and their per-flow results; a run writes under state 'running' and becomes 'done' at once
+    """
+    CREATE TABLE trials (
+        id INTEGER PRIMARY KEY,
+        name TEXT NOT NULL,
+        state TEXT NOT NULL CHECK (state IN ('running', 'done')),
+        started_at TEXT NOT NULL,
+        finished_at TEXT,
+        parameters TEXT NOT NULL,
+        registry_snapshot TEXT,
+        model_version TEXT,
+        flows INTEGER NOT NULL DEFAULT 0,
+        tunnels INTEGER NOT NULL DEFAULT 0,
+        flagged INTEGER NOT NULL DEFAULT 0
+    );
+    CREATE UNIQUE INDEX trials_done_name ON trials (name) WHERE state = 'done';
+    CREATE TABLE trial_flows (
+        trial_id INTEGER NOT NULL REFERENCES trials (id),
+        seq INTEGER NOT NULL,
+        flow_id TEXT NOT NULL,
+        label TEXT NOT NULL,
+        registry TEXT,
+        registration_id TEXT,
+        organization TEXT,
+        client_network TEXT,
+        flagged INTEGER NOT NULL,
+        first_seen REAL NOT NULL,
+        record TEXT NOT NULL,
+        PRIMARY KEY (trial_id, seq)
+    );
+    CREATE INDEX trial_flows_flagged ON trial_flows (trial_id, flagged);
+    """,
+]
+migrate.register(SCHEMA, STEPS)
+
+REGISTERED = "registered"
+STARTED_AGAIN = "trial {!r} was started again while this run was writing it"
+BATCH = 5000  # flows per insert transaction while a run is writing
+# Client end of an unregistered tunnel, summarised for the report: /24 for IPv4, /64 for IPv6.
+CLIENT_PREFIX = {4: 24, 6: 64}
+
+
+class TrialError(Exception):
+    """The trial cannot be run or found; the message says why."""
+
+
+@dataclass(frozen=True, slots=True)
+class Trial:
+    name: str
+    started_at: str  # UTC ISO 8601
+    finished_at: str
+    parameters: dict  # captures, time window, flow options
+    registry_snapshot: str | None  # the registry's last change before the run (None: empty registry)
+    model_version: str | None
+    flows: int
+    tunnels: int
+    flagged: int
+
+
+@dataclass(frozen=True, slots=True)
+class FlowResult:
+    """One flow of a trial: its record (as JSONL has it, registry fields included) and attribution."""
+
+    record: dict
+    organization: str | None  # of the deciding registration, as the registry named it at run time
+    # that registration's client network holding the flow's client end; for an unregistered tunnel the
+    # initiator's CLIENT_PREFIX network
+    client_network: str | None
+    flagged: bool
+
+
+@dataclass(frozen=True, slots=True)
+class Window:
+    """Flows kept by a trial: first_seen within [start, end) (epoch seconds; None: unbounded)."""
+
+    start: float | None = None
+    end: float | None = None
+
+    def __contains__(self, first_seen: float) -> bool:
+        return (self.start is None or first_seen >= self.start) and (self.end is None or first_seen < self.end)
+
+
+def parse_time(text: str) -> float:
+    """An ISO 8601 date or time as epoch seconds; without a zone it is UTC (captures' clocks are)."""
+    try:
+        t = datetime.fromisoformat(text)
+    except ValueError:
+        raise TrialError(f"{text!r} is not an ISO time (e.g. 2025-03-01 or 2025-03-01T12:00:00+05:00)") from None
+    return (t if t.tzinfo else t.replace(tzinfo=UTC)).timestamp()
+
+
+def _now() -> str:
+    return datetime.now(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+def _attribution(r: FlowRecord, regs: dict[str, Registration]) -> tuple[str | None, str | None]:
+    if r.registration_id is not None:
+        reg = regs[r.registration_id]
+        ends = [ipaddress.ip_address(r.src_ip), ipaddress.ip_address(r.dst_ip)]
+        net = next((n for n in reg.client_networks for a in ends if a.version == n.version and a in n), None)
+        return reg.organization, str(net) if net else None
+    if r.registry is None:
+        return None, None
+    client = ipaddress.ip_address(r.src_ip)
+    return None, str(ipaddress.ip_network(f"{client}/{CLIENT_PREFIX[client.version]}", strict=False))
+
+
+class TrialStore:
+    """Trials in a registry database (SQLite: it needs the store's connection)."""
+
+    def __init__(self, store: SqliteStore) -> None:
+        self.store = store
+        self.conn = store.conn
+
+    @contextmanager
+    def reading(self) -> Iterator[TrialStore]:
+        """One read transaction: every read inside sees the same state of the database."""
+        self.conn.execute("BEGIN")
+        try:
+            yield self
+        finally:
+            self.conn.execute("COMMIT")
+
+    # ---------------------------------------------------------------- running
+    def run(self, name: str, captures: Sequence[str], opts: Options | None = None, window: Window = Window(),
+            model_version: str | None = None, progress: Callable[[str, int], None] = lambda _p, _n: None,
+            warn: Warn = lambda _m: None) -> Trial:
+        """Classify `captures` with the registry's current registrations and store the trial as `name`,
+        replacing a trial of that name only once the run has finished. `progress(capture, flows)` is
+        called as flows are stored. A capture that cannot be read aborts the run (CaptureError) and leaves
+        any earlier trial of that name as it was."""
+        regs = {r.registration_id: r for r in self.store.select()}
+        opts = replace(opts or Options(), matcher=Matcher.build(list(regs.values())))
+        captures = [str(Path(c).resolve()) for c in captures]
+        parameters = {"captures": captures, "from": window.start, "to": window.end,
+                      "idle_timeout": opts.idle_timeout, "active_timeout": opts.active_timeout,
+                      "max_flows": opts.max_flows}
+        trial_id = self._begin(name, parameters, self.store.changed_at(), model_version)
+        try:
+            counts = self._store_flows(trial_id, name, captures, opts, window, regs, progress, warn)
+            return self._finish(trial_id, name, *counts)
+        except BaseException:
+            with self.store.transaction() as conn:
+                self._delete(conn, "id = ?", (trial_id,))
+            raise
+
+    def _begin(self, name: str, parameters: dict, snapshot: str | None, model_version: str | None) -> int:
+        # A random id, never a recycled one: a run of the same name still writing (its row deleted below)
+        # must find its trial gone, not write into this one.
+        trial_id = secrets.randbits(62)
+        with self.store.transaction() as conn:
+            self._delete(conn, "name = ? AND state = 'running'", (name,))  # left by a run that was killed
+            conn.execute("INSERT INTO trials (id, name, state, started_at, parameters, registry_snapshot, "
+                         "model_version) VALUES (?, ?, 'running', ?, ?, ?, ?)",
+                         (trial_id, name, _now(), json.dumps(parameters), snapshot, model_version))
+        return trial_id
+
+    def _store_flows(self, trial_id: int, name: str, captures: list[str], opts: Options, window: Window,
+                     regs: dict[str, Registration], progress: Callable[[str, int], None],
+                     warn: Warn) -> tuple[int, int, int]:
+        flows = tunnels = flagged = 0
+        for path in captures:
+            batch: list[tuple] = []
+            for r in classify_capture(path, opts, warn=warn):
+                if r.first_seen not in window:
+                    continue
+                is_flagged = r.label != NONE and r.registry != REGISTERED
+                batch.append((trial_id, flows, r.flow_id, r.label, r.registry, r.registration_id,
+                              *_attribution(r, regs), is_flagged, r.first_seen, json.dumps(r.as_dict())))
+                flows, tunnels, flagged = flows + 1, tunnels + (r.label != NONE), flagged + is_flagged
+                if len(batch) >= BATCH:
+                    self._insert(trial_id, name, batch)
+                    progress(path, flows)
+            self._insert(trial_id, name, batch)
+            progress(path, flows)
+        return flows, tunnels, flagged
+
+    def _insert(self, trial_id: int, name: str, rows: list[tuple]) -> None:
+        with self.store.transaction() as conn:
+            if conn.execute("SELECT 1 FROM trials WHERE id = ?", (trial_id,)).fetchone() is None:
+                raise TrialError(STARTED_AGAIN.format(name))
+            conn.executemany("INSERT INTO trial_flows (trial_id, seq, flow_id, label, registry, registration_id, "
+                             "organization, client_network, flagged, first_seen, record) "
+                             "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)", rows)
+        rows.clear()
+
+    def _finish(self, trial_id: int, name: str, flows: int, tunnels: int, flagged: int) -> Trial:
+        with self.store.transaction() as conn:
+            self._delete(conn, "name = ? AND state = 'done'", (name,))
+            if conn.execute("UPDATE trials SET state = 'done', finished_at = ?, flows = ?, tunnels = ?, flagged = ? "
+                            "WHERE id = ? AND state = 'running'",
+                            (_now(), flows, tunnels, flagged, trial_id)).rowcount != 1:
+                raise TrialError(STARTED_AGAIN.format(name))
+        trial = self.get(name)
+        assert trial is not None
+        return trial
+
+    @staticmethod
+    def _delete(conn: sqlite3.Connection, where: str, params: tuple) -> None:
+        ids = [row[0] for row in conn.execute(f"SELECT id FROM trials WHERE {where}", params)]
+        conn.executemany("DELETE FROM trial_flows WHERE trial_id = ?", [(i,) for i in ids])
+        conn.executemany("DELETE FROM trials WHERE id = ?", [(i,) for i in ids])
+
+    # ---------------------------------------------------------------- reading
+    _DONE_FLOWS = "trial_flows f JOIN trials t ON t.id = f.trial_id WHERE t.name = ? AND t.state = 'done'"
+    _COLUMNS = "name, started_at, finished_at, parameters, registry_snapshot, model_version, flows, tunnels, flagged"
+
+    def _trial(self, row: tuple) -> Trial:
+        return Trial(*row[:3], json.loads(row[3]), *row[4:])
+
+    def list(self) -> list[Trial]:
+        return [self._trial(row) for row in self.conn.execute(
+            f"SELECT {self._COLUMNS} FROM trials WHERE state = 'done' ORDER BY name")]
+
+    def get(self, name: str) -> Trial | None:
+        row = self.conn.execute(f"SELECT {self._COLUMNS} FROM trials WHERE state = 'done' AND name = ?",
+                                (name,)).fetchone()
+        return self._trial(row) if row else None
+
+    def require(self, name: str) -> Trial:
+        trial = self.get(name)
+        if trial is None:
+            known = ", ".join(t.name for t in self.list()) or "none yet"
+            raise TrialError(f"no trial named {name!r} in {self.store.location} (trials: {known})")
+        return trial
+
+    def results(self, name: str, flagged_only: bool = False) -> Iterator[FlowResult]:
+        """The trial's flows in the order they were classified."""
+        cur = self.conn.execute(
+            f"SELECT f.record, f.organization, f.client_network, f.flagged FROM {self._DONE_FLOWS} "
+            f"{'AND f.flagged' if flagged_only else ''} ORDER BY f.seq", (name,))
+        for record, organization, network, flagged in cur:
+            yield FlowResult(json.loads(record), organization, network, bool(flagged))
+
+    def mix(self, name: str) -> list[tuple[str, str | None, int]]:
+        """(label, registry verdict, flows) over the whole trial."""
+        return self.conn.execute(f"SELECT f.label, f.registry, count(*) FROM {self._DONE_FLOWS} "
+                                 "GROUP BY f.label, f.registry ORDER BY f.label, f.registry", (name,)).fetchall()
+
+
+# ---------------------------------------------------------------------------------------------- compare
+@dataclass(frozen=True, slots=True, order=True)
+class Endpoint:
+    """An unregistered tunnel as the registry would have to list it: client address to server end."""
+
+    label: str
+    transport: str
+    client: str
+    server: str
+    port: int  # 0 for portless transports (ESP, AH)
+
+    def __str__(self) -> str:
+        server = f"[{self.server}]" if ":" in self.server else self.server
+        return f"{self.label} {self.client} -> {server}{f':{self.port}' if self.port else ''}/{self.transport}"
+
+
+@dataclass(frozen=True, slots=True)
+class Comparison:
+    new: list[Endpoint]  # unregistered in B only
+    persisting: list[Endpoint]  # in both
+    gone: list[Endpoint]  # in A only
+
+    def as_json(self) -> dict:
+        return {k: [asdict(e) | {"text": str(e)} for e in v] for k, v in
+                (("new", self.new), ("persisting", self.persisting), ("gone", self.gone))}
+
+
+def unregistered_endpoints(results: Iterable[FlowResult]) -> set[Endpoint]:
+    return {Endpoint(r["label"], r["transport"], r["src_ip"], r["dst_ip"], r["dst_port"])
+            for r in (res.record for res in results) if r.get("registry") == "unregistered"}
+
+
+def compare(trials: TrialStore, a: str, b: str) -> Comparison:
+    with trials.reading():
+        trials.require(a), trials.require(b)
+        before = unregistered_endpoints(trials.results(a, flagged_only=True))
+        after = unregistered_endpoints(trials.results(b, flagged_only=True))
+    return Comparison(sorted(after - before), sorted(after & before), sorted(before - after))

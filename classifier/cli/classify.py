@@ -1,0 +1,118 @@
+"""`vpnid classify`: label the flows of capture files."""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import os
+import sys
+from collections.abc import Iterator
+from typing import IO
+
+from rich.console import Console
+from rich.markup import escape
+from rich.table import Table
+
+from vpnid.classifier.audit.registry.store import ENV, StoreError
+from vpnid.classifier.cli.common import FORMATTER, add_flow_options, err, error, options, registry_matcher, warn
+from vpnid.classifier.running.output import write_csv, write_jsonl
+from vpnid.classifier.running.pipeline import CaptureStats, Carry, Options, classify_capture, end_carry
+from vpnid.classifier.running.records import FlowRecord, output_fields
+from vpnid.features.families import NONE
+from vpnid.features.packets import CaptureError
+
+CLASSIFY_HELP = """\
+Read capture files, group packets into bidirectional flows, and label each flow as a tunnel
+(openvpn, wireguard, ipsec, openconnect, shadowsocks) or none, with a confidence and the evidence that
+decided it.
+
+Captures may be pcap (µs or ns), pcapng (several interfaces/link types) or gzip-compressed either;
+'-' reads a capture stream from standard input. A file that is not a capture is reported and skipped;
+the others still run (exit status 1 if any file failed).
+
+Output formats:
+  table   (default on a terminal) tunnel flows and a per-capture summary; --all lists every flow
+  jsonl   (default when piped) one JSON object per flow, every flow, fields as in the README
+  csv     the same fields as columns; evidence joined with ' | '
+
+examples:
+  vpnid classify pcaps/corpus/*.pcap
+  vpnid classify --format jsonl -o flows.jsonl capture.pcapng.gz
+  tcpdump -w - -i eth0 | vpnid classify --format jsonl -
+"""
+
+
+def _records(captures: list[str], opts: Options, stats: dict[str, CaptureStats],
+             failed: list[str], join: bool = False) -> Iterator[FlowRecord]:
+    carry = Carry() if join else None
+    for path in captures:
+        st = stats.setdefault(path, CaptureStats())
+        try:
+            with err.status(f"reading {path}", spinner="dots") if err.is_terminal else contextlib.nullcontext():
+                yield from classify_capture(path, opts, warn=warn, stats=st, carry=carry)
+        except CaptureError as e:
+            error(str(e))
+            failed.append(path)
+    if carry is not None:
+        yield from end_carry(carry, opts)
+
+
+def write_table(records: Iterator[FlowRecord], out: IO[str], show_all: bool, stats: dict[str, CaptureStats],
+                with_registry: bool = False) -> None:
+    console = Console(file=out, highlight=False, width=None if out is sys.stdout else 200)
+    table = Table(title="flows" if show_all else "tunnel flows", show_lines=False)
+    cols = ("capture", "transport", "initiator", "responder", "packets", "label", "conf", "registry", "evidence")
+    for col in cols if with_registry else tuple(c for c in cols if c != "registry"):
+        table.add_column(col, overflow="fold")
+    labels: dict[str, int] = {}
+    for r in records:
+        labels[r.label] = labels.get(r.label, 0) + 1
+        if show_all or r.label != NONE:
+            verdict = [" ".join(filter(None, (r.registry, r.registration_id)))] if with_registry else []
+            table.add_row(escape(r.pcap), r.transport, f"{r.src_ip}:{r.src_port}", f"{r.dst_ip}:{r.dst_port}",
+                          f"{r.src2dst_packets}/{r.dst2src_packets}", r.label, f"{r.confidence:.2f}",
+                          *verdict, escape("; ".join(r.evidence)))
+    console.print(table)
+    frames = sum(s.frames for s in stats.values())
+    mix = ", ".join(f"{k}: {v}" for k, v in sorted(labels.items()))
+    console.print(f"{len(stats)} capture(s), {frames} frames, {sum(labels.values())} flows ({mix or 'none'})")
+
+
+def cmd_classify(args: argparse.Namespace) -> int:
+    fmt = args.format or ("table" if (args.output is None and sys.stdout.isatty()) else "jsonl")
+    stats: dict[str, CaptureStats] = {}
+    failed: list[str] = []
+    opts = options(args)
+    if args.db or os.environ.get(ENV):
+        try:
+            opts.matcher = registry_matcher(args.db)
+        except StoreError as e:
+            error(str(e))
+            return 2
+    fields = output_fields(opts.matcher is not None)
+    records = _records(args.captures, opts, stats, failed, args.join)
+    with (open(args.output, "w", encoding="utf-8", newline="") if args.output else contextlib.nullcontext(sys.stdout)) as out:
+        if fmt == "jsonl":
+            write_jsonl(records, out, fields)
+        elif fmt == "csv":
+            write_csv(records, out, fields)
+        else:
+            write_table(records, out, args.all, stats, opts.matcher is not None)
+    return 1 if failed else 0
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("classify", help="label the flows of capture files", description=CLASSIFY_HELP,
+                       formatter_class=FORMATTER)
+    p.add_argument("captures", nargs="+", metavar="CAPTURE", help="pcap/pcapng files (gzip ok), or - for stdin")
+    p.add_argument("--format", choices=("table", "jsonl", "csv"),
+                   help="output format (default: table on a terminal, else jsonl)")
+    p.add_argument("-o", "--output", metavar="FILE", help="write to FILE instead of standard output")
+    p.add_argument("--all", action="store_true", help="table format: list every flow, not only tunnels")
+    p.add_argument("--join", action="store_true",
+                   help="the captures are consecutive rotated files of one capture, given in time order: "
+                        "flows that span files are joined (a joined flow names the file it started in)")
+    p.add_argument("--db", metavar="DB", help=f"cross-check tunnel flows against this registry database "
+                                               f"(default: ${ENV} if set); adds registry, registration_id")
+    add_flow_options(p)
+    p.set_defaults(func=cmd_classify)

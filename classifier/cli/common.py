@@ -1,0 +1,83 @@
+"""What every command shares: the stderr console, warnings and errors (untrusted text escaped), the flow
+and model options, and the model and registry a run uses."""
+
+from __future__ import annotations
+
+import argparse
+from typing import TYPE_CHECKING
+
+from rich.console import Console
+from rich.markup import escape
+from rich_argparse import RawDescriptionRichHelpFormatter
+
+from vpnid.classifier.audit.registry.match import Matcher
+from vpnid.classifier.audit.registry.store import db_location, open_store
+from vpnid.classifier.running.pipeline import Options
+
+if TYPE_CHECKING:
+    from vpnid.classifier.labelling.compiled import CompiledModel
+    from vpnid.classifier.labelling.model import FlowModel
+
+FORMATTER = RawDescriptionRichHelpFormatter
+err = Console(stderr=True, highlight=False)
+
+
+def warn(msg: str) -> None:
+    """Messages carry file names and capture contents: escaped, so '[' in them is text, not markup."""
+    err.print(f"[yellow]vpnid: warning:[/] {escape(msg)}", soft_wrap=True)
+
+
+def error(msg: str) -> None:
+    err.print(f"[red]vpnid: error:[/] {escape(msg)}", soft_wrap=True)
+
+
+def add_flow_options(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("flow options")
+    g.add_argument("--idle-timeout", type=float, default=120.0, metavar="S",
+                   help="end a flow after S seconds without packets (default: %(default)s)")
+    g.add_argument("--active-timeout", type=float, default=1800.0, metavar="S",
+                   help="split a flow after S seconds from its first packet (default: %(default)s)")
+    g.add_argument("--max-flows", type=int, default=1_000_000, metavar="N",
+                   help="open flows kept in memory; beyond that the least recently seen are ended early "
+                        "and counted (default: %(default)s)")
+    add_model_options(p)
+
+
+def add_model_options(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("model options").add_mutually_exclusive_group()
+    g.add_argument("--model", metavar="PATH", help="trained model for flows signatures leave undecided "
+                                                    "(default: the shipped model, vpnid/models/vpnid.skops)")
+    g.add_argument("--no-model", action="store_true", help="signatures only")
+
+
+class ModelUnusable(Exception):
+    """The model named (or shipped) cannot be loaded; the reason was already printed."""
+
+
+def load_model(args: argparse.Namespace) -> CompiledModel | FlowModel | None:
+    """The model a command should use: --model, else the shipped one if present, else none."""
+    if args.no_model:
+        return None
+    from vpnid.classifier.labelling.judgement import ModelError
+    from vpnid.classifier.labelling.loading import DEFAULT_MODEL, load
+
+    if args.model is None and not DEFAULT_MODEL.exists():
+        warn(f"no model at {DEFAULT_MODEL}; labelling by signatures only")
+        return None
+    try:
+        return load(args.model or DEFAULT_MODEL)
+    except ModelError as e:
+        error(str(e))
+        raise ModelUnusable from None
+
+
+def options(args: argparse.Namespace) -> Options:
+    """Pipeline options from the flow and model options every classifying command shares."""
+    return Options(idle_timeout=args.idle_timeout, active_timeout=args.active_timeout, max_flows=args.max_flows,
+                   drop_first=getattr(args, "drop_first", 0), model=load_model(args))
+
+
+def registry_matcher(db: str | None) -> Matcher:
+    """The registry of `--db`/$VPNID_DB, indexed for the cross-check; StoreError if there is none."""
+    with open_store(db_location(db), create=False) as store:
+        return Matcher.build(store.select())

@@ -1,0 +1,213 @@
+"""`vpnid trial ...` (run, list, report, compare) and `vpnid demo`, the bundled end-to-end trial."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import asdict
+from pathlib import Path
+
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.table import Table
+
+from vpnid.classifier.audit.registry.csvio import read_csv
+from vpnid.classifier.audit.registry.sample import PATH as SAMPLE_REGISTRY
+from vpnid.classifier.audit.registry.store import ENV, StoreError, db_location, open_store
+from vpnid.classifier.audit.trials import Trial, TrialError, TrialStore, Window, compare, parse_time
+from vpnid.classifier.cli.common import FORMATTER, add_flow_options, err, error, options, warn
+from vpnid.classifier.running.pipeline import Options
+from vpnid.features.packets import CaptureError
+from vpnid.pcaps import CORPUS
+
+DEMO_TRIAL = "demo"
+
+TRIAL_HELP = f"""\
+A trial run classifies captures, cross-checks every tunnel against the registry, and stores the result
+in the registry's database (--db PATH or ${ENV}): the parameters, the registry's state time, the model
+version, every flow, and the flagged tunnels - tunnel flows whose registry verdict is not `registered`
+(unregistered, expired, suspended, revoked, protocol_mismatch). Running a trial again under the same
+name replaces it in one step: readers see the old trial or the new one, never a mix.
+
+examples:
+  export {ENV}=registry.db
+  vpnid trial run week12 --from 2025-03-17 --to 2025-03-24 /data/captures/*.pcap
+  vpnid trial list
+  vpnid trial report week12 -o reports/week12      # report.html, flagged.csv, summary.json, flagged.pcap
+  vpnid trial compare week11 week12                 # new, persisting and gone unregistered tunnels
+"""
+
+DEMO_HELP = """\
+Run a complete trial on the bundled lab captures (pcaps/corpus) against the bundled sample registry, and
+write its report. DIR gets demo.db (the registry database, created afresh) and report/; open
+report/report.html in a browser.
+
+example:
+  vpnid demo -o vpnid-demo
+"""
+
+
+@contextmanager
+def _trials(db: str | None) -> Iterator[TrialStore]:
+    """The trials of an existing registry database (a trial against no registry would flag everything)."""
+    with open_store(db_location(db), create=False) as store:
+        yield TrialStore(store)  # type: ignore[arg-type]
+
+
+def _progress_bar(total: int) -> tuple[Progress, Callable[[str, int], None]]:
+    """A progress display on stderr (only on a terminal) and the callback a run reports to."""
+    bar = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
+                   TextColumn("{task.fields[flows]} flows"), TimeElapsedColumn(), console=err,
+                   transient=True, disable=not err.is_terminal)
+    task = bar.add_task("captures", total=total, flows=0)
+    done: set[str] = set()
+
+    def progress(path: str, flows: int) -> None:
+        done.add(path)
+        bar.update(task, completed=len(done) - 1, flows=flows, description=Path(path).name)
+
+    return bar, progress
+
+
+def run(trials: TrialStore, name: str, captures: list[str], opts: Options, window: Window) -> Trial:
+    bar, progress = _progress_bar(len(captures))
+    with bar:
+        trial = trials.run(name, captures, opts, window, progress=progress, warn=warn)
+    err.print(f"trial {name}: {trial.flows} flows, {trial.tunnels} tunnels, {trial.flagged} flagged "
+                        f"(registry as of {trial.registry_snapshot or 'empty'})", soft_wrap=True)
+    return trial
+
+
+def _guarded(command: Callable[[argparse.Namespace], int]) -> Callable[[argparse.Namespace], int]:
+    """Report the errors a trial command can meet as one line and exit status 2."""
+    def run_command(args: argparse.Namespace) -> int:
+        try:
+            return command(args)
+        except (StoreError, TrialError, CaptureError) as e:
+            error(str(e))
+            return 2
+    return run_command
+
+
+@_guarded
+def cmd_run(args: argparse.Namespace) -> int:
+    if "-" in args.captures:
+        raise TrialError("a trial re-reads its captures for its report: give files, not '-'")
+    window = Window(parse_time(args.start) if args.start else None, parse_time(args.end) if args.end else None)
+    with _trials(args.db) as trials:
+        run(trials, args.name, args.captures, options(args), window)
+    return 0
+
+
+@_guarded
+def cmd_list(args: argparse.Namespace) -> int:
+    with _trials(args.db) as trials:
+        found = trials.list()
+    if args.json:
+        json.dump([asdict(t) for t in found], sys.stdout, indent=2)
+        sys.stdout.write("\n")
+        return 0
+    table = Table(title=f"trials in {trials.store.location}")
+    for col in ("name", "finished (UTC)", "captures", "flows", "tunnels", "flagged", "registry as of", "model"):
+        table.add_column(col)
+    for t in found:
+        table.add_row(t.name, t.finished_at, str(len(t.parameters["captures"])), str(t.flows), str(t.tunnels),
+                      str(t.flagged), t.registry_snapshot or "(empty)", t.model_version or "-")
+    Console(highlight=False).print(table)
+    return 0
+
+
+@_guarded
+def cmd_report(args: argparse.Namespace) -> int:
+    from vpnid.classifier.audit.report.trial_report import write_report  # matplotlib: loaded only for reports
+
+    with _trials(args.db) as trials:
+        written = write_report(trials, args.name, Path(args.output), warn=warn)
+    print(f"wrote {', '.join(str(p) for p in written.files)}")
+    print(f"open {written.files[0]} in a browser ({written.flagged_flows} flagged flows, "
+          f"{written.pcap_frames} frames in flagged.pcap)")
+    return 0
+
+
+@_guarded
+def cmd_compare(args: argparse.Namespace) -> int:
+    with _trials(args.db) as trials:
+        result = compare(trials, args.a, args.b)
+    if args.json:
+        json.dump(result.as_json(), sys.stdout, indent=2)
+        sys.stdout.write("\n")
+        return 0
+    console = Console(highlight=False)
+    console.print(f"unregistered tunnels (client -> server), trial {args.a} -> trial {args.b}:")
+    for title, items in (("new", result.new), ("persisting", result.persisting), ("gone", result.gone)):
+        console.print(f"[bold]{title}[/] ({len(items)}):")
+        for e in items:
+            console.print(f"  {e}", markup=False)
+    return 0
+
+
+@_guarded
+def cmd_demo(args: argparse.Namespace) -> int:
+    out = Path(args.output)
+    captures = sorted(str(p) for p in CORPUS.glob("*.pcap"))
+    if not captures:
+        raise TrialError(f"no bundled captures in {CORPUS}")
+    from vpnid.classifier.audit.report.trial_report import write_report  # matplotlib: loaded only for reports
+
+    out.mkdir(parents=True, exist_ok=True)
+    db = out / "demo.db"
+    for stale in (db, db.with_name("demo.db-wal"), db.with_name("demo.db-shm")):
+        stale.unlink(missing_ok=True)
+    with open_store(str(db)) as store:
+        store.upsert(read_csv(SAMPLE_REGISTRY))
+        trials = TrialStore(store)  # type: ignore[arg-type]
+        run(trials, DEMO_TRIAL, captures, options(args), Window())
+        written = write_report(trials, DEMO_TRIAL, out / "report", warn=warn)
+    print(f"demo registry: {db} (sample registry, {len(captures)} bundled captures)")
+    print(f"report: {written.files[0]}")
+    return 0
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    db_help = f"registry database (default: ${ENV})"
+    trial = sub.add_parser("trial", help="run, list, report and compare trial runs", description=TRIAL_HELP,
+                           formatter_class=FORMATTER)
+    tsub = trial.add_subparsers(dest="trial_command", required=True, metavar="ACTION")
+
+    p = tsub.add_parser("run", help="classify captures, cross-check tunnels and store the trial",
+                        description=TRIAL_HELP, formatter_class=FORMATTER)
+    p.add_argument("name", metavar="NAME")
+    p.add_argument("captures", nargs="+", metavar="CAPTURE", help="pcap/pcapng files (gzip ok)")
+    p.add_argument("--db", help=db_help)
+    p.add_argument("--from", dest="start", metavar="TIME", help="keep flows first seen at or after TIME (ISO, UTC "
+                                                                "unless it has a zone)")
+    p.add_argument("--to", dest="end", metavar="TIME", help="keep flows first seen before TIME")
+    add_flow_options(p)
+    p.set_defaults(func=cmd_run)
+
+    p = tsub.add_parser("list", help="list stored trials")
+    p.add_argument("--db", help=db_help)
+    p.add_argument("--json", action="store_true", help="print the trials as JSON")
+    p.set_defaults(func=cmd_list)
+
+    p = tsub.add_parser("report", help="write a trial's HTML report, flagged.csv, summary.json, flagged.pcap")
+    p.add_argument("name", metavar="NAME")
+    p.add_argument("-o", "--output", required=True, metavar="DIR", help="folder for the report files")
+    p.add_argument("--db", help=db_help)
+    p.set_defaults(func=cmd_report)
+
+    p = tsub.add_parser("compare", help="new, persisting and gone unregistered tunnels between two trials")
+    p.add_argument("a", metavar="A", help="the earlier trial")
+    p.add_argument("b", metavar="B", help="the later trial")
+    p.add_argument("--db", help=db_help)
+    p.add_argument("--json", action="store_true", help="print the comparison as JSON")
+    p.set_defaults(func=cmd_compare)
+
+    p = sub.add_parser("demo", help="run a complete trial on the bundled captures and write its report",
+                       description=DEMO_HELP, formatter_class=FORMATTER)
+    p.add_argument("-o", "--output", default="vpnid-demo", metavar="DIR", help="(default: %(default)s)")
+    add_flow_options(p)
+    p.set_defaults(func=cmd_demo)

@@ -1,0 +1,1 @@
+"""Labelling: dissector verdicts and the trained model turn flows into labels; training and scoring."""

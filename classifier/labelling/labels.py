@@ -1,0 +1,29 @@
+"""Labelling: turn a flow's dissector verdict, or the model's judgement, into the record's label.
+
+A confirmed signature decides. The trained model labels flows signatures leave undecided, and only when
+its probability clears the family's threshold; otherwise the flow is `none` with confidence 0 (nothing
+vouches for it), and the model's best guess stays in the evidence. `method` says which of the three.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from vpnid.features.families import NONE
+from vpnid.features.flows import Flow
+
+if TYPE_CHECKING:
+    from vpnid.classifier.labelling.model import Judgement
+
+
+def label(flow: Flow, judgement: Judgement | None = None) -> dict:
+    """The labelling fields of a flow record."""
+    v = flow.verdict
+    if v is not None:
+        return {"label": v.family, "confidence": v.confidence, "method": "signature", "evidence": list(v.evidence),
+                "verdict_packet": v.packet}
+    if judgement is not None and judgement.family != NONE:
+        return {"label": judgement.family, "confidence": round(judgement.probability, 4), "method": "model",
+                "evidence": [judgement.evidence], "verdict_packet": flow.total_packets}
+    return {"label": NONE, "confidence": 0.0, "method": "none",
+            "evidence": [judgement.evidence] if judgement else [], "verdict_packet": None}

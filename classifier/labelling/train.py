@@ -1,0 +1,232 @@
+"""Training data from labelled captures, estimator comparison, and the model card (`vpnid train`).
+
+Every flow of every labelled capture is a row, signature-confirmed or not (the model ignores the
+dissector-state columns; see FlowModel). Each capture is read several times with each flow's first
+0, 10, 25, 50... packets withheld, so the model sees tunnels the way a late-starting capture does. Folds are grouped by capture name (the committed corpus holds trimmed copies
+of generated captures, so a name is one recording), identical (features, family) rows are kept once, and
+every random choice is seeded: the same inputs give the same model.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import platform
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from vpnid.classifier.labelling.evaluate import LabelRow, Report, print_report, read_labels, score
+from vpnid.classifier.labelling.judgement import ESTIMATORS
+from vpnid.classifier.labelling.model import FlowModel
+from vpnid.classifier.running.pipeline import Options, classify_capture
+from vpnid.features.families import NONE
+from vpnid.features.vectors import INDEX_COLUMNS, N_FIRST, SCHEMA_VERSION, VIEWS, extract, feature_names
+
+UNUSABLE = ("unknown", "")
+
+
+@dataclass
+class Dataset:
+    frame: pd.DataFrame  # index columns, view, family, group, then features
+    captures: list[tuple[str, str, str]]  # (path, family summary, sha256)
+    n_first: int
+
+    @property
+    def X(self) -> np.ndarray:
+        return self.frame[feature_names(self.n_first)].to_numpy(np.float64)
+
+    @property
+    def y(self) -> np.ndarray:
+        return self.frame["family"].to_numpy(str)
+
+    @property
+    def groups(self) -> np.ndarray:
+        return self.frame["group"].to_numpy(str)
+
+
+def _truth(rows: list[LabelRow]):
+    """Family of a flow by its transport and endpoints: a row naming it, else its capture's `*` row."""
+    named = {(r.transport, r.ends): r.family for r in rows if r.ends}
+    whole = next((r.family for r in rows if not r.ends), None)
+
+    def family(transport: str, a: tuple[str, int], b: tuple[str, int]) -> str | None:
+        return named.get((transport, frozenset((a, b))), whole)
+
+    return family
+
+
+def sha256(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def build_dataset(manifests: list[str | Path], views: tuple[int, ...] = VIEWS, n_first: int = N_FIRST) -> Dataset:
+    by_capture: dict[Path, list[LabelRow]] = {}
+    for m in manifests:
+        rows, _problems = read_labels(m)
+        for r in rows:
+            by_capture.setdefault(r.path, []).append(r)
+    frames, captures = [], []
+    for path, rows in by_capture.items():
+        family = _truth(rows)
+        for view in views:
+            df = extract([path], n_first=n_first, drop_first=view)
+            df["family"] = [family(t, (a, ap), (b, bp)) for t, a, ap, b, bp in
+                            zip(df.transport, df.src_ip, df.src_port, df.dst_ip, df.dst_port)]
+            df.insert(len(INDEX_COLUMNS), "view", view)
+            frames.append(df)
+        captures.append((str(path), ",".join(sorted({r.family for r in rows})), sha256(path)))
+    data = pd.concat(frames, ignore_index=True)
+    data = data[data.family.notna() & ~data.family.isin(UNUSABLE)]
+    data["group"] = [Path(p).name for p in data.pcap]
+    data = data.drop_duplicates(subset=[*feature_names(n_first), "family"]).reset_index(drop=True)
+    return Dataset(data, captures, n_first)
+
+
+def oof_predictions(model: FlowModel) -> np.ndarray:
+    """Labels the fitted model's thresholds give its own out-of-fold probabilities."""
+    classes = model.classes_.tolist()
+    out = []
+    for p in model.oof_proba_:
+        passing = [(p[classes.index(f)], f) for f, t in model.thresholds_.items() if p[classes.index(f)] >= t]
+        out.append(max(passing)[1] if passing else NONE)
+    return np.array(out)
+
+
+def per_class(y: np.ndarray, pred: np.ndarray) -> pd.DataFrame:
+    rows = []
+    for fam in sorted(set(y) | set(pred)):
+        tp = int(((pred == fam) & (y == fam)).sum())
+        rows.append({"family": fam, "flows": int((y == fam).sum()), "predicted": int((pred == fam).sum()),
+                     "recall": tp / max(1, int((y == fam).sum())), "precision": tp / max(1, int((pred == fam).sum()))})
+    return pd.DataFrame(rows)
+
+
+def compare(ds: Dataset, kinds: tuple[str, ...] = ESTIMATORS, seed: int = 0) -> dict[str, FlowModel]:
+    """Fit every candidate (each with its own grouped out-of-fold thresholds)."""
+    return {k: FlowModel(estimator=k, n_first=ds.n_first, seed=seed).fit(ds.X, ds.y, ds.groups) for k in kinds}
+
+
+def tunnel_recall(model: FlowModel) -> float:
+    """Mean out-of-fold recall over tunnel families at zero-FP thresholds: the selection score."""
+    pc = per_class(model.oof_y_, oof_predictions(model))
+    fams = pc[(pc.family != NONE) & (pc.flows > 0)]
+    return float(fams.recall.mean()) if len(fams) else 0.0
+
+
+def choose(models: dict[str, FlowModel]) -> str:
+    """Best selection score; ties go to the earlier (preferred) estimator in ESTIMATORS order."""
+    return max(models, key=lambda k: (round(tunnel_recall(models[k]), 6), -ESTIMATORS.index(k)))
+
+
+def evaluate_with(model: FlowModel | None, labels: str | Path, drop_first: int = 0) -> Report:
+    """Exactly what `vpnid eval` computes for these options."""
+    rows, _ = read_labels(labels)
+    opts = Options(drop_first=drop_first, model=model)
+    return score(rows, lambda p: classify_capture(str(p), opts))
+
+
+def report_text(report: Report, rows: bool = False) -> str:
+    """The report as `vpnid eval` prints it; without `rows`, the per-row listings are left out (every
+    count and rate stays, verbatim)."""
+    from rich.console import Console
+
+    console = Console(file=io.StringIO(), width=110, color_system=None, highlight=False, soft_wrap=True)
+    print_report(report, console)
+    text = console.file.getvalue()
+    return text if rows else "".join(ln for ln in text.splitlines(True) if not ln.startswith("  line "))
+
+
+def _md(df: pd.DataFrame) -> str:
+    """A DataFrame as a Markdown table (floats to 3 decimals)."""
+    cell = lambda v: f"{v:.3f}" if isinstance(v, float) else str(v)  # noqa: E731
+    rows = [list(map(str, df.columns)), ["---"] * len(df.columns)]
+    rows += [[cell(v) for v in r] for r in df.itertuples(index=False)]
+    return "\n".join("| " + " | ".join(r) + " |" for r in rows)
+
+
+def _versions() -> dict[str, str]:
+    import pyarrow
+    import sklearn
+    import skops
+
+    return {"python": platform.python_version(), "numpy": np.__version__, "pandas": pd.__version__,
+            "scikit-learn": sklearn.__version__, "skops": skops.__version__, "pyarrow": pyarrow.__version__}
+
+
+def model_card(name: str, model: FlowModel, ds: Dataset, models: dict[str, FlowModel], model_sha: str,
+               evals: list[tuple[str, int, str]], views: tuple[int, ...]) -> str:
+    """Markdown card: what the model was trained on, how it was chosen and how it scores."""
+    comp = pd.DataFrame([{"estimator": k, "tunnel recall (out-of-fold, zero-FP thresholds)": tunnel_recall(m),
+                          **{f"threshold {f}": t for f, t in m.thresholds_.items()}} for k, m in models.items()])
+    counts = ds.frame.groupby("family").agg(flows=("family", "size"), captures=("group", "nunique")).reset_index()
+    imp = pd.DataFrame({"feature": model.feature_names_, "importance": model.importances_.round(4)})
+    imp = imp.sort_values("importance", ascending=False, kind="stable").head(15)
+    data = pd.DataFrame(ds.captures, columns=["capture", "family", "sha256"])
+    lines = [
+        f"# Model card: {name}",
+        "",
+        f"- Trained: {datetime.now(timezone.utc).strftime('%Y-%m-%d %H:%M UTC')}",
+        f"- Model file sha256: `{model_sha}`",
+        f"- Feature schema version: {SCHEMA_VERSION} (features/vectors.py), first-packets length N = {model.n_first}",
+        f"- Estimator: `{model.estimator}` with {model.calibration} calibration (CalibratedClassifierCV, folds "
+        f"grouped by capture), seed {model.seed}",
+        "- Per-family thresholds: " + ", ".join(f"{f} {t:.3f}" for f, t in model.thresholds_.items()),
+        "- Libraries: " + ", ".join(f"{k} {v}" for k, v in _versions().items()),
+        "",
+        "## What it does",
+        "",
+        "Labels flows that no signature confirmed. A family is named only when its calibrated probability",
+        "clears the family's threshold, set just above (margin "
+        f"{model.margin}) the highest out-of-fold probability any negative flow got, so on the validation",
+        f"folds the model adds no false positives, and never below {model.min_threshold}. That floor is a",
+        "policy (speak only when quite sure): the lab's negatives are easier than real traffic, and the",
+        "external set showed tunnel-like probabilities up to about 0.75 on its negatives; it was checked",
+        "there, not fitted. Features hold no addresses, ports, TTLs or absolute times.",
+        f"Flows with fewer than {model.min_packets} packets are never labelled by the model (and not trained on).",
+        "",
+        "## Training data",
+        "",
+        f"Every labelled flow, read with the first {', '.join(map(str, views))} packets of each flow withheld;",
+        "identical rows removed; folds grouped by capture name. Dissector-state columns are not used.",
+        "",
+        _md(counts),
+        "",
+        _md(data),
+        "",
+        "## Estimator choice",
+        "",
+        "Every candidate gets its own out-of-fold thresholds; the score is the mean recall over tunnel",
+        "families at those thresholds (false positives on negatives are zero by construction), ties to the",
+        "earlier of hgb, rf, knn1.",
+        "",
+        _md(comp),
+        "",
+        "## Out-of-fold metrics of the chosen model (per class, grouped by capture)",
+        "",
+        _md(per_class(model.oof_y_, oof_predictions(model))),
+        "",
+        "## Most important features (permutation importance, balanced accuracy)",
+        "",
+        _md(imp),
+        "",
+        "## `vpnid eval` with this model",
+        "",
+        "Printed by the same code as `vpnid eval --model MODEL [--drop-first N] LABELS.csv`. Captures of the",
+        "lab corpus are also training captures, so those numbers are in-sample; the out-of-fold table above",
+        "is the estimate for unseen captures.",
+        "",
+    ]
+    for labels, drop, text in evals:
+        lines += [f"### `vpnid eval --drop-first {drop} {labels}`", "", "```", text.rstrip(), "```", ""]
+    lines += [
+        "## Limits",
+        "",
+        "- All tunnel training captures come from one lab (two namespaces, paced synthetic traffic); timing",
+        "  and size features may carry its habits. The external set is for evaluation only.",
+        "- Families with few captures give few folds; their thresholds rest on little data.",
+    ]
+    return "\n".join(lines) + "\n"

@@ -1,0 +1,52 @@
+"""Record writers, one for every command that writes flows (classify, batch, live): JSONL, CSV, Arrow.
+
+JSON lines keep non-ASCII text as it is (`ensure_ascii=False`); CSV joins the evidence with ' | '.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import typing
+from collections.abc import Iterable
+from dataclasses import fields
+from typing import IO
+
+import pyarrow as pa
+
+from vpnid.classifier.running.records import FlowRecord
+
+_ARROW_TYPES = {"str": pa.string(), "int": pa.int64(), "float": pa.float64(), "list[str]": pa.list_(pa.string())}
+
+
+def json_line(row: dict) -> str:
+    return json.dumps(row, ensure_ascii=False) + "\n"
+
+
+def write_jsonl(records: Iterable[FlowRecord], out: IO[str], fields: tuple[str, ...]) -> None:
+    for r in records:
+        d = r.as_dict()
+        out.write(json_line({k: d[k] for k in fields}))
+
+
+def write_csv(records: Iterable[FlowRecord], out: IO[str], fields: tuple[str, ...]) -> None:
+    w = csv.writer(out, lineterminator="\n")
+    w.writerow(fields)
+    for r in records:
+        d = r.as_dict()
+        d["evidence"] = " | ".join(d["evidence"])
+        w.writerow(["" if d[k] is None else d[k] for k in fields])
+
+
+def arrow_schema() -> pa.Schema:
+    """FlowRecord's fields as Arrow columns (annotations are strings: `from __future__ import annotations`)."""
+    cols = []
+    for f in fields(FlowRecord):
+        base = typing.cast(str, f.type).removesuffix(" | None")
+        cols.append(pa.field(f.name, _ARROW_TYPES[base], nullable=True))
+    return pa.schema(cols)
+
+
+def to_arrow(records: list[FlowRecord]) -> pa.Table:
+    schema = arrow_schema()
+    return pa.Table.from_pydict({name: [getattr(r, name) for r in records] for name in schema.names}, schema)

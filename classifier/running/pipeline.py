@@ -1,0 +1,130 @@
+"""The one assembly point: capture files in, labelled flow records out.
+
+The CLI, evaluation and (later) batch, live and trial runs all call `classify_capture`; none of them
+re-implements a step.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+
+from vpnid.classifier.audit.registry.match import Matcher
+from vpnid.classifier.labelling.labels import label
+from vpnid.classifier.running.records import FlowRecord, base_record
+from vpnid.features.dissectors import catalog
+from vpnid.features.flows import Flow, FlowTable, FlowTableConfig
+from vpnid.features.siblings import SiblingPlugin
+from vpnid.features.stream import Warn, flows_of
+from vpnid.features.vectors import FeaturePlugin, vectors
+
+if TYPE_CHECKING:
+    from vpnid.classifier.labelling.model import FlowModel
+
+
+@dataclass(slots=True)
+class Options:
+    idle_timeout: float = 120.0
+    active_timeout: float = 1800.0
+    max_flows: int = 1_000_000
+    chunk_frames: int = 65_536  # at most ~100 MB of frames per chunk: peak memory stays flat
+    eager: bool = False  # process packets as they arrive instead of in full chunks (live capture)
+    matcher: Matcher | None = None  # cross-check tunnel flows against it (records gain registry fields)
+    drop_first: int = 0  # withhold each flow's first N packets (mid-flow evaluation)
+    model: FlowModel | None = None  # labels flows signatures leave undecided; None: signatures only
+
+
+@dataclass(slots=True)
+class CaptureStats:
+    """What happened to one capture's packets, for the run summary."""
+
+    frames: int = 0
+    packets: int = 0  # decoded IP packets
+    flows: int = 0
+    evicted: int = 0
+    counters: dict[str, int] = field(default_factory=dict)
+
+
+ORIGIN = "pcap"  # Flow.ext key: the file a flow carried over from an earlier rotated file started in
+
+
+@dataclass(slots=True)
+class Carry:
+    """Flows still open at the end of one capture file, for the next file of the same rotation (in time
+    order): the flow table itself, dissector state included, so the joined run equals one run over the
+    files concatenated. Picklable, so a task on another process or Dask worker can continue it."""
+
+    table: FlowTable | None = None
+
+
+def _new_table(opts: Options) -> FlowTable:
+    model = opts.model
+    config = FlowTableConfig(opts.idle_timeout, opts.active_timeout, opts.max_flows, opts.drop_first)
+    plugins = (SiblingPlugin(catalog.ALL),)  # first: a control channel it labels needs no model
+    if model:
+        plugins += (FeaturePlugin(model.n_first, undecided_only=True, min_packets=model.min_packets),)
+    return FlowTable(catalog.ALL, config, plugins=plugins)
+
+
+def _records(path: str, flows: list[Flow], opts: Options) -> list[FlowRecord]:
+    """Records of ended flows; a flow carried over from an earlier file keeps the file it started in."""
+    model = opts.model
+    judged = {}
+    if model is not None:
+        undecided = [f for f in flows if f.verdict is None]
+        asked = [f for f in undecided if f.total_packets >= model.min_packets]
+        judged = {id(f): model.unasked(f.total_packets) for f in undecided}
+        judged.update(zip(map(id, asked), model.judge(vectors(asked, model.n_first))))
+    batch = [FlowRecord(**base_record(flow.ext.get(ORIGIN, path), flow), **label(flow, judged.get(id(flow))))
+             for flow in flows]
+    if opts.matcher is not None:  # one vectorised check per drained group, not per flow
+        for record, verdict in zip(batch, opts.matcher.check(batch)):
+            if verdict is not None:
+                record.registry, record.registration_id = verdict.registry, verdict.registration_id
+    return batch
+
+
+def classify_capture(path: str, opts: Options | None = None, *, warn: Warn = lambda _m: None,
+                     stats: CaptureStats | None = None, carry: Carry | None = None,
+                     early: Callable[[FlowRecord], None] | None = None) -> Iterator[FlowRecord]:
+    """Labelled flow records of one capture, yielded as flows end. Raises CaptureError if the file
+    cannot be read as a capture.
+
+    With `carry`, the flows open at the end stay in it for the next file of a rotation, and the caller
+    ends them with `end_carry` after the last file. `early` is called with a provisional record (no
+    end reason yet) as soon as a signature labels a still-open flow (once per flow, checked per chunk).
+    """
+    opts = opts or Options()
+    stats = stats if stats is not None else CaptureStats()
+    table = carry.table if carry is not None and carry.table is not None else _new_table(opts)
+    if carry is not None:
+        carry.table = table
+    before = dict(table.stats)
+    announced: set[int] = set()
+    for flows in flows_of(path, table, opts.chunk_frames, stats.counters, warn, close=carry is None,
+                          eager=opts.eager):
+        stats.flows += len(flows)
+        yield from _records(path, flows, opts)
+        if early is not None:
+            announced.difference_update(map(id, flows))
+            for flow in table.open.values():
+                if flow.verdict is not None and id(flow) not in announced:
+                    announced.add(id(flow))
+                    early(FlowRecord(**base_record(flow.ext.get(ORIGIN, path), flow), **label(flow)))
+    if carry is not None:
+        for flow in table.open.values():
+            flow.ext.setdefault(ORIGIN, path)
+    stats.frames = stats.counters.pop("frames", 0)
+    stats.packets = table.stats["packets"] - before["packets"]
+    stats.evicted = table.stats["evicted"] - before["evicted"]
+    if stats.evicted:
+        warn(f"{path}: flow table full ({opts.max_flows} flows): {stats.evicted} flows ended early (evicted)")
+
+
+def end_carry(carry: Carry, opts: Options | None = None) -> list[FlowRecord]:
+    """End the flows still open after the last file of a rotation (end of capture)."""
+    if carry.table is None:
+        return []
+    table, carry.table = carry.table, None
+    return _records("", table.close(), opts or Options())
