@@ -15,8 +15,8 @@ import numpy as np
 import pytest
 
 from tests import pcapbuild as pb
-from vpnid.features import capture
 from vpnid.features.capture import read_chunks
+from vpnid.features.capture import sources as capture
 from vpnid.features.packets import LINKTYPE_ETHERNET, LINKTYPE_LINUX_SLL, LINKTYPE_RAW, CaptureError
 
 FRAMES = [bytes(range(i, i + 20 + i)) for i in range(5)]  # five frames of different sizes and contents

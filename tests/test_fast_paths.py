@@ -16,8 +16,9 @@ import pytest
 
 from vpnid.classifier.running.community import community_id
 from vpnid.classifier.running.pipeline import classify_capture
-from vpnid.features import capture, flows
+from vpnid.features import flows
 from vpnid.features.capture import read_chunks
+from vpnid.features.capture import sources as capture
 from vpnid.features.flows import KEY_BYTES, _unique_keys
 from vpnid.features.packets import CaptureError, ipv4_mapped
 

@@ -15,7 +15,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from tests.fuzz import targets
-from vpnid.features import capture
+from vpnid.features.capture import sources as capture
 
 SEEDS = Path(__file__).parent / "fuzz" / "corpus"
 MAX_SECONDS = 2.0  # per input of at most a few KB; real captures run at millions of packets a minute

@@ -10,10 +10,10 @@ from pathlib import Path
 import pytest
 
 from vpnid.classifier.labelling.evaluate import read_labels, score
-from vpnid.features.families import REFERENCE_FAMILIES
 from vpnid.classifier.labelling.loading import DEFAULT_MODEL
 from vpnid.classifier.labelling.model import load
 from vpnid.classifier.running.pipeline import Options, classify_capture
+from vpnid.features.families import REFERENCE_FAMILIES
 
 ROOT = Path(__file__).resolve().parents[1]
 CORPUS = ROOT / "pcaps" / "corpus" / "manifest.csv"

@@ -10,7 +10,8 @@ import tempfile
 import time
 from pathlib import Path
 
-from vpnid.pcaps.lab import catalog, manifest, system
+from vpnid.pcaps import CORPUS
+from vpnid.pcaps.lab import catalog, system
 from vpnid.pcaps.lab.netns import Lab, LabError
 from vpnid.pcaps.lab.pki import Pki
 from vpnid.pcaps.lab.variant import Variant
@@ -50,7 +51,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--install", action="store_true", help="install missing packages with apt (and pip) first")
     p.add_argument("--scale", type=int, default=1, metavar="N", help="repeat each variant's traffic plan N times")
     p.add_argument("--commit-corpus", action="store_true",
-                   help=f"also write trimmed copies and their manifest rows to {manifest.CORPUS_DIR}")
+                   help=f"also write trimmed copies and their manifest rows to {CORPUS}")
     p.set_defaults(func=run)
 
 
@@ -80,6 +81,8 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _generate(variants: list[Variant], out: Path, scale: int, commit: bool) -> int:
+    from vpnid.pcaps.lab import manifest  # dpkt (the lab extra): not needed to build the parser
+
     out.mkdir(parents=True, exist_ok=True)
     workdir = Path(tempfile.mkdtemp(prefix="vpnid-lab-"))
     pki = Pki.create(workdir / "pki")

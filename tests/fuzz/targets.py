@@ -19,8 +19,8 @@ from collections.abc import Callable, Iterator
 import numpy as np
 
 from vpnid.classifier.running.pipeline import Options, classify_capture
-from vpnid.features import capture
 from vpnid.features.capture import read_chunks
+from vpnid.features.capture import sources as capture
 from vpnid.features.decode import MAX_ENCAP, Reassembler, decode
 from vpnid.features.dissectors import catalog
 from vpnid.features.dissectors.base import Dissector, FlowPacket, State

@@ -17,7 +17,7 @@ from numba.core.dispatcher import Dispatcher
 with atheris.instrument_imports(include=["vpnid.features", "vpnid.classifier"]):
     from tests.fuzz.targets import TARGETS
 
-COMPILED_MODULES = ("vpnid.features.capture",)
+COMPILED_MODULES = ("vpnid.features.capture.pcap",)
 
 
 def uninstrumented_compiled(module_name: str) -> None:
