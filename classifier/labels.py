@@ -3,6 +3,7 @@
 A confirmed signature decides. The trained model labels flows signatures leave undecided, and only when
 its probability clears the family's threshold; otherwise the flow is `none` with confidence 0 (nothing
 vouches for it), and the model's best guess stays in the evidence. `method` says which of the three.
+The flow's risks are listed whatever the label.
 """
 
 from __future__ import annotations
@@ -19,13 +20,14 @@ TUNNEL_FAMILIES = ("openvpn", "wireguard", "ipsec")
 
 
 def label(flow: Flow, judgement: Judgement | None = None) -> dict:
-    """The labelling fields of a flow record."""
+    """The labelling fields of a flow record; `risks` are every dissector's, whatever the label."""
+    risks = sorted(flow.risks)
     v = flow.verdict
     if v is not None:
         return {"label": v.family, "confidence": v.confidence, "method": "signature", "evidence": list(v.evidence),
-                "verdict_packet": v.packet}
+                "verdict_packet": v.packet, "risks": risks}
     if judgement is not None and judgement.family != NONE:
         return {"label": judgement.family, "confidence": round(judgement.probability, 4), "method": "model",
-                "evidence": [judgement.evidence], "verdict_packet": flow.total_packets}
+                "evidence": [judgement.evidence], "verdict_packet": flow.total_packets, "risks": risks}
     return {"label": NONE, "confidence": 0.0, "method": "none",
-            "evidence": [judgement.evidence] if judgement else [], "verdict_packet": None}
+            "evidence": [judgement.evidence] if judgement else [], "verdict_packet": None, "risks": risks}
