@@ -57,6 +57,7 @@ class Flow:
     end_reason: str = ""  # idle | active | fin | rst | end_of_capture | evicted
     verdict: Verdict | None = None
     pending: list[Dissector] = field(default_factory=list)  # dissectors still undecided
+    risks: set[str] = field(default_factory=set)  # raised by dissectors that have left `pending`
     ext: dict[str, object] = field(default_factory=dict)  # plugin state, one key per plugin
     hidden: int = 0  # leading packets withheld by `drop_first` (counted in no other field)
 
@@ -76,6 +77,7 @@ class Flow:
             if d.state is State.CONFIRMED:
                 self._decide(d)
                 break
+        self._retire(self.pending)
         self.pending = []
         flags = self.tcp_flags[0] | self.tcp_flags[1]
         if reason in ("idle", "active", "end_of_capture") and flags & TCP_RST:
@@ -91,14 +93,21 @@ class Flow:
             state = d.feed(pkt)
             if state is State.CONFIRMED:
                 self._decide(d)
+                self._retire(self.pending)
                 self.pending = []
                 return
             settled = settled or state is not State.CANDIDATE
         if settled:
+            self._retire([d for d in self.pending if d.state is State.REJECTED])
             self.pending = [d for d in self.pending if d.state is State.CANDIDATE]
 
     def _decide(self, d: Dissector) -> None:
         self.verdict = Verdict(d.family, d.confidence, list(d.evidence), dict(d.attributes), d.verdict_packet)
+
+    def _retire(self, done: list[Dissector]) -> None:
+        """Keep the risks of dissectors leaving the flow, confirmed, rejected or ended undecided."""
+        for d in done:
+            self.risks |= d.risks
 
 
 @dataclass(slots=True)

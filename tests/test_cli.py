@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import csv
+import io
 import json
 import subprocess
 import sys
@@ -11,6 +13,8 @@ import pytest
 from scapy.all import DNS, DNSQR, IP, TCP, UDP, Ether, Raw, wrpcap
 
 from tests import tunnelbytes as tb
+from vpnid.classifier.running.output import write_csv, write_jsonl
+from vpnid.classifier.running.records import FlowRecord, output_fields
 
 LAB_A, LAB_B, LAB_C = "198.18.0.1", "198.18.0.2", "198.18.0.3"
 
@@ -54,7 +58,8 @@ def test_jsonl_has_the_documented_fields_and_labels_by_structure_not_port(mixed_
     assert list(recs[0]) == [
         "pcap", "flow_id", "community_id", "transport", "src_ip", "src_port", "dst_ip", "dst_port",
         "first_seen", "last_seen", "src2dst_packets", "dst2src_packets", "src2dst_bytes", "dst2src_bytes",
-        "label", "confidence", "method", "evidence", "verdict_packet", "end_reason"]
+        "label", "confidence", "method", "evidence", "verdict_packet", "end_reason", "risks"]
+    assert all(r["risks"] == [] for r in recs)
     by_port = {(r["transport"], r["dst_port"]): r for r in recs}
     wg = by_port[("udp", 53)]
     assert (wg["label"], wg["src_ip"], wg["src_port"]) == ("wireguard", LAB_A, 40001)
@@ -73,6 +78,17 @@ def test_output_is_byte_identical_across_runs_and_csv_has_the_same_rows(mixed_pc
     lines = res.stdout.splitlines()
     assert lines[0].startswith("pcap,flow_id,community_id,transport,src_ip")
     assert len(lines) - 1 == len(a.read_text().splitlines())
+
+
+def test_risks_are_a_list_in_jsonl_and_joined_like_evidence_in_csv():
+    rec = FlowRecord("x.pcap", "F1", None, "tcp", LAB_A, 50000, LAB_B, 443, 0.0, 1.0, 9, 9, 900, 900, "none", 0.0,
+                     "none", ["a", "b"], None, "fin", risks=["fully_encrypted", "other"])
+    jsonl, table = io.StringIO(), io.StringIO()
+    write_jsonl(iter([rec]), jsonl, output_fields(False))
+    write_csv(iter([rec]), table, output_fields(False))
+    assert json.loads(jsonl.getvalue())["risks"] == ["fully_encrypted", "other"]
+    row = dict(zip(*csv.reader(io.StringIO(table.getvalue()))))
+    assert (row["evidence"], row["risks"]) == ("a | b", "fully_encrypted | other")
 
 
 def test_a_file_that_is_not_a_capture_is_named_and_the_others_still_run(mixed_pcap, tmp_path):

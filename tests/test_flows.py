@@ -139,6 +139,31 @@ def test_dissectors_only_run_on_their_transports_and_give_up_on_budget():
     assert flows[0].verdict is None
 
 
+class Risky(Dissector):
+    """Raises a risk named after its class on every packet; rejects at packet `reject_at` (0: never)."""
+
+    family = "risky"
+    transports = frozenset({17})
+    reject_at = 0
+
+    def on_packet(self, pkt: FlowPacket) -> None:
+        self.raise_risk(type(self).__name__)
+        if pkt.index == self.reject_at:
+            self.reject("seen enough")
+
+
+class RejectsAtOnce(Risky):
+    reject_at = 1
+
+
+def test_a_flow_keeps_the_risks_of_rejected_undecided_and_confirming_dissectors():
+    pk = [P(0, A, B, 1, 2, payload=b"a"), P(1, A, B, 1, 2), P(2, B, A, 2, 1, payload=b"b")]
+    flows, _ = run([pk], dissectors=(RejectsAtOnce, Risky, ThirdPacketFromResponder))
+    assert flows[0].verdict is not None and flows[0].risks == {"RejectsAtOnce", "Risky"}
+    flows, _ = run([pk[:1]], dissectors=(Risky,))  # still undecided when the flow ends
+    assert flows[0].verdict is None and flows[0].risks == {"Risky"}
+
+
 def test_undecided_dissector_state_is_dropped_when_the_flow_ends():
     flows, _ = run([[P(0, A, B, 1, 2, payload=b"a")]], dissectors=(ThirdPacketFromResponder,))
     assert flows[0].pending == [] and flows[0].verdict is None

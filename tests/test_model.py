@@ -10,7 +10,7 @@ import pytest
 import skops.io as sio
 
 from vpnid.classifier.labelling.labels import label
-from vpnid.classifier.labelling.model import MARKER, FlowModel, ModelError, load, save
+from vpnid.classifier.labelling.model import MARKER, FlowModel, Judgement, ModelError, load, save
 from vpnid.features.flows import Flow, Verdict
 from vpnid.features.vectors import feature_names
 
@@ -147,3 +147,13 @@ def test_label_method_is_signature_then_model_then_none(fitted):
     assert by_model["evidence"][0].startswith(f"model p({tunnel.family})=") and "top features" in by_model["evidence"][0]
     nothing = label(_flow(None), None)
     assert (nothing["label"], nothing["method"], nothing["confidence"]) == ("none", "none", 0.0)
+
+
+def test_the_model_alone_names_no_shadowsocks_flow():
+    """Its Shadowsocks class was learnt from entropy and flow shape, which ordinary protocols share."""
+    j = Judgement("shadowsocks", 0.97, "shadowsocks", 0.8, "model p(shadowsocks)=0.970 >= threshold 0.800")
+    f = _flow(None)
+    f.risks = {"fully_encrypted"}
+    rec = label(f, j)
+    assert (rec["label"], rec["method"], rec["confidence"], rec["risks"]) == ("none", "none", 0.0, ["fully_encrypted"])
+    assert rec["evidence"] == [f"{j.evidence}; not taken: shadowsocks is named by its signature only"]

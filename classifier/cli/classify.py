@@ -24,7 +24,7 @@ from vpnid.features.packets import CaptureError
 CLASSIFY_HELP = """\
 Read capture files, group packets into bidirectional flows, and label each flow as a tunnel
 (openvpn, wireguard, ipsec, openconnect, shadowsocks) or none, with a confidence and the evidence that
-decided it.
+decided it, plus the flow's risks (properties such as fully_encrypted that name no protocol).
 
 Captures may be pcap (µs or ns), pcapng (several interfaces/link types) or gzip-compressed either;
 '-' reads a capture stream from standard input. A file that is not a capture is reported and skipped;
@@ -33,7 +33,7 @@ the others still run (exit status 1 if any file failed).
 Output formats:
   table   (default on a terminal) tunnel flows and a per-capture summary; --all lists every flow
   jsonl   (default when piped) one JSON object per flow, every flow, fields as in the README
-  csv     the same fields as columns; evidence joined with ' | '
+  csv     the same fields as columns; evidence and risks joined with ' | '
 
 examples:
   vpnid classify pcaps/corpus/*.pcap

@@ -1,6 +1,6 @@
 """Record writers, one for every command that writes flows (classify, batch, live): JSONL, CSV, Arrow.
 
-JSON lines keep non-ASCII text as it is (`ensure_ascii=False`); CSV joins the evidence with ' | '.
+JSON lines keep non-ASCII text as it is (`ensure_ascii=False`); CSV joins the evidence and the risks with ' | '.
 """
 
 from __future__ import annotations
@@ -34,7 +34,7 @@ def write_csv(records: Iterable[FlowRecord], out: IO[str], fields: tuple[str, ..
     w.writerow(fields)
     for r in records:
         d = r.as_dict()
-        d["evidence"] = " | ".join(d["evidence"])
+        d["evidence"], d["risks"] = " | ".join(d["evidence"]), " | ".join(d["risks"])
         w.writerow(["" if d[k] is None else d[k] for k in fields])
 
 

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, field, fields
 
 from vpnid.classifier.running.community import community_id
 from vpnid.features.flows import NS, Flow, flow_id
@@ -33,13 +33,15 @@ class FlowRecord:
     evidence: list[str]
     verdict_packet: int | None  # flow packet number at which the label was decided
     end_reason: str  # idle | active | fin | rst | end_of_capture | evicted
+    # `features.risks` names any dissector raised (sorted): properties worth a look, never a label.
+    risks: list[str] = field(default_factory=list)
     # Set only by runs that cross-check a registry (`classify --db`, trials); None for non-tunnel flows.
     registry: str | None = None  # registered | unregistered | expired | suspended | revoked | protocol_mismatch
     registration_id: str | None = None  # the registration that decided `registry`
 
     def as_dict(self) -> dict:
-        """Field name -> value; shallow (the evidence list is the record's own), as output needs no copy
-        and `dataclasses.asdict` deep-copies at several µs per record."""
+        """Field name -> value; shallow (the evidence and risk lists are the record's own), as output needs
+        no copy and `dataclasses.asdict` deep-copies at several µs per record."""
         return {name: getattr(self, name) for name in FIELDS}
 
 

@@ -53,6 +53,7 @@ class Dissector:
         self.confidence = 0.0
         self.evidence: list[str] = []
         self.attributes: dict[str, str] = {}  # variant facts a registry or model can use (e.g. hmac=sha256)
+        self.risks: set[str] = set()  # `vpnid.features.risks` names this dissector raised, kept whatever its verdict
         self.verdict_packet = 0
         self.seen = 0
 
@@ -82,3 +83,8 @@ class Dissector:
     def reject(self, reason: str) -> None:
         self.state = State.REJECTED
         self.evidence.append(reason)
+
+    def raise_risk(self, name: str) -> None:
+        """Flag a property of the flow (a `vpnid.features.risks` name) that is no verdict: it stays on the flow
+        whether this dissector confirms, rejects or stays undecided."""
+        self.risks.add(name)

@@ -109,7 +109,8 @@ def _csv(flagged: Sequence[FlowResult], path: Path) -> None:
         w = csv.writer(f, lineterminator="\n")
         w.writerow(fields)
         for res in flagged:
-            d = res.record | {"evidence": " | ".join(res.record["evidence"]), "organization": res.organization,
+            d = res.record | {"evidence": " | ".join(res.record["evidence"]),
+                              "risks": " | ".join(res.record.get("risks", ())), "organization": res.organization,
                               "client_network": res.client_network}
             w.writerow(["" if d.get(k) is None else d[k] for k in fields])
 

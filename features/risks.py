@@ -1,0 +1,12 @@
+"""Flow risks: properties of a flow worth a look that name no protocol (nDPI's flow risk set).
+
+A risk is not evidence for a label and never makes one: a flow can carry risks and be labelled `none`.
+Dissectors raise them (`Dissector.raise_risk`), whether or not they confirm; the flow record lists every
+risk any of the flow's dissectors raised.
+"""
+
+FULLY_ENCRYPTED = "fully_encrypted"
+"""Both first payload segments of a TCP flow whose start was seen, client first, look random by the
+Great Firewall's passive rules (Wu et al., USENIX Security 2023: no exemption for bits per byte, printable
+prefix, share or run) and show no clear length field or zeroed header: what Shadowsocks, VMess or obfs4
+look like, but also compressed, game and obfuscated messenger protocols (nDPI: NDPI_FULLY_ENCRYPTED)."""
