@@ -4,14 +4,14 @@ and model options, and the model and registry a run uses."""
 from __future__ import annotations
 
 import argparse
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from rich.console import Console
-from rich.markup import escape
 from rich_argparse import RawDescriptionRichHelpFormatter
 
 from vpnid.classifier.audit.registry.match import Matcher
 from vpnid.classifier.audit.registry.store import db_location, open_store
+from vpnid.classifier.audit.text import shown
 from vpnid.classifier.running.pipeline import Options
 
 if TYPE_CHECKING:
@@ -19,16 +19,24 @@ if TYPE_CHECKING:
     from vpnid.classifier.labelling.model import FlowModel
 
 FORMATTER = RawDescriptionRichHelpFormatter
-err = Console(stderr=True, highlight=False)
+
+
+def console(**kwargs: Any) -> Console:
+    """A console for output that holds untrusted text: no emoji codes, no highlighting; the text itself
+    goes in through `shown` (markup escaped, control characters written out)."""
+    return Console(highlight=False, emoji=False, **kwargs)
+
+
+err = console(stderr=True)
 
 
 def warn(msg: str) -> None:
-    """Messages carry file names and capture contents: escaped, so '[' in them is text, not markup."""
-    err.print(f"[yellow]vpnid: warning:[/] {escape(msg)}", soft_wrap=True)
+    """Messages carry file names and capture contents: shown as text, never as markup or escapes."""
+    err.print(f"[yellow]vpnid: warning:[/] {shown(msg)}", soft_wrap=True)
 
 
 def error(msg: str) -> None:
-    err.print(f"[red]vpnid: error:[/] {escape(msg)}", soft_wrap=True)
+    err.print(f"[red]vpnid: error:[/] {shown(msg)}", soft_wrap=True)
 
 
 def add_flow_options(p: argparse.ArgumentParser) -> None:

@@ -8,7 +8,6 @@ import sys
 from collections.abc import Callable
 from datetime import UTC, datetime
 
-from rich.console import Console
 from rich.table import Table
 
 from vpnid.classifier.audit.registry.csvio import CsvError, read_csv, write_csv
@@ -21,7 +20,8 @@ from vpnid.classifier.audit.registry.registration import (
     parse_registration,
 )
 from vpnid.classifier.audit.registry.store import ENV, RegistryStore, StoreError, db_location, open_store
-from vpnid.classifier.cli.common import FORMATTER, error
+from vpnid.classifier.audit.text import printable, shown
+from vpnid.classifier.cli.common import FORMATTER, console, error
 
 REGISTRY_HELP = f"""\
 The registry lists the tunnels organisations have declared: who (registration_id, organization,
@@ -119,7 +119,7 @@ def cmd_import(args: argparse.Namespace) -> int:
     with _open(args, create=True) as store:
         done = store.upsert(regs)
     updated = f" ({', '.join(done.updated)})" if 0 < len(done.updated) <= 10 else ""
-    print(f"imported {len(regs)} registrations into {store.location}: {len(done.added)} added, "
+    print(f"imported {len(regs)} registrations into {printable(store.location)}: {len(done.added)} added, "
           f"{len(done.updated)} updated{updated}, {len(done.unchanged)} unchanged")
     return 0
 
@@ -132,7 +132,7 @@ def cmd_add(args: argparse.Namespace) -> int:
         "valid_until": args.valid_until, "status": args.status, "notes": args.notes})
     with _open(args, create=True) as store:
         store.add(reg)
-    print(f"added {reg.registration_id} to {store.location}")
+    print(f"added {reg.registration_id} to {printable(store.location)}")
     return 0
 
 
@@ -143,17 +143,17 @@ def _validity(reg: Registration) -> str:
 def cmd_list(args: argparse.Namespace) -> int:
     with _open(args, create=False) as store:
         regs = store.select(organization=args.org, status=args.status, protocol=args.protocol)
-    table = Table(title=f"registrations in {store.location}")
+    table = Table(title=f"registrations in {shown(store.location)}")
     for col in ("id", "organization", "category", "protocol", "client networks", "server endpoints", "valid",
                 "status"):
         table.add_column(col, overflow="fold")
     for r in regs:
         f = r.to_fields()
-        table.add_row(r.registration_id, r.organization, r.category, r.protocol, f["client_networks"],
+        table.add_row(r.registration_id, shown(r.organization), r.category, r.protocol, f["client_networks"],
                       f["server_endpoints"] or "(any)", _validity(r), f"[{_STATUS_STYLE[r.status]}]{r.status}[/]")
-    console = Console(highlight=False)
-    console.print(table)
-    console.print(f"{len(regs)} registration{'s' if len(regs) != 1 else ''}")
+    out = console()
+    out.print(table)
+    out.print(f"{len(regs)} registration{'s' if len(regs) != 1 else ''}")
     return 0
 
 
@@ -163,13 +163,13 @@ def cmd_show(args: argparse.Namespace) -> int:
         history = store.history(args.id) if reg else []
     if reg is None:
         raise StoreError(f"no registration {args.id} in {store.location}")
-    console = Console(highlight=False)
+    out = console()
     table = Table(show_header=False, title=reg.registration_id)
     for k, v in reg.to_fields().items():
-        table.add_row(k, v or "-")
-    console.print(table)
+        table.add_row(k, shown(v) or "-")
+    out.print(table)
     for change in history:
-        console.print(f"{change.at}  {change.action}" + (f": {change.detail}" if change.detail else ""))
+        out.print(f"{change.at}  {change.action}" + (f": {shown(change.detail)}" if change.detail else ""))
     return 0
 
 
@@ -193,7 +193,7 @@ def cmd_export(args: argparse.Namespace) -> int:
           else contextlib.nullcontext(sys.stdout)) as out:
         n = write_csv(regs, out)
     if args.file != "-":
-        print(f"exported {n} registrations to {args.file}")
+        print(f"exported {n} registrations to {printable(args.file)}")
     return 0
 
 
