@@ -3,7 +3,9 @@
 The header names exactly the registration fields (any order); lists inside a cell are separated by
 spaces. Reading validates every row and reports every bad one by its line number, so a whole file can be
 fixed in one pass; export writes canonical values sorted by registration_id, which is why
-export → import → export gives the same bytes.
+export → import → export gives the same bytes. A cell a spreadsheet would run as a formula (starting with
+= + - @, tab or CR) is written with a leading "'" (`csv_cell`), and reading removes exactly that "'"
+(`csv_uncell`), so the round trip stays exact.
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ from pathlib import Path
 from typing import IO
 
 from vpnid.classifier.audit.registry.registration import FIELDS, Registration, RegistrationError, parse_registration
+from vpnid.classifier.audit.text import csv_cell, csv_uncell
 
 
 class CsvError(Exception):
@@ -62,7 +65,7 @@ def read_csv(path: str | Path) -> list[Registration]:
                 problems.append(f"{where}: {len(cells)} cells, but the header has {len(columns)}")
                 continue
             try:
-                reg = parse_registration(dict(zip(columns, cells)))
+                reg = parse_registration(dict(zip(columns, map(csv_uncell, cells))))
             except RegistrationError as e:
                 problems.append(f"{where}: {e}")
                 continue
@@ -82,5 +85,5 @@ def write_csv(regs: Iterable[Registration], out: IO[str]) -> int:
     w = csv.writer(out, lineterminator="\n")
     w.writerow(FIELDS)
     rows = sorted(regs, key=lambda r: r.registration_id)
-    w.writerows([reg.to_fields()[k] for k in FIELDS] for reg in rows)
+    w.writerows([csv_cell(reg.to_fields()[k]) for k in FIELDS] for reg in rows)
     return len(rows)

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import csv
 import json
+import shlex
 from collections import Counter
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
@@ -21,6 +22,7 @@ from pathlib import Path
 import jinja2
 
 from vpnid.classifier.audit.report import plots
+from vpnid.classifier.audit.text import csv_cell
 from vpnid.classifier.audit.trials import FlowResult, Trial, TrialStore
 from vpnid.classifier.running.flowpackets import Frame, flow_frames, write_pcaps
 from vpnid.classifier.running.pipeline import Options, Warn
@@ -111,7 +113,15 @@ def _csv(flagged: Sequence[FlowResult], path: Path) -> None:
         for res in flagged:
             d = res.record | {"evidence": " | ".join(res.record["evidence"]), "organization": res.organization,
                               "client_network": res.client_network}
-            w.writerow(["" if d.get(k) is None else d[k] for k in fields])
+            w.writerow([csv_cell("" if d.get(k) is None else d[k]) for k in fields])
+
+
+def _explain_command(r: dict, parameters: dict) -> str:
+    """The `vpnid explain` command line for a flow, shell-quoted: a capture's name is anyone's text, and
+    a pasted `$(...)` must stay part of a file name."""
+    return shlex.join(["vpnid", "explain", r["pcap"], "--flow", r["flow_id"],
+                       "--idle-timeout", str(parameters["idle_timeout"]),
+                       "--active-timeout", str(parameters["active_timeout"])])
 
 
 def _html(trial: Trial, summary: dict, mix: Sequence[tuple[str, str | None, int]],
@@ -127,6 +137,7 @@ def _html(trial: Trial, summary: dict, mix: Sequence[tuple[str, str | None, int]
                                    "Top unregistered endpoints") if endpoints else None,
     }
     table = [{"r": res.record, "organization": res.organization, "network": res.client_network,
+              "explain": _explain_command(res.record, trial.parameters),
               "server": _server(res.record), "first": _utc(res.record["first_seen"]),
               "duration": res.record["last_seen"] - res.record["first_seen"]} for res in flagged[:TABLE_ROWS]]
     return _ENV.get_template("report.html.j2").render(
