@@ -11,17 +11,21 @@ from datetime import UTC, datetime
 from rich.table import Table
 
 from vpnid.classifier.audit.registry.csvio import CsvError, read_csv, write_csv
+from vpnid.classifier.audit.registry.match import VERDICTS
+from vpnid.classifier.audit.registry.overlap import overlaps
 from vpnid.classifier.audit.registry.registration import (
+    BROADEST,
     CATEGORIES,
     PROTOCOLS,
     STATUSES,
     Registration,
     RegistrationError,
+    check_breadth,
     parse_registration,
 )
 from vpnid.classifier.audit.registry.store import ENV, RegistryStore, StoreError, db_location, open_store
 from vpnid.classifier.audit.text import printable, shown
-from vpnid.classifier.cli.common import FORMATTER, console, error
+from vpnid.classifier.cli.common import FORMATTER, console, error, warn
 
 REGISTRY_HELP = f"""\
 The registry lists the tunnels organisations have declared: who (registration_id, organization,
@@ -48,14 +52,25 @@ examples:
   vpnid registry export backup.csv
 """
 
+BROAD_HELP = (f"accept client networks broader than /{BROADEST[4]} (IPv4) or /{BROADEST[6]} (IPv6); without it "
+              "such a registration is refused")
+
 IMPORT_HELP = """\
 Import registrations from a CSV file whose header names exactly these columns (any order):
   registration_id,organization,category,protocol,client_networks,server_endpoints,
   valid_from,valid_until,status,notes
 Lists inside a cell are separated by spaces; dates are YYYY-MM-DD.
 
-Every row is checked first. If any row is bad, each bad row is reported with its line number and the
-reason, and nothing is imported. Otherwise the whole file is imported in one transaction.
+The file must be UTF-8. Every row is checked first. If any row is bad, each bad row is reported with its
+line number and the reason, and nothing is imported; so is a file that is not clean CSV (undecodable
+bytes, a NUL, an unbalanced quote, a cell over 128 Ki characters), at the first such line. Otherwise
+the whole file is imported in one transaction. A client network broader than /8 (IPv4) or /32 (IPv6)
+is refused unless --allow-broad is given, and a new or changed registration that covers flows another
+one covers too is named in a warning: the better verdict decides those flows.
+
+A cell that starts with = + - @, a tab or CR is exported with a leading ' so that no spreadsheet runs
+it as a formula; import removes exactly that ' again (a cell of ' + such a cell gains one more '), so
+export -> import is exact.
 
 A registration_id already in the database is updated in place with the row's values (the import
 reports which ids were updated, and `show ID` lists the changes); ids not in the file are left alone.
@@ -101,6 +116,7 @@ examples:
 """
 
 Command = Callable[[argparse.Namespace], int]
+SHOWN = 10  # overlapping registrations named per warning, and warnings per import
 _STATUS_STYLE = {"active": "green", "suspended": "yellow", "revoked": "red"}
 
 
@@ -110,7 +126,7 @@ def _open(args: argparse.Namespace, create: bool) -> RegistryStore:
 
 def cmd_import(args: argparse.Namespace) -> int:
     try:
-        regs = read_csv(args.file)
+        regs = read_csv(args.file, allow_broad=args.allow_broad)
     except CsvError as e:
         for problem in e.problems:
             error(problem)
@@ -118,10 +134,22 @@ def cmd_import(args: argparse.Namespace) -> int:
         return 1
     with _open(args, create=True) as store:
         done = store.upsert(regs)
+        met = overlaps(store.select(), done.added + done.updated) if done.added or done.updated else {}
     updated = f" ({', '.join(done.updated)})" if 0 < len(done.updated) <= 10 else ""
     print(f"imported {len(regs)} registrations into {printable(store.location)}: {len(done.added)} added, "
           f"{len(done.updated)} updated{updated}, {len(done.unchanged)} unchanged")
+    _warn_overlaps(met)
     return 0
+
+
+def _warn_overlaps(met: dict[str, list[str]]) -> None:
+    """Name the registrations whose verdicts an import can change (the first SHOWN of them)."""
+    for rid, others in list(met.items())[:SHOWN]:
+        more = f" and {len(others) - SHOWN} more" if len(others) > SHOWN else ""
+        warn(f"{rid} covers flows that {', '.join(others[:SHOWN])}{more} also cover: the better verdict "
+             f"decides ({' > '.join(VERDICTS[:-1])}), so theirs can change")
+    if len(met) > SHOWN:
+        warn(f"{len(met) - SHOWN} more imported registrations overlap others")
 
 
 def cmd_add(args: argparse.Namespace) -> int:
@@ -130,9 +158,13 @@ def cmd_add(args: argparse.Namespace) -> int:
         "protocol": args.protocol, "client_networks": " ".join(args.client),
         "server_endpoints": " ".join(args.server), "valid_from": args.valid_from,
         "valid_until": args.valid_until, "status": args.status, "notes": args.notes})
+    if not args.allow_broad:
+        check_breadth(reg)
     with _open(args, create=True) as store:
         store.add(reg)
+        met = overlaps(store.select(), [reg.registration_id])
     print(f"added {reg.registration_id} to {printable(store.location)}")
+    _warn_overlaps(met)
     return 0
 
 
@@ -224,6 +256,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
     p = action("import", cmd_import, "import registrations from a CSV file (all or nothing)", IMPORT_HELP)
     p.add_argument("file", metavar="FILE.csv")
+    p.add_argument("--allow-broad", action="store_true", help=BROAD_HELP)
 
     p = action("add", cmd_add, "add one registration", ADD_HELP)
     p.add_argument("--id", required=True, help="registration_id: letters, digits, . _ : - (up to 64)")
@@ -239,6 +272,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                    help="last valid day, YYYY-MM-DD (default: open-ended)")
     p.add_argument("--status", default="active", choices=STATUSES, help="(default: %(default)s)")
     p.add_argument("--notes", default="")
+    p.add_argument("--allow-broad", action="store_true", help=BROAD_HELP)
 
     p = action("list", cmd_list, "list registrations", LIST_HELP)
     p.add_argument("--org", metavar="TEXT", help="organization name contains TEXT (any case)")
