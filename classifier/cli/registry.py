@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import argparse
-import contextlib
 import sys
 from collections.abc import Callable
 from datetime import UTC, datetime
+from pathlib import Path
 
 from rich.table import Table
 
+from vpnid.classifier.audit.files import OutputError, database_files, staged
 from vpnid.classifier.audit.registry.csvio import CsvError, read_csv, write_csv
 from vpnid.classifier.audit.registry.match import VERDICTS
 from vpnid.classifier.audit.registry.overlap import overlaps
@@ -146,10 +147,10 @@ def _warn_overlaps(met: dict[str, list[str]]) -> None:
     """Name the registrations whose verdicts an import can change (the first SHOWN of them)."""
     for rid, others in list(met.items())[:SHOWN]:
         more = f" and {len(others) - SHOWN} more" if len(others) > SHOWN else ""
-        warn(f"{rid} covers flows that {', '.join(others[:SHOWN])}{more} also cover: the better verdict "
-             f"decides ({' > '.join(VERDICTS[:-1])}), so theirs can change")
+        warn(f"{rid} changes the verdict of {', '.join(others[:SHOWN])}{more} for flows both cover (the better "
+             f"verdict decides: {' > '.join(VERDICTS[:-1])})")
     if len(met) > SHOWN:
-        warn(f"{len(met) - SHOWN} more imported registrations overlap others")
+        warn(f"{len(met) - SHOWN} more registrations change the verdict of others")
 
 
 def cmd_add(args: argparse.Namespace) -> int:
@@ -221,11 +222,14 @@ def cmd_revoke(args: argparse.Namespace) -> int:
 def cmd_export(args: argparse.Namespace) -> int:
     with _open(args, create=False) as store:
         regs = store.select()
-    with (open(args.file, "w", encoding="utf-8", newline="") if args.file != "-"
-          else contextlib.nullcontext(sys.stdout)) as out:
-        n = write_csv(regs, out)
-    if args.file != "-":
-        print(f"exported {n} registrations to {printable(args.file)}")
+    if args.file == "-":
+        write_csv(regs, sys.stdout)
+        return 0
+    path = Path(args.file)
+    with staged(path.parent, protect=database_files(store.location)) as tmp:
+        with open(tmp / path.name, "w", encoding="utf-8", newline="") as out:
+            n = write_csv(regs, out)
+    print(f"exported {n} registrations to {printable(args.file)}")
     return 0
 
 
@@ -234,7 +238,7 @@ def _run(command: Command) -> Command:
     def run(args: argparse.Namespace) -> int:
         try:
             return command(args)
-        except (StoreError, RegistrationError) as e:
+        except (StoreError, RegistrationError, OutputError) as e:
             error(str(e))
             return 1
     return run
