@@ -12,7 +12,8 @@ from typing import IO
 from rich.table import Table
 from rich.text import Text
 
-from vpnid.classifier.audit.registry.store import ENV, StoreError
+from vpnid.classifier.audit.files import OutputError, database_files, refuse_inputs
+from vpnid.classifier.audit.registry.store import ENV, StoreError, db_location, sqlite_path
 from vpnid.classifier.audit.text import printable, shown
 from vpnid.classifier.cli.common import (
     FORMATTER,
@@ -57,7 +58,8 @@ def _records(captures: list[str], opts: Options, stats: dict[str, CaptureStats],
     for path in captures:
         st = stats.setdefault(path, CaptureStats())
         try:
-            with err.status(Text(f"reading {printable(path)}"), spinner="dots") if err.is_terminal else contextlib.nullcontext():
+            reading = Text(f"reading {printable(path)}")
+            with err.status(reading, spinner="dots") if err.is_terminal else contextlib.nullcontext():
                 yield from classify_capture(path, opts, warn=warn, stats=st, carry=carry)
         except CaptureError as e:
             error(str(e))
@@ -96,6 +98,13 @@ def cmd_classify(args: argparse.Namespace) -> int:
         try:
             opts.matcher = registry_matcher(args.db)
         except StoreError as e:
+            error(str(e))
+            return 2
+    if args.output:
+        try:
+            db = database_files(str(sqlite_path(db_location(args.db)))) if opts.matcher else []
+            refuse_inputs(args.output, [*args.captures, *db])
+        except OutputError as e:
             error(str(e))
             return 2
     fields = output_fields(opts.matcher is not None)

@@ -4,7 +4,8 @@ and model options, and the model and registry a run uses."""
 from __future__ import annotations
 
 import argparse
-from typing import TYPE_CHECKING, Any
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 from rich.console import Console
 from rich_argparse import RawDescriptionRichHelpFormatter
@@ -62,27 +63,35 @@ class ModelUnusable(Exception):
     """The model named (or shipped) cannot be loaded; the reason was already printed."""
 
 
-def load_model(args: argparse.Namespace) -> CompiledModel | FlowModel | None:
+class ChosenModel(NamedTuple):
+    model: CompiledModel | FlowModel | None  # None: signatures only
+    identity: tuple[str, str] | None  # the model file's name and sha256, as a trial records them
+
+
+def load_model(args: argparse.Namespace) -> ChosenModel:
     """The model a command should use: --model, else the shipped one if present, else none."""
     if args.no_model:
-        return None
+        return ChosenModel(None, None)
     from vpnid.classifier.labelling.judgement import ModelError
-    from vpnid.classifier.labelling.loading import DEFAULT_MODEL, load
+    from vpnid.classifier.labelling.loading import DEFAULT_MODEL, load_identified
 
     if args.model is None and not DEFAULT_MODEL.exists():
         warn(f"no model at {DEFAULT_MODEL}; labelling by signatures only")
-        return None
+        return ChosenModel(None, None)
+    path = Path(args.model or DEFAULT_MODEL)
     try:
-        return load(args.model or DEFAULT_MODEL)
+        model, sha256 = load_identified(path)
     except ModelError as e:
         error(str(e))
         raise ModelUnusable from None
+    return ChosenModel(model, (path.name, sha256))
 
 
-def options(args: argparse.Namespace) -> Options:
-    """Pipeline options from the flow and model options every classifying command shares."""
+def options(args: argparse.Namespace, chosen: ChosenModel | None = None) -> Options:
+    """Pipeline options from the flow and model options every classifying command shares (`chosen`:
+    the model, when the caller loaded it already to record which it was)."""
     return Options(idle_timeout=args.idle_timeout, active_timeout=args.active_timeout, max_flows=args.max_flows,
-                   drop_first=getattr(args, "drop_first", 0), model=load_model(args))
+                   drop_first=getattr(args, "drop_first", 0), model=(chosen or load_model(args)).model)
 
 
 def registry_matcher(db: str | None) -> Matcher:

@@ -74,8 +74,8 @@ def cmd_train(args: argparse.Namespace) -> int:
              for labels in args.eval for drop in args.eval_drop_first]
     card = out.with_suffix(".md")
     card.write_text(train.model_card(out.stem, model, ds, models, digest, evals, args.views), encoding="utf-8")
-    err.print(f"chose {chosen}; thresholds "
-              + ", ".join(f"{f} {t:.3f}" for f, t in model.thresholds_.items()) + f"; wrote {shown(out)} and {shown(card)}")
+    err.print(f"chose {chosen}; thresholds " + ", ".join(f"{f} {t:.3f}" for f, t in model.thresholds_.items())
+              + f"; wrote {shown(out)} and {shown(card)}")
     return 0
 
 

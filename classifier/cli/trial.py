@@ -13,13 +13,13 @@ from pathlib import Path
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
+from vpnid.classifier.audit.files import OutputError, private_dir
 from vpnid.classifier.audit.registry.csvio import read_csv
 from vpnid.classifier.audit.registry.sample import PATH as SAMPLE_REGISTRY
 from vpnid.classifier.audit.registry.store import ENV, StoreError, db_location, open_store
 from vpnid.classifier.audit.text import printable, shown
 from vpnid.classifier.audit.trials import Trial, TrialError, TrialStore, Window, compare, parse_time
-from vpnid.classifier.cli.common import FORMATTER, add_flow_options, console, err, error, options, warn
-from vpnid.classifier.running.pipeline import Options
+from vpnid.classifier.cli.common import FORMATTER, add_flow_options, console, err, error, load_model, options, warn
 from vpnid.features.packets import CaptureError
 from vpnid.pcaps import CORPUS
 
@@ -72,10 +72,13 @@ def _progress_bar(total: int) -> tuple[Progress, Callable[[str, int], None]]:
     return bar, progress
 
 
-def run(trials: TrialStore, name: str, captures: list[str], opts: Options, window: Window) -> Trial:
+def run(trials: TrialStore, name: str, captures: list[str], args: argparse.Namespace, window: Window) -> Trial:
+    """Run and store the trial with the flow and model options of `args`, recording which model it was."""
+    chosen = load_model(args)
     bar, progress = _progress_bar(len(captures))
     with bar:
-        trial = trials.run(name, captures, opts, window, progress=progress, warn=warn)
+        trial = trials.run(name, captures, options(args, chosen), window, chosen.identity, progress=progress,
+                           warn=warn)
     err.print(f"trial {shown(name)}: {trial.flows} flows, {trial.tunnels} tunnels, {trial.flagged} flagged "
                         f"(registry as of {trial.registry_snapshot or 'empty'})", soft_wrap=True)
     return trial
@@ -86,7 +89,7 @@ def _guarded(command: Callable[[argparse.Namespace], int]) -> Callable[[argparse
     def run_command(args: argparse.Namespace) -> int:
         try:
             return command(args)
-        except (StoreError, TrialError, CaptureError) as e:
+        except (StoreError, TrialError, CaptureError, OutputError) as e:
             error(str(e))
             return 2
     return run_command
@@ -98,7 +101,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         raise TrialError("a trial re-reads its captures for its report: give files, not '-'")
     window = Window(parse_time(args.start) if args.start else None, parse_time(args.end) if args.end else None)
     with _trials(args.db) as trials:
-        run(trials, args.name, args.captures, options(args), window)
+        run(trials, args.name, args.captures, args, window)
     return 0
 
 
@@ -157,14 +160,14 @@ def cmd_demo(args: argparse.Namespace) -> int:
         raise TrialError(f"no bundled captures in {CORPUS}")
     from vpnid.classifier.audit.report.trial_report import write_report  # matplotlib: loaded only for reports
 
-    out.mkdir(parents=True, exist_ok=True)
+    private_dir(out)
     db = out / "demo.db"
     for stale in (db, db.with_name("demo.db-wal"), db.with_name("demo.db-shm")):
         stale.unlink(missing_ok=True)
     with open_store(str(db)) as store:
         store.upsert(read_csv(SAMPLE_REGISTRY))
         trials = TrialStore(store)  # type: ignore[arg-type]
-        run(trials, DEMO_TRIAL, captures, options(args), Window())
+        run(trials, DEMO_TRIAL, captures, args, Window())
         written = write_report(trials, DEMO_TRIAL, out / "report", warn=warn)
     print(f"demo registry: {printable(db)} (sample registry, {len(captures)} bundled captures)")
     print(f"report: {printable(written.files[0])}")

@@ -42,9 +42,15 @@ def cache_dir() -> Path | None:
 
 
 def load(path: str | Path) -> CompiledModel | FlowModel:
-    """The model in a vpnid model file, ready to judge flows: from the cache when this exact file (by
-    sha256) was audited and compiled before, else read through `vpnid.classifier.labelling.model.load` (which refuses
-    anything that is not a vpnid model) and compiled into the cache for the next run."""
+    """The model in a vpnid model file, ready to judge flows (see `load_identified`)."""
+    return load_identified(path)[0]
+
+
+def load_identified(path: str | Path) -> tuple[CompiledModel | FlowModel, str]:
+    """The model in a vpnid model file and the sha256 of the bytes it came from (what a trial records):
+    from the cache when this exact file (by sha256) was audited and compiled before, else read through
+    `vpnid.classifier.labelling.model.load` (which refuses anything that is not a vpnid model) and
+    compiled into the cache for the next run."""
     path = Path(path)
     try:
         data = path.read_bytes()
@@ -57,16 +63,16 @@ def load(path: str | Path) -> CompiledModel | FlowModel:
     cached = where / f"model-{digest}.npz" if where else None
     compiled = CompiledModel.read(cached, digest) if cached else None
     if compiled is not None:
-        return compiled
+        return compiled, digest
     from vpnid.classifier.labelling.model import load as load_audited
 
     model = load_audited(path, data)
     compiled = compile_model(model)
     if compiled is None:
-        return model
+        return model, digest
     if cached is not None:
         _store(compiled, cached, digest)
-    return compiled
+    return compiled, digest
 
 
 def _store(compiled: CompiledModel, cached: Path, digest: str) -> None:
