@@ -6,9 +6,10 @@ model that passed that audit once is kept as arrays in a per-user cache file (Nu
 `allow_pickle=False`, so the cache can hold data but never code), named by the sha256 of the model file:
 an altered or different file has another name, misses the cache and goes through the full audit (and is
 refused as before). An entry also holds the sha256 of its own arrays, and one that fails it or whose
-indices leave their arrays is not used (`loading` says what this does and does not protect against). Prediction walks every tree for every row in one compiled loop and then applies the
-calibration with the same NumPy operations scikit-learn uses, so probabilities are bit-identical; a
-model is only compiled after that was checked on sample rows, else the scikit-learn model is used.
+indices leave their arrays is not used (`loading` says what this does and does not protect against).
+Prediction walks every tree for every row in one compiled loop and then applies the calibration with
+the same NumPy operations scikit-learn uses, so probabilities are bit-identical; a model is only
+compiled after that was checked on sample rows, else the scikit-learn model is used.
 
 Supported: `HistGradientBoostingClassifier` inside a sigmoid `CalibratedClassifierCV` (the shipped
 kind); any other estimator kind loads and predicts through scikit-learn.
