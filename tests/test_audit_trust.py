@@ -30,6 +30,7 @@ from tests.registry_helpers import HEADER, row, vpnid_registry
 from vpnid.classifier.audit.registry import migrate
 from vpnid.classifier.audit.registry.csvio import read_csv
 from vpnid.classifier.audit.registry.store import open_store
+from vpnid.classifier.audit import trials
 from vpnid.classifier.audit.trials import TrialStore
 from vpnid.classifier.cli.main import main
 from vpnid.classifier.labelling import loading
@@ -253,6 +254,22 @@ def test_7_a_trial_records_its_model_registry_snapshot_and_captures_and_its_repo
                                                   "it; its 5 flagged flows are not in flagged.pcap\n")
     assert not (out / "flagged.pcap").exists()  # neither a misleading new one nor the earlier report's
     assert json.loads((out / "summary.json").read_text())["missing_captures"] == [str(capture)]
+
+
+def test_7_a_capture_that_changes_while_a_trial_reads_it_aborts_the_run(tmp_path, monkeypatch):
+    capture = td.write_capture(tmp_path / "c.pcap", 4)
+    real = trials.classify_capture
+
+    def rewritten_meanwhile(path, *args, **kwargs):
+        yield from real(path, *args, **kwargs)
+        os.utime(path, ns=(0, 0))
+
+    monkeypatch.setattr(trials, "classify_capture", rewritten_meanwhile)
+    with open_store(str(tmp_path / "r.db")) as store, pytest.raises(trials.TrialError) as e:
+        TrialStore(store).run("t", [str(capture)])
+    assert str(e.value) == f"{capture}: the capture changed while the trial read it; run the trial again"
+    with open_store(str(tmp_path / "r.db")) as store:
+        assert TrialStore(store).list() == []
 
 
 def test_7_a_database_from_before_trial_records_opens_and_its_old_trials_report_as_unverified(tmp_path):
