@@ -27,10 +27,10 @@ import skops.io as sio
 
 from tests import trialdata as td
 from tests.registry_helpers import HEADER, row, vpnid_registry
+from vpnid.classifier.audit import trials
 from vpnid.classifier.audit.registry import migrate
 from vpnid.classifier.audit.registry.csvio import read_csv
 from vpnid.classifier.audit.registry.store import open_store
-from vpnid.classifier.audit import trials
 from vpnid.classifier.audit.trials import TrialStore
 from vpnid.classifier.cli.main import main
 from vpnid.classifier.labelling import loading
