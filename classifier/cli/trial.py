@@ -130,8 +130,8 @@ def cmd_report(args: argparse.Namespace) -> int:
     with _trials(args.db) as trials:
         written = write_report(trials, args.name, Path(args.output), warn=warn)
     print(f"wrote {', '.join(printable(p) for p in written.files)}")
-    print(f"open {printable(written.files[0])} in a browser ({written.flagged_flows} flagged flows, "
-          f"{written.pcap_frames} frames in flagged.pcap)")
+    pcap = f"{written.pcap_frames} frames in flagged.pcap" if written.pcap_files else "no flagged.pcap"
+    print(f"open {printable(written.files[0])} in a browser ({written.flagged_flows} flagged flows, {pcap})")
     return 0
 
 

@@ -42,6 +42,7 @@ class Written:
     flagged_flows: int
     pcap_frames: int
     missing_captures: list[str]  # captures gone or changed since the trial: not in flagged.pcap
+    pcap_files: list[Path]  # flagged.pcap (and per link type); none when no capture could be used
 
 
 def _server(r: dict) -> str:
@@ -175,7 +176,8 @@ def write_report(trials: TrialStore, name: str, out: Path, warn: Warn = lambda _
     protect = [*trial.parameters["captures"], *database_files(trials.store.location)]
     with staged(out, protect) as tmp:
         pcaps, frames, missing = _pcap(trial, read, flagged, tmp, warn)
-        files = [out / "report.html", out / "flagged.csv", out / "summary.json", *(out / p.name for p in pcaps)]
+        pcap_files = [out / p.name for p in pcaps]
+        files = [out / "report.html", out / "flagged.csv", out / "summary.json", *pcap_files]
         summary = _summary(trial, mix, flagged, {"files": [p.name for p in files], "flagged_pcap_frames": frames,
                                                  "missing_captures": missing})
         _csv(flagged, tmp / "flagged.csv")
@@ -183,4 +185,4 @@ def write_report(trials: TrialStore, name: str, out: Path, warn: Warn = lambda _
         (tmp / "report.html").write_text(_html(trial, summary, mix, flagged), encoding="utf-8")
     if not pcaps and (stale := out / "flagged.pcap").is_file() and not stale.is_symlink():
         stale.unlink()
-    return Written(files, len(flagged), frames, missing)
+    return Written(files, len(flagged), frames, missing, pcap_files)
