@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import csv
 import json
-import os
-import subprocess
 from pathlib import Path
 
 import dpkt
@@ -19,12 +17,7 @@ from vpnid.classifier.audit.trials import TrialStore, Window
 from vpnid.classifier.running.pipeline import Options
 from vpnid.features.packets import CaptureError
 
-ROOT = Path(__file__).parent.parent
-
-
-def vpnid(*args: str, env: dict | None = None) -> subprocess.CompletedProcess:
-    clean = {k: v for k, v in os.environ.items() if k != "VPNID_DB"} | (env or {})
-    return subprocess.run(td.vpnid_argv(*args), capture_output=True, text=True, cwd=ROOT, timeout=300, env=clean)
+vpnid = td.vpnid
 
 
 @pytest.fixture(scope="module")

@@ -7,6 +7,8 @@ so that each session gets the verdict its port names.
 
 from __future__ import annotations
 
+import os
+import subprocess
 import sys
 from pathlib import Path
 
@@ -15,6 +17,7 @@ from scapy.all import DNS, DNSQR, IP, UDP, Ether, IPv6, Raw, wrpcap
 from tests import tunnelbytes as tb
 from tests.registry_helpers import HEADER, row
 
+ROOT = Path(__file__).parent.parent
 T0 = 1_700_000_000.0  # 2023-11-14 UTC
 VERDICT_PORTS = {"registered": 51820, "expired": 51821, "suspended": 51822, "revoked": 51823,
                  "protocol_mismatch": 51824, "unregistered": 51825}
@@ -70,3 +73,9 @@ def registry_csv(path: Path) -> Path:
 
 def vpnid_argv(*args: str) -> list[str]:
     return [sys.executable, "-m", "vpnid.classifier.cli.main", *args]
+
+
+def vpnid(*args: str, env: dict | None = None) -> subprocess.CompletedProcess:
+    """`vpnid ARGS` in a subprocess from the repository root, without the caller's $VPNID_DB."""
+    clean = {k: v for k, v in os.environ.items() if k != "VPNID_DB"} | (env or {})
+    return subprocess.run(vpnid_argv(*args), capture_output=True, text=True, cwd=ROOT, timeout=300, env=clean)

@@ -17,6 +17,7 @@ from pathlib import Path
 
 from rich.console import Console
 
+from vpnid.classifier.audit.text import printable, shown
 from vpnid.classifier.running.flowpackets import Frame, write_pcaps
 from vpnid.classifier.running.records import FlowRecord
 from vpnid.features.families import OPENVPN, WIREGUARD
@@ -77,15 +78,17 @@ def dissect(frames: Sequence[Frame], rules: dict[str, str], tshark: str) -> dict
 
 
 def explain(record: FlowRecord, frames: Sequence[Frame], console: Console, tshark: str | None) -> None:
+    """Print the flow to `console` (made with emoji=False); capture names, evidence and Wireshark's fields
+    come from outside, so they are printed through `shown`/`printable`."""
     r = record
-    console.print(f"[bold]flow {r.flow_id}[/] in {r.pcap}")
+    console.print(f"[bold]flow {r.flow_id}[/] in {shown(r.pcap)}")
     console.print(f"  {r.transport} {r.src_ip}:{r.src_port} → {r.dst_ip}:{r.dst_port}, first seen "
                   f"{datetime.fromtimestamp(r.first_seen, UTC):%Y-%m-%d %H:%M:%S.%f} UTC, "
                   f"{r.src2dst_packets}/{r.dst2src_packets} packets, ended: {r.end_reason}")
     decided = f"decided at packet {r.verdict_packet}" if r.verdict_packet else "no signature decided it"
     console.print(f"[bold]vpnid:[/] {r.label} (confidence {r.confidence:.2f}), {decided}")
     for e in r.evidence:
-        console.print(f"  - {e}")
+        console.print(f"  - {shown(e)}")
     if r.registry is not None:
         console.print(f"[bold]registry:[/] {r.registry} {r.registration_id or ''}")
     chosen = [frames[n - 1] for n in shown_packets(len(frames), r.verdict_packet)]
@@ -109,6 +112,6 @@ def explain(record: FlowRecord, frames: Sequence[Frame], console: Console, tshar
         console.print(f"  #{f.number}  frame {f.frame}  {datetime.fromtimestamp(f.ts_ns / 1e9, UTC):%H:%M:%S.%f}  "
                       f"{arrow}  {f.wirelen} B{mark}")
         for line in dissection.get(f.frame, []):
-            console.print(f"      {line}", markup=False, highlight=False)
-    console.print(f"In Wireshark: open {r.pcap} with the display filter "
+            console.print(f"      {printable(line)}", markup=False, highlight=False)
+    console.print(f"In Wireshark: open {shown(r.pcap)} with the display filter "
                   f"[bold]frame.number in {{{' '.join(str(f.frame) for f in chosen)}}}[/]")

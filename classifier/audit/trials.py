@@ -1,9 +1,11 @@
 """Trial runs: classify captures, cross-check every tunnel against the registry, and keep the result.
 
 A trial is stored in the registry's own database (its schema is a `trials` extension of it), with what
-an audit must be able to show later: its parameters, the registry's state time (`changed_at`) and the
-model version it ran with, every flow's record and verdict, and which tunnels it flagged (a tunnel flow
-whose registry verdict is anything but `registered`).
+an audit must be able to show later: its parameters, the registry's state time (`changed_at`, read in
+the same transaction as the registrations it used), the model file's name and sha256 (or none:
+signatures only), each capture's size, mtime and sha256 as it was read, every flow's record and
+verdict, and which tunnels it flagged (a tunnel flow whose registry verdict is anything but
+`registered`).
 
 Re-running a trial replaces it atomically without holding the database's write lock while captures
 are read: the new run's flows are written under a `running` row that no reader looks at, and one short
@@ -13,8 +15,10 @@ transaction then deletes the old trial and marks the new one `done`. Readers tha
 
 from __future__ import annotations
 
+import hashlib
 import ipaddress
 import json
+import os
 import secrets
 import sqlite3
 from collections.abc import Callable, Iterable, Iterator, Sequence
@@ -30,6 +34,7 @@ from vpnid.classifier.audit.registry.store import SqliteStore
 from vpnid.classifier.running.pipeline import Options, Warn, classify_capture
 from vpnid.classifier.running.records import FlowRecord
 from vpnid.features.families import NONE
+from vpnid.features.packets import CaptureError
 
 SCHEMA = "trials"
 STEPS: list[migrate.Step] = [
@@ -65,6 +70,20 @@ STEPS: list[migrate.Step] = [
     );
     CREATE INDEX trial_flows_flagged ON trial_flows (trial_id, flagged);
     """,
+    # 2: what a report must be able to check later: the model file's sha256 (model_version holds its
+    # name) and each capture as it was read; trials from before have neither (NULL, no rows)
+    """
+    ALTER TABLE trials ADD COLUMN model_sha256 TEXT;
+    CREATE TABLE trial_captures (
+        trial_id INTEGER NOT NULL REFERENCES trials (id),
+        seq INTEGER NOT NULL,
+        path TEXT NOT NULL,
+        size INTEGER NOT NULL,
+        mtime_ns INTEGER NOT NULL,
+        sha256 TEXT NOT NULL,
+        PRIMARY KEY (trial_id, seq)
+    );
+    """,
 ]
 migrate.register(SCHEMA, STEPS)
 
@@ -86,10 +105,43 @@ class Trial:
     finished_at: str
     parameters: dict  # captures, time window, flow options
     registry_snapshot: str | None  # the registry's last change before the run (None: empty registry)
-    model_version: str | None
+    model_version: str | None  # the model file's name; None: signatures only
     flows: int
     tunnels: int
     flagged: int
+    model_sha256: str | None  # of the model file (None: signatures only, or a trial from before it was kept)
+
+
+@dataclass(frozen=True, slots=True)
+class Capture:
+    """A capture as a trial read it, so a report can tell whether the file is still the same."""
+
+    path: str
+    size: int
+    mtime_ns: int
+    sha256: str
+
+    @classmethod
+    def of(cls, path: str) -> Capture:
+        """The file's size, mtime and sha256 (OSError if it cannot be read)."""
+        with open(path, "rb") as f:
+            st = os.fstat(f.fileno())
+            return cls(path, st.st_size, st.st_mtime_ns, hashlib.file_digest(f, "sha256").hexdigest())
+
+    def unchanged(self) -> bool:
+        """Is the file at `path` still this one, byte for byte?"""
+        try:
+            return Capture.of(self.path) == self
+        except OSError:
+            return False
+
+    def still_as_read(self) -> bool:
+        """The cheap check after a read: same size and mtime."""
+        try:
+            st = os.stat(self.path)
+        except OSError:
+            return False
+        return (st.st_size, st.st_mtime_ns) == (self.size, self.mtime_ns)
 
 
 @dataclass(frozen=True, slots=True)
@@ -158,43 +210,54 @@ class TrialStore:
 
     # ---------------------------------------------------------------- running
     def run(self, name: str, captures: Sequence[str], opts: Options | None = None, window: Window = Window(),
-            model_version: str | None = None, progress: Callable[[str, int], None] = lambda _p, _n: None,
+            model: tuple[str, str | None] | None = None, progress: Callable[[str, int], None] = lambda _p, _n: None,
             warn: Warn = lambda _m: None) -> Trial:
         """Classify `captures` with the registry's current registrations and store the trial as `name`,
-        replacing a trial of that name only once the run has finished. `progress(capture, flows)` is
-        called as flows are stored. A capture that cannot be read aborts the run (CaptureError) and leaves
-        any earlier trial of that name as it was."""
-        regs = {r.registration_id: r for r in self.store.select()}
-        opts = replace(opts or Options(), matcher=Matcher.build(list(regs.values())))
+        replacing a trial of that name only once the run has finished. `model`: the (file name, sha256)
+        of `opts.model`. `progress(capture, flows)` is called as flows are stored. A capture that cannot
+        be read, or changes while it is read, aborts the run (CaptureError, TrialError) and leaves any
+        earlier trial of that name as it was."""
+        opts = opts or Options()
+        if opts.model is not None and model is None:
+            model = ("unidentified model", None)  # a model ran: never 'signatures only'
+        with self.reading():  # the snapshot time of exactly the registrations used
+            regs = {r.registration_id: r for r in self.store.select()}
+            snapshot = self.store.changed_at()
+        opts = replace(opts, matcher=Matcher.build(list(regs.values())))
         captures = [str(Path(c).resolve()) for c in captures]
         parameters = {"captures": captures, "from": window.start, "to": window.end,
                       "idle_timeout": opts.idle_timeout, "active_timeout": opts.active_timeout,
-                      "max_flows": opts.max_flows}
-        trial_id = self._begin(name, parameters, self.store.changed_at(), model_version)
+                      "max_flows": opts.max_flows, "drop_first": opts.drop_first}
+        trial_id = self._begin(name, parameters, snapshot, model)
         try:
-            counts = self._store_flows(trial_id, name, captures, opts, window, regs, progress, warn)
-            return self._finish(trial_id, name, *counts)
+            *counts, read = self._store_flows(trial_id, name, captures, opts, window, regs, progress, warn)
+            return self._finish(trial_id, name, *counts, read)
         except BaseException:
             with self.store.transaction() as conn:
                 self._delete(conn, "id = ?", (trial_id,))
             raise
 
-    def _begin(self, name: str, parameters: dict, snapshot: str | None, model_version: str | None) -> int:
+    def _begin(self, name: str, parameters: dict, snapshot: str | None, model: tuple[str, str | None] | None) -> int:
         # A random id, never a recycled one: a run of the same name still writing (its row deleted below)
         # must find its trial gone, not write into this one.
         trial_id = secrets.randbits(62)
         with self.store.transaction() as conn:
             self._delete(conn, "name = ? AND state = 'running'", (name,))  # left by a run that was killed
             conn.execute("INSERT INTO trials (id, name, state, started_at, parameters, registry_snapshot, "
-                         "model_version) VALUES (?, ?, 'running', ?, ?, ?, ?)",
-                         (trial_id, name, _now(), json.dumps(parameters), snapshot, model_version))
+                         "model_version, model_sha256) VALUES (?, ?, 'running', ?, ?, ?, ?, ?)",
+                         (trial_id, name, _now(), json.dumps(parameters), snapshot, *(model or (None, None))))
         return trial_id
 
     def _store_flows(self, trial_id: int, name: str, captures: list[str], opts: Options, window: Window,
                      regs: dict[str, Registration], progress: Callable[[str, int], None],
-                     warn: Warn) -> tuple[int, int, int]:
+                     warn: Warn) -> tuple[int, int, int, list[Capture]]:
         flows = tunnels = flagged = 0
+        read = []
         for path in captures:
+            try:
+                read.append(capture := Capture.of(path))
+            except OSError as e:
+                raise CaptureError(f"{path}: {e.strerror}") from None
             batch: list[tuple] = []
             for r in classify_capture(path, opts, warn=warn):
                 if r.first_seen not in window:
@@ -207,8 +270,10 @@ class TrialStore:
                     self._insert(trial_id, name, batch)
                     progress(path, flows)
             self._insert(trial_id, name, batch)
+            if not capture.still_as_read():
+                raise TrialError(f"{path}: the capture changed while the trial read it; run the trial again")
             progress(path, flows)
-        return flows, tunnels, flagged
+        return flows, tunnels, flagged, read
 
     def _insert(self, trial_id: int, name: str, rows: list[tuple]) -> None:
         with self.store.transaction() as conn:
@@ -219,9 +284,13 @@ class TrialStore:
                              "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)", rows)
         rows.clear()
 
-    def _finish(self, trial_id: int, name: str, flows: int, tunnels: int, flagged: int) -> Trial:
+    def _finish(self, trial_id: int, name: str, flows: int, tunnels: int, flagged: int,
+                read: list[Capture]) -> Trial:
         with self.store.transaction() as conn:
             self._delete(conn, "name = ? AND state = 'done'", (name,))
+            conn.executemany("INSERT INTO trial_captures (trial_id, seq, path, size, mtime_ns, sha256) "
+                             "VALUES (?, ?, ?, ?, ?, ?)",
+                             [(trial_id, i, c.path, c.size, c.mtime_ns, c.sha256) for i, c in enumerate(read)])
             if conn.execute("UPDATE trials SET state = 'done', finished_at = ?, flows = ?, tunnels = ?, flagged = ? "
                             "WHERE id = ? AND state = 'running'",
                             (_now(), flows, tunnels, flagged, trial_id)).rowcount != 1:
@@ -233,12 +302,14 @@ class TrialStore:
     @staticmethod
     def _delete(conn: sqlite3.Connection, where: str, params: tuple) -> None:
         ids = [row[0] for row in conn.execute(f"SELECT id FROM trials WHERE {where}", params)]
-        conn.executemany("DELETE FROM trial_flows WHERE trial_id = ?", [(i,) for i in ids])
+        for table in ("trial_flows", "trial_captures"):
+            conn.executemany(f"DELETE FROM {table} WHERE trial_id = ?", [(i,) for i in ids])
         conn.executemany("DELETE FROM trials WHERE id = ?", [(i,) for i in ids])
 
     # ---------------------------------------------------------------- reading
     _DONE_FLOWS = "trial_flows f JOIN trials t ON t.id = f.trial_id WHERE t.name = ? AND t.state = 'done'"
-    _COLUMNS = "name, started_at, finished_at, parameters, registry_snapshot, model_version, flows, tunnels, flagged"
+    _COLUMNS = ("name, started_at, finished_at, parameters, registry_snapshot, model_version, flows, tunnels, flagged, "
+                "model_sha256")
 
     def _trial(self, row: tuple) -> Trial:
         return Trial(*row[:3], json.loads(row[3]), *row[4:])
@@ -266,6 +337,12 @@ class TrialStore:
             f"{'AND f.flagged' if flagged_only else ''} ORDER BY f.seq", (name,))
         for record, organization, network, flagged in cur:
             yield FlowResult(json.loads(record), organization, network, bool(flagged))
+
+    def captures(self, name: str) -> list[Capture]:
+        """The captures as the trial read them (none for a trial from before they were kept)."""
+        return [Capture(*row) for row in self.conn.execute(
+            "SELECT c.path, c.size, c.mtime_ns, c.sha256 FROM trial_captures c JOIN trials t ON t.id = c.trial_id "
+            "WHERE t.name = ? AND t.state = 'done' ORDER BY c.seq", (name,))]
 
     def mix(self, name: str) -> list[tuple[str, str | None, int]]:
         """(label, registry verdict, flows) over the whole trial."""

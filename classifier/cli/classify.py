@@ -9,12 +9,22 @@ import sys
 from collections.abc import Iterator
 from typing import IO
 
-from rich.console import Console
-from rich.markup import escape
 from rich.table import Table
+from rich.text import Text
 
-from vpnid.classifier.audit.registry.store import ENV, StoreError
-from vpnid.classifier.cli.common import FORMATTER, add_flow_options, err, error, options, registry_matcher, warn
+from vpnid.classifier.audit.files import OutputError, database_files, refuse_inputs
+from vpnid.classifier.audit.registry.store import ENV, StoreError, db_location, sqlite_path
+from vpnid.classifier.audit.text import printable, shown
+from vpnid.classifier.cli.common import (
+    FORMATTER,
+    add_flow_options,
+    console,
+    err,
+    error,
+    options,
+    registry_matcher,
+    warn,
+)
 from vpnid.classifier.running.output import write_csv, write_jsonl
 from vpnid.classifier.running.pipeline import CaptureStats, Carry, Options, classify_capture, end_carry
 from vpnid.classifier.running.records import FlowRecord, output_fields
@@ -48,7 +58,8 @@ def _records(captures: list[str], opts: Options, stats: dict[str, CaptureStats],
     for path in captures:
         st = stats.setdefault(path, CaptureStats())
         try:
-            with err.status(f"reading {path}", spinner="dots") if err.is_terminal else contextlib.nullcontext():
+            reading = Text(f"reading {printable(path)}")
+            with err.status(reading, spinner="dots") if err.is_terminal else contextlib.nullcontext():
                 yield from classify_capture(path, opts, warn=warn, stats=st, carry=carry)
         except CaptureError as e:
             error(str(e))
@@ -59,7 +70,7 @@ def _records(captures: list[str], opts: Options, stats: dict[str, CaptureStats],
 
 def write_table(records: Iterator[FlowRecord], out: IO[str], show_all: bool, stats: dict[str, CaptureStats],
                 with_registry: bool = False) -> None:
-    console = Console(file=out, highlight=False, width=None if out is sys.stdout else 200)
+    table_out = console(file=out, width=None if out is sys.stdout else 200)
     table = Table(title="flows" if show_all else "tunnel flows", show_lines=False)
     cols = ("capture", "transport", "initiator", "responder", "packets", "label", "conf", "registry", "evidence")
     for col in cols if with_registry else tuple(c for c in cols if c != "registry"):
@@ -69,13 +80,13 @@ def write_table(records: Iterator[FlowRecord], out: IO[str], show_all: bool, sta
         labels[r.label] = labels.get(r.label, 0) + 1
         if show_all or r.label != NONE:
             verdict = [" ".join(filter(None, (r.registry, r.registration_id)))] if with_registry else []
-            table.add_row(escape(r.pcap), r.transport, f"{r.src_ip}:{r.src_port}", f"{r.dst_ip}:{r.dst_port}",
+            table.add_row(shown(r.pcap), r.transport, f"{r.src_ip}:{r.src_port}", f"{r.dst_ip}:{r.dst_port}",
                           f"{r.src2dst_packets}/{r.dst2src_packets}", r.label, f"{r.confidence:.2f}",
-                          *verdict, escape("; ".join(r.evidence)))
-    console.print(table)
+                          *verdict, shown("; ".join(r.evidence)))
+    table_out.print(table)
     frames = sum(s.frames for s in stats.values())
     mix = ", ".join(f"{k}: {v}" for k, v in sorted(labels.items()))
-    console.print(f"{len(stats)} capture(s), {frames} frames, {sum(labels.values())} flows ({mix or 'none'})")
+    table_out.print(f"{len(stats)} capture(s), {frames} frames, {sum(labels.values())} flows ({mix or 'none'})")
 
 
 def cmd_classify(args: argparse.Namespace) -> int:
@@ -87,6 +98,13 @@ def cmd_classify(args: argparse.Namespace) -> int:
         try:
             opts.matcher = registry_matcher(args.db)
         except StoreError as e:
+            error(str(e))
+            return 2
+    if args.output:
+        try:
+            db = database_files(str(sqlite_path(db_location(args.db)))) if opts.matcher else []
+            refuse_inputs(args.output, [*args.captures, *db])
+        except OutputError as e:
             error(str(e))
             return 2
     fields = output_fields(opts.matcher is not None)

@@ -4,14 +4,15 @@ and model options, and the model and registry a run uses."""
 from __future__ import annotations
 
 import argparse
-from typing import TYPE_CHECKING
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 from rich.console import Console
-from rich.markup import escape
 from rich_argparse import RawDescriptionRichHelpFormatter
 
 from vpnid.classifier.audit.registry.match import Matcher
 from vpnid.classifier.audit.registry.store import db_location, open_store
+from vpnid.classifier.audit.text import shown
 from vpnid.classifier.running.pipeline import Options
 
 if TYPE_CHECKING:
@@ -19,16 +20,24 @@ if TYPE_CHECKING:
     from vpnid.classifier.labelling.model import FlowModel
 
 FORMATTER = RawDescriptionRichHelpFormatter
-err = Console(stderr=True, highlight=False)
+
+
+def console(**kwargs: Any) -> Console:
+    """A console for output that holds untrusted text: no emoji codes, no highlighting; the text itself
+    goes in through `shown` (markup escaped, control characters written out)."""
+    return Console(highlight=False, emoji=False, **kwargs)
+
+
+err = console(stderr=True)
 
 
 def warn(msg: str) -> None:
-    """Messages carry file names and capture contents: escaped, so '[' in them is text, not markup."""
-    err.print(f"[yellow]vpnid: warning:[/] {escape(msg)}", soft_wrap=True)
+    """Messages carry file names and capture contents: shown as text, never as markup or escapes."""
+    err.print(f"[yellow]vpnid: warning:[/] {shown(msg)}", soft_wrap=True)
 
 
 def error(msg: str) -> None:
-    err.print(f"[red]vpnid: error:[/] {escape(msg)}", soft_wrap=True)
+    err.print(f"[red]vpnid: error:[/] {shown(msg)}", soft_wrap=True)
 
 
 def add_flow_options(p: argparse.ArgumentParser) -> None:
@@ -54,27 +63,35 @@ class ModelUnusable(Exception):
     """The model named (or shipped) cannot be loaded; the reason was already printed."""
 
 
-def load_model(args: argparse.Namespace) -> CompiledModel | FlowModel | None:
+class ChosenModel(NamedTuple):
+    model: CompiledModel | FlowModel | None  # None: signatures only
+    identity: tuple[str, str] | None  # the model file's name and sha256, as a trial records them
+
+
+def load_model(args: argparse.Namespace) -> ChosenModel:
     """The model a command should use: --model, else the shipped one if present, else none."""
     if args.no_model:
-        return None
+        return ChosenModel(None, None)
     from vpnid.classifier.labelling.judgement import ModelError
-    from vpnid.classifier.labelling.loading import DEFAULT_MODEL, load
+    from vpnid.classifier.labelling.loading import DEFAULT_MODEL, load_identified
 
     if args.model is None and not DEFAULT_MODEL.exists():
         warn(f"no model at {DEFAULT_MODEL}; labelling by signatures only")
-        return None
+        return ChosenModel(None, None)
+    path = Path(args.model or DEFAULT_MODEL)
     try:
-        return load(args.model or DEFAULT_MODEL)
+        model, sha256 = load_identified(path)
     except ModelError as e:
         error(str(e))
         raise ModelUnusable from None
+    return ChosenModel(model, (path.name, sha256))
 
 
-def options(args: argparse.Namespace) -> Options:
-    """Pipeline options from the flow and model options every classifying command shares."""
+def options(args: argparse.Namespace, chosen: ChosenModel | None = None) -> Options:
+    """Pipeline options from the flow and model options every classifying command shares (`chosen`:
+    the model, when the caller loaded it already to record which it was)."""
     return Options(idle_timeout=args.idle_timeout, active_timeout=args.active_timeout, max_flows=args.max_flows,
-                   drop_first=getattr(args, "drop_first", 0), model=load_model(args))
+                   drop_first=getattr(args, "drop_first", 0), model=(chosen or load_model(args)).model)
 
 
 def registry_matcher(db: str | None) -> Matcher:

@@ -6,9 +6,7 @@ import argparse
 import json
 import sys
 
-from rich.console import Console
-
-from vpnid.classifier.cli.common import FORMATTER, add_flow_options, error, options, warn
+from vpnid.classifier.cli.common import FORMATTER, add_flow_options, console, error, options, warn
 from vpnid.classifier.labelling.evaluate import LabelsError, print_report, read_labels, score
 from vpnid.classifier.running.pipeline import classify_capture
 
@@ -44,7 +42,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
         json.dump(report.as_json(), sys.stdout, indent=2)
         sys.stdout.write("\n")
     else:
-        print_report(report, Console(highlight=False, soft_wrap=True))
+        print_report(report, console(soft_wrap=True))
     return 1 if args.strict and not report.perfect else 0
 
 

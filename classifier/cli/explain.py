@@ -5,11 +5,9 @@ from __future__ import annotations
 import argparse
 import os
 
-from rich.console import Console
-
 from vpnid.classifier.audit.explain import explain, tshark_path
 from vpnid.classifier.audit.registry.store import ENV, StoreError
-from vpnid.classifier.cli.common import FORMATTER, add_flow_options, error, options, registry_matcher, warn
+from vpnid.classifier.cli.common import FORMATTER, add_flow_options, console, error, options, registry_matcher, warn
 from vpnid.classifier.running.flowpackets import flow_frames
 from vpnid.classifier.running.pipeline import classify_capture
 from vpnid.features.packets import CaptureError
@@ -44,7 +42,7 @@ def cmd_explain(args: argparse.Namespace) -> int:
     except (CaptureError, StoreError) as e:
         error(str(e))
         return 2
-    explain(record, frames, Console(highlight=False, soft_wrap=True), tshark_path())  # lines stay greppable
+    explain(record, frames, console(soft_wrap=True), tshark_path())  # lines stay greppable
     return 0
 
 

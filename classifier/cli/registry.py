@@ -3,25 +3,30 @@
 from __future__ import annotations
 
 import argparse
-import contextlib
 import sys
 from collections.abc import Callable
 from datetime import UTC, datetime
+from pathlib import Path
 
-from rich.console import Console
 from rich.table import Table
 
+from vpnid.classifier.audit.files import OutputError, database_files, staged
 from vpnid.classifier.audit.registry.csvio import CsvError, read_csv, write_csv
+from vpnid.classifier.audit.registry.match import VERDICTS
+from vpnid.classifier.audit.registry.overlap import overlaps
 from vpnid.classifier.audit.registry.registration import (
+    BROADEST,
     CATEGORIES,
     PROTOCOLS,
     STATUSES,
     Registration,
     RegistrationError,
+    check_breadth,
     parse_registration,
 )
 from vpnid.classifier.audit.registry.store import ENV, RegistryStore, StoreError, db_location, open_store
-from vpnid.classifier.cli.common import FORMATTER, error
+from vpnid.classifier.audit.text import printable, shown
+from vpnid.classifier.cli.common import FORMATTER, console, error, warn
 
 REGISTRY_HELP = f"""\
 The registry lists the tunnels organisations have declared: who (registration_id, organization,
@@ -48,14 +53,25 @@ examples:
   vpnid registry export backup.csv
 """
 
+BROAD_HELP = (f"accept client networks broader than /{BROADEST[4]} (IPv4) or /{BROADEST[6]} (IPv6); without it "
+              "such a registration is refused")
+
 IMPORT_HELP = """\
 Import registrations from a CSV file whose header names exactly these columns (any order):
   registration_id,organization,category,protocol,client_networks,server_endpoints,
   valid_from,valid_until,status,notes
 Lists inside a cell are separated by spaces; dates are YYYY-MM-DD.
 
-Every row is checked first. If any row is bad, each bad row is reported with its line number and the
-reason, and nothing is imported. Otherwise the whole file is imported in one transaction.
+The file must be UTF-8. Every row is checked first. If any row is bad, each bad row is reported with its
+line number and the reason, and nothing is imported; so is a file that is not clean CSV (undecodable
+bytes, a NUL, an unbalanced quote, a cell over 128 Ki characters), at the first such line. Otherwise
+the whole file is imported in one transaction. A client network broader than /8 (IPv4) or /32 (IPv6)
+is refused unless --allow-broad is given, and a new or changed registration that covers flows another
+one covers too is named in a warning: the better verdict decides those flows.
+
+A cell that starts with = + - @, a tab or CR is exported with a leading ' so that no spreadsheet runs
+it as a formula; import removes exactly that ' again (a cell of ' + such a cell gains one more '), so
+export -> import is exact.
 
 A registration_id already in the database is updated in place with the row's values (the import
 reports which ids were updated, and `show ID` lists the changes); ids not in the file are left alone.
@@ -101,6 +117,7 @@ examples:
 """
 
 Command = Callable[[argparse.Namespace], int]
+SHOWN = 10  # overlapping registrations named per warning, and warnings per import
 _STATUS_STYLE = {"active": "green", "suspended": "yellow", "revoked": "red"}
 
 
@@ -110,7 +127,7 @@ def _open(args: argparse.Namespace, create: bool) -> RegistryStore:
 
 def cmd_import(args: argparse.Namespace) -> int:
     try:
-        regs = read_csv(args.file)
+        regs = read_csv(args.file, allow_broad=args.allow_broad)
     except CsvError as e:
         for problem in e.problems:
             error(problem)
@@ -118,10 +135,22 @@ def cmd_import(args: argparse.Namespace) -> int:
         return 1
     with _open(args, create=True) as store:
         done = store.upsert(regs)
+        met = overlaps(store.select(), done.added + done.updated) if done.added or done.updated else {}
     updated = f" ({', '.join(done.updated)})" if 0 < len(done.updated) <= 10 else ""
-    print(f"imported {len(regs)} registrations into {store.location}: {len(done.added)} added, "
+    print(f"imported {len(regs)} registrations into {printable(store.location)}: {len(done.added)} added, "
           f"{len(done.updated)} updated{updated}, {len(done.unchanged)} unchanged")
+    _warn_overlaps(met)
     return 0
+
+
+def _warn_overlaps(met: dict[str, list[str]]) -> None:
+    """Name the registrations whose verdicts an import can change (the first SHOWN of them)."""
+    for rid, others in list(met.items())[:SHOWN]:
+        more = f" and {len(others) - SHOWN} more" if len(others) > SHOWN else ""
+        warn(f"{rid} changes the verdict of {', '.join(others[:SHOWN])}{more} for flows both cover (the better "
+             f"verdict decides: {' > '.join(VERDICTS[:-1])})")
+    if len(met) > SHOWN:
+        warn(f"{len(met) - SHOWN} more registrations change the verdict of others")
 
 
 def cmd_add(args: argparse.Namespace) -> int:
@@ -130,9 +159,13 @@ def cmd_add(args: argparse.Namespace) -> int:
         "protocol": args.protocol, "client_networks": " ".join(args.client),
         "server_endpoints": " ".join(args.server), "valid_from": args.valid_from,
         "valid_until": args.valid_until, "status": args.status, "notes": args.notes})
+    if not args.allow_broad:
+        check_breadth(reg)
     with _open(args, create=True) as store:
         store.add(reg)
-    print(f"added {reg.registration_id} to {store.location}")
+        met = overlaps(store.select(), [reg.registration_id])
+    print(f"added {reg.registration_id} to {printable(store.location)}")
+    _warn_overlaps(met)
     return 0
 
 
@@ -143,17 +176,17 @@ def _validity(reg: Registration) -> str:
 def cmd_list(args: argparse.Namespace) -> int:
     with _open(args, create=False) as store:
         regs = store.select(organization=args.org, status=args.status, protocol=args.protocol)
-    table = Table(title=f"registrations in {store.location}")
+    table = Table(title=f"registrations in {shown(store.location)}")
     for col in ("id", "organization", "category", "protocol", "client networks", "server endpoints", "valid",
                 "status"):
         table.add_column(col, overflow="fold")
     for r in regs:
         f = r.to_fields()
-        table.add_row(r.registration_id, r.organization, r.category, r.protocol, f["client_networks"],
+        table.add_row(r.registration_id, shown(r.organization), r.category, r.protocol, f["client_networks"],
                       f["server_endpoints"] or "(any)", _validity(r), f"[{_STATUS_STYLE[r.status]}]{r.status}[/]")
-    console = Console(highlight=False)
-    console.print(table)
-    console.print(f"{len(regs)} registration{'s' if len(regs) != 1 else ''}")
+    out = console()
+    out.print(table)
+    out.print(f"{len(regs)} registration{'s' if len(regs) != 1 else ''}")
     return 0
 
 
@@ -163,13 +196,13 @@ def cmd_show(args: argparse.Namespace) -> int:
         history = store.history(args.id) if reg else []
     if reg is None:
         raise StoreError(f"no registration {args.id} in {store.location}")
-    console = Console(highlight=False)
+    out = console()
     table = Table(show_header=False, title=reg.registration_id)
     for k, v in reg.to_fields().items():
-        table.add_row(k, v or "-")
-    console.print(table)
+        table.add_row(k, shown(v) or "-")
+    out.print(table)
     for change in history:
-        console.print(f"{change.at}  {change.action}" + (f": {change.detail}" if change.detail else ""))
+        out.print(f"{change.at}  {change.action}" + (f": {shown(change.detail)}" if change.detail else ""))
     return 0
 
 
@@ -189,11 +222,14 @@ def cmd_revoke(args: argparse.Namespace) -> int:
 def cmd_export(args: argparse.Namespace) -> int:
     with _open(args, create=False) as store:
         regs = store.select()
-    with (open(args.file, "w", encoding="utf-8", newline="") if args.file != "-"
-          else contextlib.nullcontext(sys.stdout)) as out:
-        n = write_csv(regs, out)
-    if args.file != "-":
-        print(f"exported {n} registrations to {args.file}")
+    if args.file == "-":
+        write_csv(regs, sys.stdout)
+        return 0
+    path = Path(args.file)
+    with staged(path.parent, protect=database_files(store.location)) as tmp:
+        with open(tmp / path.name, "w", encoding="utf-8", newline="") as out:
+            n = write_csv(regs, out)
+    print(f"exported {n} registrations to {printable(args.file)}")
     return 0
 
 
@@ -202,7 +238,7 @@ def _run(command: Command) -> Command:
     def run(args: argparse.Namespace) -> int:
         try:
             return command(args)
-        except (StoreError, RegistrationError) as e:
+        except (StoreError, RegistrationError, OutputError) as e:
             error(str(e))
             return 1
     return run
@@ -224,6 +260,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
     p = action("import", cmd_import, "import registrations from a CSV file (all or nothing)", IMPORT_HELP)
     p.add_argument("file", metavar="FILE.csv")
+    p.add_argument("--allow-broad", action="store_true", help=BROAD_HELP)
 
     p = action("add", cmd_add, "add one registration", ADD_HELP)
     p.add_argument("--id", required=True, help="registration_id: letters, digits, . _ : - (up to 64)")
@@ -239,6 +276,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                    help="last valid day, YYYY-MM-DD (default: open-ended)")
     p.add_argument("--status", default="active", choices=STATUSES, help="(default: %(default)s)")
     p.add_argument("--notes", default="")
+    p.add_argument("--allow-broad", action="store_true", help=BROAD_HELP)
 
     p = action("list", cmd_list, "list registrations", LIST_HELP)
     p.add_argument("--org", metavar="TEXT", help="organization name contains TEXT (any case)")

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from vpnid.classifier.audit.text import shown
 from vpnid.classifier.cli.common import FORMATTER, err, error
 
 FEATURES_HELP = """\
@@ -45,7 +46,7 @@ def cmd_features(args: argparse.Namespace) -> int:
         error(str(e))
         return 1
     to_parquet(df, args.output)
-    err.print(f"{len(df)} flows from {len(args.captures)} capture(s) -> {args.output}")
+    err.print(f"{len(df)} flows from {len(args.captures)} capture(s) -> {shown(args.output)}")
     return 0
 
 
@@ -73,8 +74,8 @@ def cmd_train(args: argparse.Namespace) -> int:
              for labels in args.eval for drop in args.eval_drop_first]
     card = out.with_suffix(".md")
     card.write_text(train.model_card(out.stem, model, ds, models, digest, evals, args.views), encoding="utf-8")
-    err.print(f"chose {chosen}; thresholds "
-              + ", ".join(f"{f} {t:.3f}" for f, t in model.thresholds_.items()) + f"; wrote {out} and {card}")
+    err.print(f"chose {chosen}; thresholds " + ", ".join(f"{f} {t:.3f}" for f, t in model.thresholds_.items())
+              + f"; wrote {shown(out)} and {shown(card)}")
     return 0
 
 

@@ -10,16 +10,16 @@ from contextlib import contextmanager
 from dataclasses import asdict
 from pathlib import Path
 
-from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
+from vpnid.classifier.audit.files import OutputError, private_dir
 from vpnid.classifier.audit.registry.csvio import read_csv
 from vpnid.classifier.audit.registry.sample import PATH as SAMPLE_REGISTRY
 from vpnid.classifier.audit.registry.store import ENV, StoreError, db_location, open_store
+from vpnid.classifier.audit.text import printable, shown
 from vpnid.classifier.audit.trials import Trial, TrialError, TrialStore, Window, compare, parse_time
-from vpnid.classifier.cli.common import FORMATTER, add_flow_options, err, error, options, warn
-from vpnid.classifier.running.pipeline import Options
+from vpnid.classifier.cli.common import FORMATTER, add_flow_options, console, err, error, load_model, options, warn
 from vpnid.features.packets import CaptureError
 from vpnid.pcaps import CORPUS
 
@@ -59,7 +59,7 @@ def _trials(db: str | None) -> Iterator[TrialStore]:
 
 def _progress_bar(total: int) -> tuple[Progress, Callable[[str, int], None]]:
     """A progress display on stderr (only on a terminal) and the callback a run reports to."""
-    bar = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
+    bar = Progress(TextColumn("{task.description}", markup=False), BarColumn(), MofNCompleteColumn(),
                    TextColumn("{task.fields[flows]} flows"), TimeElapsedColumn(), console=err,
                    transient=True, disable=not err.is_terminal)
     task = bar.add_task("captures", total=total, flows=0)
@@ -67,16 +67,19 @@ def _progress_bar(total: int) -> tuple[Progress, Callable[[str, int], None]]:
 
     def progress(path: str, flows: int) -> None:
         done.add(path)
-        bar.update(task, completed=len(done) - 1, flows=flows, description=Path(path).name)
+        bar.update(task, completed=len(done) - 1, flows=flows, description=printable(Path(path).name))
 
     return bar, progress
 
 
-def run(trials: TrialStore, name: str, captures: list[str], opts: Options, window: Window) -> Trial:
+def run(trials: TrialStore, name: str, captures: list[str], args: argparse.Namespace, window: Window) -> Trial:
+    """Run and store the trial with the flow and model options of `args`, recording which model it was."""
+    chosen = load_model(args)
     bar, progress = _progress_bar(len(captures))
     with bar:
-        trial = trials.run(name, captures, opts, window, progress=progress, warn=warn)
-    err.print(f"trial {name}: {trial.flows} flows, {trial.tunnels} tunnels, {trial.flagged} flagged "
+        trial = trials.run(name, captures, options(args, chosen), window, chosen.identity, progress=progress,
+                           warn=warn)
+    err.print(f"trial {shown(name)}: {trial.flows} flows, {trial.tunnels} tunnels, {trial.flagged} flagged "
                         f"(registry as of {trial.registry_snapshot or 'empty'})", soft_wrap=True)
     return trial
 
@@ -86,7 +89,7 @@ def _guarded(command: Callable[[argparse.Namespace], int]) -> Callable[[argparse
     def run_command(args: argparse.Namespace) -> int:
         try:
             return command(args)
-        except (StoreError, TrialError, CaptureError) as e:
+        except (StoreError, TrialError, CaptureError, OutputError) as e:
             error(str(e))
             return 2
     return run_command
@@ -98,7 +101,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         raise TrialError("a trial re-reads its captures for its report: give files, not '-'")
     window = Window(parse_time(args.start) if args.start else None, parse_time(args.end) if args.end else None)
     with _trials(args.db) as trials:
-        run(trials, args.name, args.captures, options(args), window)
+        run(trials, args.name, args.captures, args, window)
     return 0
 
 
@@ -110,13 +113,13 @@ def cmd_list(args: argparse.Namespace) -> int:
         json.dump([asdict(t) for t in found], sys.stdout, indent=2)
         sys.stdout.write("\n")
         return 0
-    table = Table(title=f"trials in {trials.store.location}")
+    table = Table(title=f"trials in {shown(trials.store.location)}")
     for col in ("name", "finished (UTC)", "captures", "flows", "tunnels", "flagged", "registry as of", "model"):
         table.add_column(col)
     for t in found:
-        table.add_row(t.name, t.finished_at, str(len(t.parameters["captures"])), str(t.flows), str(t.tunnels),
-                      str(t.flagged), t.registry_snapshot or "(empty)", t.model_version or "-")
-    Console(highlight=False).print(table)
+        table.add_row(shown(t.name), t.finished_at, str(len(t.parameters["captures"])), str(t.flows),
+                      str(t.tunnels), str(t.flagged), t.registry_snapshot or "(empty)", shown(t.model_version or "-"))
+    console().print(table)
     return 0
 
 
@@ -126,9 +129,9 @@ def cmd_report(args: argparse.Namespace) -> int:
 
     with _trials(args.db) as trials:
         written = write_report(trials, args.name, Path(args.output), warn=warn)
-    print(f"wrote {', '.join(str(p) for p in written.files)}")
-    print(f"open {written.files[0]} in a browser ({written.flagged_flows} flagged flows, "
-          f"{written.pcap_frames} frames in flagged.pcap)")
+    print(f"wrote {', '.join(printable(p) for p in written.files)}")
+    pcap = f"{written.pcap_frames} frames in flagged.pcap" if written.pcap_files else "no flagged.pcap"
+    print(f"open {printable(written.files[0])} in a browser ({written.flagged_flows} flagged flows, {pcap})")
     return 0
 
 
@@ -140,12 +143,12 @@ def cmd_compare(args: argparse.Namespace) -> int:
         json.dump(result.as_json(), sys.stdout, indent=2)
         sys.stdout.write("\n")
         return 0
-    console = Console(highlight=False)
-    console.print(f"unregistered tunnels (client -> server), trial {args.a} -> trial {args.b}:")
+    out = console()
+    out.print(f"unregistered tunnels (client -> server), trial {shown(args.a)} -> trial {shown(args.b)}:")
     for title, items in (("new", result.new), ("persisting", result.persisting), ("gone", result.gone)):
-        console.print(f"[bold]{title}[/] ({len(items)}):")
+        out.print(f"[bold]{title}[/] ({len(items)}):")
         for e in items:
-            console.print(f"  {e}", markup=False)
+            out.print(f"  {shown(e)}")
     return 0
 
 
@@ -157,17 +160,17 @@ def cmd_demo(args: argparse.Namespace) -> int:
         raise TrialError(f"no bundled captures in {CORPUS}")
     from vpnid.classifier.audit.report.trial_report import write_report  # matplotlib: loaded only for reports
 
-    out.mkdir(parents=True, exist_ok=True)
+    private_dir(out)
     db = out / "demo.db"
     for stale in (db, db.with_name("demo.db-wal"), db.with_name("demo.db-shm")):
         stale.unlink(missing_ok=True)
     with open_store(str(db)) as store:
         store.upsert(read_csv(SAMPLE_REGISTRY))
         trials = TrialStore(store)  # type: ignore[arg-type]
-        run(trials, DEMO_TRIAL, captures, options(args), Window())
+        run(trials, DEMO_TRIAL, captures, args, Window())
         written = write_report(trials, DEMO_TRIAL, out / "report", warn=warn)
-    print(f"demo registry: {db} (sample registry, {len(captures)} bundled captures)")
-    print(f"report: {written.files[0]}")
+    print(f"demo registry: {printable(db)} (sample registry, {len(captures)} bundled captures)")
+    print(f"report: {printable(written.files[0])}")
     return 0
 
 

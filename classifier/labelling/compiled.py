@@ -5,9 +5,11 @@ of the shipped model, and scikit-learn then predicts tree by tree with a Python 
 model that passed that audit once is kept as arrays in a per-user cache file (NumPy `.npz`, read with
 `allow_pickle=False`, so the cache can hold data but never code), named by the sha256 of the model file:
 an altered or different file has another name, misses the cache and goes through the full audit (and is
-refused as before). Prediction walks every tree for every row in one compiled loop and then applies the
-calibration with the same NumPy operations scikit-learn uses, so probabilities are bit-identical; a
-model is only compiled after that was checked on sample rows, else the scikit-learn model is used.
+refused as before). An entry also holds the sha256 of its own arrays, and one that fails it or whose
+indices leave their arrays is not used (`loading` says what this does and does not protect against).
+Prediction walks every tree for every row in one compiled loop and then applies the calibration with
+the same NumPy operations scikit-learn uses, so probabilities are bit-identical; a model is only
+compiled after that was checked on sample rows, else the scikit-learn model is used.
 
 Supported: `HistGradientBoostingClassifier` inside a sigmoid `CalibratedClassifierCV` (the shipped
 kind); any other estimator kind loads and predicts through scikit-learn.
@@ -15,6 +17,7 @@ kind); any other estimator kind loads and predicts through scikit-learn.
 
 from __future__ import annotations
 
+import hashlib
 import math
 import zipfile
 from dataclasses import dataclass
@@ -30,7 +33,7 @@ if TYPE_CHECKING:
     from vpnid.classifier.labelling.model import FlowModel
 
 CACHE_MARKER = "vpnid.compiled-model"
-CACHE_FORMAT = 1
+CACHE_FORMAT = 2  # 2: entries carry the sha256 of their own arrays
 
 
 # ---------------------------------------------------------------------------------------------- kernels
@@ -136,28 +139,60 @@ class CompiledModel:
 
     def save(self, file: IO[bytes], sha256: str) -> None:
         fams = [f for f in self.classes if f in self.thresholds]
-        np.savez(file, marker=np.str_(CACHE_MARKER), format=np.int64(CACHE_FORMAT), sha256=np.str_(sha256),
-                 classes=np.array(self.classes), families=np.array(fams),
-                 family_thresholds=np.array([self.thresholds[f] for f in fams]),
-                 ints=np.array([self.packets_column, self.min_packets, self.n_first, self.n_features_in]),
-                 feature_names=np.array(self.feature_names), **{k: getattr(self, k) for k in self._ARRAYS})
+        arrays = dict(marker=np.str_(CACHE_MARKER), format=np.int64(CACHE_FORMAT), sha256=np.str_(sha256),
+                      classes=np.array(self.classes), families=np.array(fams),
+                      family_thresholds=np.array([self.thresholds[f] for f in fams]),
+                      ints=np.array([self.packets_column, self.min_packets, self.n_first, self.n_features_in]),
+                      feature_names=np.array(self.feature_names), **{k: getattr(self, k) for k in self._ARRAYS})
+        np.savez(file, arrays_sha256=np.str_(_digest(arrays)), **arrays)
 
     @classmethod
     def read(cls, path: Path, sha256: str) -> CompiledModel | None:
-        """The cached model compiled from the file with this sha256, or None (absent, foreign, stale)."""
+        """The cached model compiled from the file with this sha256, or None (absent, foreign, stale,
+        edited: its arrays no longer match their sha256, or their indices leave the arrays)."""
         try:
             with np.load(path, allow_pickle=False) as z:
-                if (str(z["marker"]) != CACHE_MARKER or int(z["format"]) != CACHE_FORMAT
-                        or str(z["sha256"]) != sha256):
-                    return None
-                packets_column, min_packets, n_first, n_features_in = z["ints"].tolist()
-                return cls(classes=z["classes"].tolist(),
-                           thresholds=dict(zip(z["families"].tolist(), z["family_thresholds"].tolist())),
+                arrays = {k: z[k] for k in z.files}
+            if (str(arrays.pop("arrays_sha256")) != _digest(arrays) or str(arrays["marker"]) != CACHE_MARKER
+                    or int(arrays["format"]) != CACHE_FORMAT or str(arrays["sha256"]) != sha256):
+                return None
+            packets_column, min_packets, n_first, n_features_in = arrays["ints"].tolist()
+            compiled = cls(classes=arrays["classes"].tolist(),
+                           thresholds=dict(zip(arrays["families"].tolist(), arrays["family_thresholds"].tolist())),
                            packets_column=packets_column, min_packets=min_packets, n_first=n_first,
-                           n_features_in=n_features_in, feature_names=z["feature_names"].tolist(),
-                           **{k: z[k] for k in cls._ARRAYS})
-        except (OSError, KeyError, ValueError, EOFError, zipfile.BadZipFile):  # absent, torn or foreign
+                           n_features_in=n_features_in, feature_names=arrays["feature_names"].tolist(),
+                           **{k: arrays[k] for k in cls._ARRAYS})
+        except (OSError, KeyError, ValueError, TypeError, EOFError, zipfile.BadZipFile):  # absent, torn, foreign
             return None
+        return compiled if compiled._in_bounds() else None
+
+    def _in_bounds(self) -> bool:
+        """Every index the compiled loop follows stays inside its array and every branch leads to a later
+        node (so each walk ends): the loop itself checks nothing."""
+        n, idx = len(self.feature), np.arange(len(self.feature))
+        inner = self.left >= 0
+        shapes = {len(a) for a in (self.threshold, self.missing_left, self.left, self.right, self.value)} == {n}
+        return bool(
+            shapes and self.roots.ndim == 3 and self.roots.shape[0] == len(self.baseline) == len(self.cal_a)
+            and self.baseline.shape[1:] == self.cal_a.shape[1:] == self.cal_b.shape[1:] == self.cal_class.shape[1:]
+            == self.roots.shape[2:] and self.roots.size and (self.roots >= 0).all() and (self.roots < n).all()
+            and ((self.left[inner] > idx[inner]) & (self.right[inner] > idx[inner]) & (self.right[inner] < n)).all()
+            and (self.left < n).all() and (self.feature[inner] >= 0).all()
+            and (self.feature[inner] < len(self.columns)).all()
+            and (self.columns >= 0).all() and (self.columns < self.n_features_in).all()
+            and ((self.cal_class >= 0) & (self.cal_class < len(self.classes))).all()
+            and 0 <= self.packets_column < self.n_features_in and len(self.feature_names) == len(self.columns)
+            and ((self.ranked >= 0) & (self.ranked < len(self.columns))).all())
+
+
+def _digest(arrays: dict[str, np.ndarray]) -> str:
+    """sha256 over the names, dtypes, shapes and bytes of a cache entry's arrays."""
+    h = hashlib.sha256()
+    for name in sorted(arrays):
+        a = np.ascontiguousarray(arrays[name])
+        h.update(f"{name}:{a.dtype.str}:{a.shape}:".encode())
+        h.update(a.tobytes())
+    return h.hexdigest()
 
 
 def compile_model(model: FlowModel) -> CompiledModel | None:

@@ -20,6 +20,7 @@ from pathlib import Path
 from rich.console import Console
 from rich.table import Table
 
+from vpnid.classifier.audit.text import shown
 from vpnid.classifier.running.records import FlowRecord
 from vpnid.features.families import NONE, REFERENCE_FAMILIES
 from vpnid.features.packets import TRANSPORT_NAMES, transport_name
@@ -247,10 +248,10 @@ def print_report(report: Report, console: Console) -> None:
             console.print(f"[bold]{title}[/] ({len(items)}):")
             for it in items:
                 ends = " <-> ".join(it["endpoints"])
-                console.print(f"  line {it['line']}: {it['pcap']} {it['transport']} {ends}: "
+                console.print(f"  line {it['line']}: {shown(it['pcap'])} {it['transport']} {ends}: "
                               f"truth {it['family']}, vpnid {it['predicted'] or '(no flow)'}")
     for e in report.errors:
-        console.print(f"[red]capture error:[/] {e}")
+        console.print(f"[red]capture error:[/] {shown(e)}")
     console.print(f"false positives: {len(report.false_positives)}, misses: {len(report.misses)}, "
                   f"missing: {len(report.missing)}, unscored rows: {report.unscored}, "
                   f"untrusted rows: {report.untrusted}")

@@ -186,18 +186,57 @@ def save(model: FlowModel, path: str | Path) -> str:
     return hashlib.sha256(Path(path).read_bytes()).hexdigest()
 
 
+# What one skops archive of a model file may unpack to, checked on the sizes its zip directory declares
+# (Python's zipfile never inflates a member past its declared size) before anything is unpacked. The
+# shipped model's file is 2.8 MB and its inner archive ~12 MB unpacked: the bounds leave room for far
+# bigger models and none for a zip bomb.
+MAX_UNPACKED = 256 * 2**20
+MAX_MEMBERS = 100_000
+# What a fitted FlowModel has; a model file without them (an unfitted estimator) is refused at load.
+FITTED = ("classes_", "estimator_", "thresholds_", "columns_", "importances_", "feature_names_", "packets_column_",
+          "n_features_in_", "schema_version_")
+
+
+def _check_archive(data: bytes, path: Path, what: str) -> None:
+    """ModelError if the archive would unpack to more than MAX_UNPACKED bytes or MAX_MEMBERS files."""
+    try:
+        members = zipfile.ZipFile(io.BytesIO(data)).infolist()
+    except (zipfile.BadZipFile, ValueError) as e:
+        raise ModelError(f"{path}: not a vpnid model or damaged ({type(e).__name__}: {e})") from None
+    size = sum(m.file_size for m in members)
+    if size > MAX_UNPACKED or len(members) > MAX_MEMBERS:
+        raise ModelError(f"{path}: {what} would unpack to {size / 2**20:,.0f} MB in {len(members)} files (at most "
+                         f"{MAX_UNPACKED // 2**20} MB and {MAX_MEMBERS} files); refused")
+
+
+def _check_usable(model: FlowModel, path: Path) -> None:
+    """ModelError unless the model is fitted and judges a row of the schema it says it was trained on."""
+    missing = [a for a in FITTED if not hasattr(model, a)]
+    if missing:
+        raise ModelError(f"{path}: model is not fitted (it has no {', '.join(missing)})")
+    try:
+        model.judge(np.zeros((1, len(feature_names(model.n_first)))))
+    except Exception as e:  # noqa: BLE001 - whatever is odd in it, the user needs one line
+        raise ModelError(f"{path}: model cannot judge flows ({type(e).__name__}: {e})") from None
+
+
 def load(path: str | Path, data: bytes | None = None) -> FlowModel:
-    """Read a vpnid model file, refusing anything that is not one, was altered, or does not match the
-    features this vpnid computes. `data`: the file's bytes when the caller has read them already (so
-    what is checked is what the caller hashed)."""
+    """Read a vpnid model file, refusing anything that is not one, was altered, does not match the
+    features this vpnid computes, would unpack to too much, or cannot judge flows. `data`: the file's
+    bytes when the caller has read them already (so what is checked is what the caller hashed)."""
     import skops.io as sio
     from skops.io.exceptions import UntrustedTypesFoundException
 
     path = Path(path)
     try:
-        outer = sio.load(path if data is None else io.BytesIO(data), trusted=[])
+        data = path.read_bytes() if data is None else data
     except FileNotFoundError:
         raise ModelError(f"{path}: no such model file") from None
+    except OSError as e:
+        raise ModelError(f"{path}: not a vpnid model or damaged ({type(e).__name__}: {e})") from None
+    _check_archive(data, path, "model file")
+    try:
+        outer = sio.load(io.BytesIO(data), trusted=[])
     except UntrustedTypesFoundException:
         raise ModelError(f"{path}: not a vpnid model (unexpected content)") from None
     except Exception as e:  # noqa: BLE001 - zip, JSON and CRC errors all mean the same to the user
@@ -211,6 +250,7 @@ def load(path: str | Path, data: bytes | None = None) -> FlowModel:
     if outer.get("schema_version") != SCHEMA_VERSION:
         raise ModelError(f"{path}: model was trained on feature schema v{outer.get('schema_version')}, "
                          f"this vpnid computes v{SCHEMA_VERSION}; retrain it with 'vpnid train'")
+    _check_archive(outer["model"], path, "inner model archive")
     try:
         model = sio.loads(outer["model"], trusted=TRUSTED_TYPES)
     except UntrustedTypesFoundException as e:
@@ -219,4 +259,5 @@ def load(path: str | Path, data: bytes | None = None) -> FlowModel:
         raise ModelError(f"{path}: model cannot be read ({type(e).__name__}: {e})") from None
     if not isinstance(model, FlowModel):
         raise ModelError(f"{path}: not a vpnid model (holds {type(model).__name__})")
+    _check_usable(model, path)
     return model

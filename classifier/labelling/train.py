@@ -12,6 +12,7 @@ from __future__ import annotations
 import hashlib
 import io
 import platform
+import shlex
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
@@ -221,7 +222,8 @@ def model_card(name: str, model: FlowModel, ds: Dataset, models: dict[str, FlowM
         "",
     ]
     for labels, drop, text in evals:
-        lines += [f"### `vpnid eval --drop-first {drop} {labels}`", "", "```", text.rstrip(), "```", ""]
+        command = shlex.join(["vpnid", "eval", "--drop-first", str(drop), labels])  # paths are anyone's text
+        lines += [f"### `{command}`", "", "```", text.rstrip(), "```", ""]
     lines += [
         "## Limits",
         "",

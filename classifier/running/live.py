@@ -22,9 +22,15 @@ from vpnid.features.packets import CaptureError
 
 
 def tcpdump_command(iface: str, bpf: list[str], count: int | None) -> list[str]:
-    """Unbuffered (-U) pcap to stdout, whole packets, no name resolution."""
+    """Unbuffered (-U) pcap to stdout, whole packets, no name resolution. The filter is one expression
+    after `--`, and no word of it (nor the interface) may start with '-': tcpdump must not take one
+    for an option (`-w FILE` would write files, `-z CMD` run a command)."""
+    if bad := [w for w in (iface, *bpf) if w.startswith("-")]:
+        raise LiveError(f"{bad[0]!r} starts with '-': an interface or filter word never does (tcpdump would "
+                        "take it for an option)")
     exe = shutil.which("tcpdump") or "tcpdump"
-    return [exe, "-i", iface, "-w", "-", "-U", "-n", "-s", "0", *(["-c", str(count)] if count else []), *bpf]
+    return [exe, "-i", iface, "-w", "-", "-U", "-n", "-s", "0", *(["-c", str(count)] if count else []),
+            *(["--", " ".join(bpf)] if bpf else [])]
 
 
 def emit(out: IO[str], event: str, record: FlowRecord, fields: tuple[str, ...], source: str) -> None:

@@ -1,6 +1,7 @@
 """Record writers, one for every command that writes flows (classify, batch, live): JSONL, CSV, Arrow.
 
-JSON lines keep non-ASCII text as it is (`ensure_ascii=False`); CSV joins the evidence and the risks with ' | '.
+JSON lines keep non-ASCII text as it is (`ensure_ascii=False`); CSV joins the evidence and the risks with ' | '
+and writes no cell a spreadsheet would run as a formula (`csv_cell`).
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ from typing import IO
 
 import pyarrow as pa
 
+from vpnid.classifier.audit.text import csv_cell
 from vpnid.classifier.running.records import FlowRecord
 
 _ARROW_TYPES = {"str": pa.string(), "int": pa.int64(), "float": pa.float64(), "list[str]": pa.list_(pa.string())}
@@ -35,7 +37,7 @@ def write_csv(records: Iterable[FlowRecord], out: IO[str], fields: tuple[str, ..
     for r in records:
         d = r.as_dict()
         d["evidence"], d["risks"] = " | ".join(d["evidence"]), " | ".join(d["risks"])
-        w.writerow(["" if d[k] is None else d[k] for k in fields])
+        w.writerow([csv_cell("" if d[k] is None else d[k]) for k in fields])
 
 
 def arrow_schema() -> pa.Schema:

@@ -1,19 +1,33 @@
 """Registry CSV files: the import format and the export format are the same.
 
 The header names exactly the registration fields (any order); lists inside a cell are separated by
-spaces. Reading validates every row and reports every bad one by its line number, so a whole file can be
-fixed in one pass; export writes canonical values sorted by registration_id, which is why
-export → import → export gives the same bytes.
+spaces. The file must be UTF-8 CSV: undecodable bytes, a NUL, an unbalanced quote or a cell over
+MAX_CELL refuse the whole file at that line. Reading validates every row and reports every bad one by
+its line number, so a whole file can be fixed in one pass; export writes canonical values sorted by
+registration_id, which is why export → import → export gives the same bytes. A cell a spreadsheet
+would run as a formula (starting with = + - @, tab or CR) is written with a leading "'" (`csv_cell`),
+and reading removes exactly that "'" (`csv_uncell`), so the round trip stays exact.
 """
 
 from __future__ import annotations
 
+import codecs
 import csv
+import io
 from collections.abc import Iterable
 from pathlib import Path
 from typing import IO
 
-from vpnid.classifier.audit.registry.registration import FIELDS, Registration, RegistrationError, parse_registration
+from vpnid.classifier.audit.registry.registration import (
+    FIELDS,
+    Registration,
+    RegistrationError,
+    check_breadth,
+    parse_registration,
+)
+from vpnid.classifier.audit.text import csv_cell, csv_uncell
+
+MAX_CELL = csv.field_size_limit()  # characters in one cell (the csv module's limit, 128 Ki)
 
 
 class CsvError(Exception):
@@ -35,46 +49,94 @@ def _check_header(header: list[str], where: str) -> None:
                         + ",".join(FIELDS)])
 
 
-def read_csv(path: str | Path) -> list[Registration]:
-    """Every registration of the file, or CsvError naming every bad row (then nothing is returned)."""
-    path = Path(path)
+def _text(path: Path) -> str:
+    """The file as text, or CsvError naming the line of the first byte that is not UTF-8 or a NUL."""
     try:
-        f = path.open(newline="", encoding="utf-8-sig")  # -sig: spreadsheets like to add a BOM
+        data = path.read_bytes()
     except OSError as e:
         raise CsvError([f"{path}: {e.strerror}"]) from None
+    if data.startswith((codecs.BOM_UTF16_LE, codecs.BOM_UTF16_BE)):
+        raise CsvError([f"{path}:1: the file is UTF-16; save it as UTF-8"])
+    try:
+        text = data.decode("utf-8-sig")  # -sig: spreadsheets like to add a BOM
+    except UnicodeDecodeError as e:
+        line = data.count(b"\n", 0, e.start) + 1
+        raise CsvError([f"{path}:{line}: byte 0x{data[e.start]:02x} is not UTF-8 (a latin-1 or UTF-16 file?); "
+                        "save the file as UTF-8"]) from None
+    if (nul := text.find("\0")) >= 0:
+        raise CsvError([f"{path}:{text.count(chr(10), 0, nul) + 1}: NUL character (a binary or UTF-16 file?)"])
+    return text
+
+
+def _malformed(e: csv.Error) -> str:
+    """What a csv.Error means for the person who has to fix the file."""
+    if "end of data" in str(e):
+        return 'a quoted cell opens in this row and never closes (an unbalanced ")'
+    if "field larger" in str(e):
+        return f"a cell is longer than {MAX_CELL} characters"
+    return f"not valid CSV ({e})"
+
+
+def read_csv(path: str | Path, allow_broad: bool = False) -> list[Registration]:
+    """Every registration of the file, or CsvError naming every bad row (then nothing is returned). A
+    file that is not clean CSV text (see `_text`, `_malformed`) is refused at its first problem, since
+    the rows after it cannot be told apart reliably. `allow_broad`: accept client networks broader
+    than `BROADEST`."""
+    path = Path(path)
+    reader = csv.reader(io.StringIO(_text(path), newline=""), strict=True)
     regs: list[Registration] = []
     problems: list[str] = []
     first_line: dict[str, int] = {}
-    with f:
-        reader = csv.reader(f)
+    try:
         header = next(reader, None)
-        if header is None:
-            raise CsvError([f"{path}: empty file (the header must name exactly: {','.join(FIELDS)})"])
-        columns = [h.strip() for h in header]
-        _check_header(columns, f"{path}:1")
-        line = reader.line_num + 1
-        for cells in reader:
-            start, line = line, reader.line_num + 1  # a quoted cell may span lines: name the row's first
-            if not cells:
-                continue
-            where = f"{path}:{start}"
-            if len(cells) != len(columns):
-                problems.append(f"{where}: {len(cells)} cells, but the header has {len(columns)}")
-                continue
-            try:
-                reg = parse_registration(dict(zip(columns, cells)))
-            except RegistrationError as e:
-                problems.append(f"{where}: {e}")
-                continue
-            if reg.registration_id in first_line:
-                problems.append(f"{where}: registration_id {reg.registration_id} repeats line "
-                                f"{first_line[reg.registration_id]}")
-                continue
-            first_line[reg.registration_id] = start
-            regs.append(reg)
+    except csv.Error as e:
+        raise CsvError([f"{path}:1: {_malformed(e)}"]) from None
+    if header is None:
+        raise CsvError([f"{path}: empty file (the header must name exactly: {','.join(FIELDS)})"])
+    columns = [h.strip() for h in header]
+    _check_header(columns, f"{path}:1")
+    line = reader.line_num + 1
+    while True:
+        try:
+            cells = next(reader, None)
+        except csv.Error as e:
+            problems.append(f"{path}:{line}: {_malformed(e)}")
+            break
+        if cells is None:
+            break
+        start, line = line, reader.line_num + 1  # a quoted cell may span lines: name the row's first
+        if not cells:
+            continue
+        where = f"{path}:{start}"
+        if len(cells) != len(columns):
+            problems.append(f"{where}: {len(cells)} cells, but the header has {len(columns)}")
+            continue
+        if swallowed := next((c for c in cells if _holds_a_row(c, len(columns))), None):
+            problems.append(f"{where}: a quoted cell runs over into a line that reads like a row "
+                            f"({swallowed.splitlines()[1][:40]!r}...): an unbalanced \"?")
+            continue
+        try:
+            reg = parse_registration(dict(zip(columns, map(csv_uncell, cells))))
+            if not allow_broad:
+                check_breadth(reg)
+        except RegistrationError as e:
+            problems.append(f"{where}: {e}")
+            continue
+        if reg.registration_id in first_line:
+            problems.append(f"{where}: registration_id {reg.registration_id} repeats line "
+                            f"{first_line[reg.registration_id]}")
+            continue
+        first_line[reg.registration_id] = start
+        regs.append(reg)
     if problems:
         raise CsvError(problems)
     return regs
+
+
+def _holds_a_row(cell: str, width: int) -> bool:
+    """A multi-line cell one of whose later lines has a row's worth of commas: what a quote left open
+    in one row and closed in a later one makes of the rows between (which would otherwise vanish)."""
+    return "\n" in cell and any(ln.count(",") >= width - 1 for ln in cell.splitlines()[1:])
 
 
 def write_csv(regs: Iterable[Registration], out: IO[str]) -> int:
@@ -82,5 +144,5 @@ def write_csv(regs: Iterable[Registration], out: IO[str]) -> int:
     w = csv.writer(out, lineterminator="\n")
     w.writerow(FIELDS)
     rows = sorted(regs, key=lambda r: r.registration_id)
-    w.writerows([reg.to_fields()[k] for k in FIELDS] for reg in rows)
+    w.writerows([csv_cell(reg.to_fields()[k]) for k in FIELDS] for reg in rows)
     return len(rows)

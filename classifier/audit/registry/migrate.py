@@ -6,7 +6,8 @@ and any number of named *extensions* (the trial runs, later others), each versio
 step once released is never edited, only followed by new ones. A module adds its schema with
 `register("name", [steps])` at import time; `upgrade` brings every registered schema up to date.
 
-Each schema upgrades inside one `BEGIN IMMEDIATE` transaction that re-reads the version first, so two
+Versions are read first without a lock, so opening a current database never waits on a writer. A schema
+that is behind upgrades inside one `BEGIN IMMEDIATE` transaction that re-reads the version first, so two
 processes opening an old database at once migrate it once, and a failing step leaves it untouched.
 A database newer than this code (a version above the number of known steps) is refused, not guessed at.
 """
@@ -32,9 +33,11 @@ def register(name: str, steps: Sequence[Step]) -> None:
 
 
 def version(conn: sqlite3.Connection, name: str) -> int:
+    """A schema's version, by reads only (0: not there yet)."""
     if name == CORE:
         return conn.execute("PRAGMA user_version").fetchone()[0]
-    conn.execute("CREATE TABLE IF NOT EXISTS schema_extensions (name TEXT PRIMARY KEY, version INTEGER NOT NULL)")
+    if not conn.execute("SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'schema_extensions'").fetchone():
+        return 0
     row = conn.execute("SELECT version FROM schema_extensions WHERE name = ?", (name,)).fetchone()
     return row[0] if row else 0
 
@@ -43,6 +46,7 @@ def _set_version(conn: sqlite3.Connection, name: str, v: int) -> None:
     if name == CORE:
         conn.execute(f"PRAGMA user_version = {int(v)}")
     else:
+        conn.execute("CREATE TABLE IF NOT EXISTS schema_extensions (name TEXT PRIMARY KEY, version INTEGER NOT NULL)")
         conn.execute("INSERT INTO schema_extensions (name, version) VALUES (?, ?) "
                      "ON CONFLICT (name) DO UPDATE SET version = excluded.version", (name, v))
 
@@ -67,20 +71,31 @@ def _run(conn: sqlite3.Connection, step: Step) -> None:
         step(conn)
 
 
+def _behind(conn: sqlite3.Connection, name: str, steps: Sequence[Step], label: str) -> int | None:
+    """The schema's version when `steps` would take it further, None when it is up to date; SchemaError
+    when the database is newer than this vpnid."""
+    have = version(conn, name)
+    if have > len(_SCHEMAS[name]):
+        raise SchemaError(f"{label}: {name} schema version {have} is newer than this vpnid knows "
+                          f"({len(_SCHEMAS[name])}); use a newer vpnid")
+    return have if have < len(steps) else None
+
+
 def upgrade(conn: sqlite3.Connection, label: str = "database", upto: dict[str, int] | None = None) -> None:
     """Apply the missing steps of every registered schema, the core first. `conn` must be in autocommit
-    mode (isolation_level=None). `upto` stops named schemas at a version (tests build old databases)."""
+    mode (isolation_level=None). `upto` stops named schemas at a version (tests build old databases).
+    An up-to-date schema is seen by reads alone, so opening a current database never waits for a
+    writer (an import holding the write lock); only a schema that is behind takes the lock."""
     for name in sorted(_SCHEMAS, key=lambda n: (n != CORE, n)):
         steps = _SCHEMAS[name][: (upto or {}).get(name)]
+        if _behind(conn, name, steps, label) is None:
+            continue
         conn.execute("BEGIN IMMEDIATE")
         try:
-            have = version(conn, name)
-            if have > len(_SCHEMAS[name]):
-                raise SchemaError(f"{label}: {name} schema version {have} is newer than this vpnid knows "
-                                  f"({len(_SCHEMAS[name])}); use a newer vpnid")
-            for v in range(have, len(steps)):
+            have = _behind(conn, name, steps, label)  # again, under the lock: another process may have migrated
+            for v in range(have or 0, len(steps)):
                 _run(conn, steps[v])
-            if len(steps) > have:
+            if have is not None:
                 _set_version(conn, name, len(steps))
             conn.execute("COMMIT")
         except BaseException:

@@ -23,6 +23,10 @@ STATUSES = ("active", "suspended", "revoked")
 FIELDS = ("registration_id", "organization", "category", "protocol", "client_networks", "server_endpoints",
           "valid_from", "valid_until", "status", "notes")
 
+# The broadest client network a registration holds without --allow-broad, by IP version: a shorter prefix
+# sanctions a whole block of the Internet (0.0.0.0/0 would make every tunnel registered).
+BROADEST = {4: 8, 6: 32}
+
 Network = ipaddress.IPv4Network | ipaddress.IPv6Network
 _ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:-]{0,63}")
 _DATE = re.compile(r"\d{4}-\d{2}-\d{2}")
@@ -168,3 +172,12 @@ def parse_registration(fields: Mapping[str, str]) -> Registration:
         raise RegistrationError(problems)
     return Registration(rid, org, category, protocol, clients, servers, valid_from, valid_until, status,
                         fields.get("notes") or "")
+
+
+def check_breadth(reg: Registration) -> None:
+    """RegistrationError if a client network is broader than BROADEST allows."""
+    broad = [str(n) for n in reg.client_networks if n.prefixlen < BROADEST[n.version]]
+    if broad:
+        raise RegistrationError([f"client_networks: {' '.join(broad)} {'is' if len(broad) == 1 else 'are'} broader "
+                                 f"than /{BROADEST[4]} (IPv4) or /{BROADEST[6]} (IPv6); pass --allow-broad if "
+                                 "that is meant"])

@@ -117,25 +117,47 @@ def db_location(explicit: str | None) -> str:
     return location
 
 
-def open_store(location: str, create: bool = True) -> RegistryStore:
-    """`location` is a file path or a URL (`sqlite:///relative.db`, `sqlite:////absolute.db`).
-    With create=False a missing database is an error instead of a new empty file."""
+def sqlite_path(location: str) -> Path:
+    """The file of a database location: a path, or a URL (`sqlite:///relative.db`, `sqlite:////absolute.db`)."""
     if "://" in location:
         scheme, _, rest = location.partition("://")
         if scheme != "sqlite":
             raise StoreError(f"{location}: unsupported database URL (only sqlite:/// URLs and file paths)")
         location = rest.removeprefix("/")
-    return SqliteStore(Path(location), create)
+    return Path(location)
+
+
+def open_store(location: str, create: bool = True) -> RegistryStore:
+    """`location` as `sqlite_path` reads it. With create=False a missing database is an error instead
+    of a new empty file."""
+    return SqliteStore(sqlite_path(location), create)
+
+
+def _create_private(path: Path) -> None:
+    """An empty database file readable by its owner only, whatever the umask (it holds subscriber
+    addresses); SQLite gives its -wal and -shm files the same mode."""
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
+    except FileExistsError:  # made meanwhile by another process
+        return
+    except OSError as e:
+        raise StoreError(f"{path}: {e.strerror}") from None
+    os.fchmod(fd, 0o600)
+    os.close(fd)
 
 
 class SqliteStore:
     def __init__(self, path: Path, create: bool = True) -> None:
         self.location = str(path)
-        if not create and not path.exists():
-            raise StoreError(f"{path}: no such registry database (create it with 'vpnid registry import' or 'add')")
+        if not path.exists():
+            if not create:
+                raise StoreError(f"{path}: no such registry database (create it with 'vpnid registry import' "
+                                 "or 'add')")
+            _create_private(path)
         try:
             self.conn = sqlite3.connect(path, isolation_level=None, timeout=30)
-            self.conn.execute("PRAGMA journal_mode = WAL")
+            if self.conn.execute("PRAGMA journal_mode").fetchone()[0] != "wal":  # a read: no lock when it is
+                self.conn.execute("PRAGMA journal_mode = WAL")
             self.conn.execute("PRAGMA synchronous = NORMAL")  # durable at checkpoints; safe in WAL
             migrate.upgrade(self.conn, self.location)
         except sqlite3.DatabaseError as e:

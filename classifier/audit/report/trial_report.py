@@ -5,13 +5,15 @@
                   every flagged flow with its evidence and the `vpnid explain` command that shows it
     flagged.csv   the flagged flows, one per row (JSONL record fields plus organization, client_network)
     summary.json  the trial's parameters and counts, for scripts
-    flagged.pcap  the captured frames of every flagged flow, for Wireshark
+    flagged.pcap  the captured frames of every flagged flow, for Wireshark, from the captures that are
+                  still as the trial read them (by sha256); none at all when no capture is
 """
 
 from __future__ import annotations
 
 import csv
 import json
+import shlex
 from collections import Counter
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
@@ -20,8 +22,10 @@ from pathlib import Path
 
 import jinja2
 
+from vpnid.classifier.audit.files import database_files, private_dir, staged
 from vpnid.classifier.audit.report import plots
-from vpnid.classifier.audit.trials import FlowResult, Trial, TrialStore
+from vpnid.classifier.audit.text import csv_cell
+from vpnid.classifier.audit.trials import Capture, FlowResult, Trial, TrialStore
 from vpnid.classifier.running.flowpackets import Frame, flow_frames, write_pcaps
 from vpnid.classifier.running.pipeline import Options, Warn
 
@@ -37,7 +41,8 @@ class Written:
     files: list[Path]
     flagged_flows: int
     pcap_frames: int
-    missing_captures: list[str]  # captures that could not be re-read for flagged.pcap
+    missing_captures: list[str]  # captures gone or changed since the trial: not in flagged.pcap
+    pcap_files: list[Path]  # flagged.pcap (and per link type); none when no capture could be used
 
 
 def _server(r: dict) -> str:
@@ -84,22 +89,34 @@ def _summary(trial: Trial, mix: Sequence[tuple[str, str | None, int]], flagged: 
             **written}
 
 
-def _pcap(trial: Trial, flagged: Sequence[FlowResult], out: Path, warn: Warn) -> tuple[list[Path], int, list[str]]:
-    """flagged.pcap from the trial's captures, re-read with the trial's flow options."""
+def _pcap(trial: Trial, read: Sequence[Capture], flagged: Sequence[FlowResult], out: Path,
+          warn: Warn) -> tuple[list[Path], int, list[str]]:
+    """flagged.pcap from the trial's captures, re-read with the trial's flow options, but only from those
+    still byte for byte as the trial read them (`read`; empty for a trial from before they were kept):
+    another file at the same path would give other frames, or none, under the same flow ids. Without a
+    capture to take frames from, no flagged.pcap is written."""
     p = trial.parameters
     opts = Options(idle_timeout=p["idle_timeout"], active_timeout=p["active_timeout"], max_flows=p["max_flows"])
+    as_read = {c.path: c for c in read}
+    if not read:
+        warn(f"trial {trial.name!r} did not record its captures' sha256 (run before vpnid kept them): "
+             "flagged.pcap comes from the files now at their paths, unverified")
     wanted: dict[str, dict[str, dict]] = {}
     for res in flagged:
         wanted.setdefault(res.record["pcap"], {})[res.record["flow_id"]] = res.record
     frames: list[Frame] = []
     missing = []
     for pcap, records in wanted.items():
-        if not Path(pcap).is_file():
-            warn(f"{pcap}: capture no longer there; its {len(records)} flagged flows are not in flagged.pcap")
+        gone = not Path(pcap).is_file()
+        if gone or (read and not (pcap in as_read and as_read[pcap].unchanged())):
+            state = "no longer there" if gone else "changed since the trial read it"
+            warn(f"{pcap}: capture {state}; its {len(records)} flagged flows are not in flagged.pcap")
             missing.append(pcap)
             continue
         for flow_frames_ in flow_frames(pcap, records, opts, warn).values():
             frames += flow_frames_
+    if wanted and len(missing) == len(wanted):
+        return [], 0, missing
     return write_pcaps(frames, out / "flagged.pcap"), len(frames), missing
 
 
@@ -112,7 +129,15 @@ def _csv(flagged: Sequence[FlowResult], path: Path) -> None:
             d = res.record | {"evidence": " | ".join(res.record["evidence"]),
                               "risks": " | ".join(res.record.get("risks", ())), "organization": res.organization,
                               "client_network": res.client_network}
-            w.writerow(["" if d.get(k) is None else d[k] for k in fields])
+            w.writerow([csv_cell("" if d.get(k) is None else d[k]) for k in fields])
+
+
+def _explain_command(r: dict, parameters: dict) -> str:
+    """The `vpnid explain` command line for a flow, shell-quoted: a capture's name is anyone's text, and
+    a pasted `$(...)` must stay part of a file name."""
+    return shlex.join(["vpnid", "explain", r["pcap"], "--flow", r["flow_id"],
+                       "--idle-timeout", str(parameters["idle_timeout"]),
+                       "--active-timeout", str(parameters["active_timeout"])])
 
 
 def _html(trial: Trial, summary: dict, mix: Sequence[tuple[str, str | None, int]],
@@ -128,6 +153,7 @@ def _html(trial: Trial, summary: dict, mix: Sequence[tuple[str, str | None, int]
                                    "Top unregistered endpoints") if endpoints else None,
     }
     table = [{"r": res.record, "organization": res.organization, "network": res.client_network,
+              "explain": _explain_command(res.record, trial.parameters),
               "server": _server(res.record), "first": _utc(res.record["first_seen"]),
               "duration": res.record["last_seen"] - res.record["first_seen"]} for res in flagged[:TABLE_ROWS]]
     return _ENV.get_template("report.html.j2").render(
@@ -138,17 +164,26 @@ def _html(trial: Trial, summary: dict, mix: Sequence[tuple[str, str | None, int]
 
 
 def write_report(trials: TrialStore, name: str, out: Path, warn: Warn = lambda _m: None) -> Written:
-    """Write the report files of trial `name` into `out` (created if needed)."""
+    """Write the report files of trial `name` into the folder `out` (made, private, if needed), each
+    whole or not at all and never through a link planted there (see `files`); OutputError if `out` is
+    not a folder or a report file would replace one of the trial's captures or its database. A
+    flagged.pcap left by an earlier report is removed when this one has none."""
     with trials.reading():  # one consistent view, even if the trial is being re-run meanwhile
         trial = trials.require(name)
         mix = trials.mix(name)
         flagged = list(trials.results(name, flagged_only=True))
-    out.mkdir(parents=True, exist_ok=True)
-    pcaps, frames, missing = _pcap(trial, flagged, out, warn)
-    files = [out / "report.html", out / "flagged.csv", out / "summary.json", *pcaps]
-    summary = _summary(trial, mix, flagged, {"files": [p.name for p in files], "flagged_pcap_frames": frames,
-                                             "missing_captures": missing})
-    _csv(flagged, out / "flagged.csv")
-    (out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n", encoding="utf-8")
-    (out / "report.html").write_text(_html(trial, summary, mix, flagged), encoding="utf-8")
-    return Written(files, len(flagged), frames, missing)
+        read = trials.captures(name)
+    private_dir(out)
+    protect = [*trial.parameters["captures"], *database_files(trials.store.location)]
+    with staged(out, protect) as tmp:
+        pcaps, frames, missing = _pcap(trial, read, flagged, tmp, warn)
+        pcap_files = [out / p.name for p in pcaps]
+        files = [out / "report.html", out / "flagged.csv", out / "summary.json", *pcap_files]
+        summary = _summary(trial, mix, flagged, {"files": [p.name for p in files], "flagged_pcap_frames": frames,
+                                                 "missing_captures": missing})
+        _csv(flagged, tmp / "flagged.csv")
+        (tmp / "summary.json").write_text(json.dumps(summary, indent=2) + "\n", encoding="utf-8")
+        (tmp / "report.html").write_text(_html(trial, summary, mix, flagged), encoding="utf-8")
+    if not pcaps and (stale := out / "flagged.pcap").is_file() and not stale.is_symlink():
+        stale.unlink()
+    return Written(files, len(flagged), frames, missing, pcap_files)
