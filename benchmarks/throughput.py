@@ -31,7 +31,7 @@ resident set size as /usr/bin/time -v reports it (exact, but per process, not su
 built before any tool runs.
 flows/s uses the same flow count for every tool: the input's bidirectional 5-tuples (no timeouts).
 
-    python benchmarks/throughput.py                       # lab, short at 2 M; ppf 2 11 50 200 at 500 k
+    python benchmarks/throughput.py                       # lab, short at 2 M; ppf 2 11 50 200 at 300 k (~15 min)
     python benchmarks/throughput.py --quick               # 200 k / 100 k packets, 1 round
     python benchmarks/throughput.py --inputs short --packets 2e6 4e6 8e6   # flat from 2 M to 8 M?
     python benchmarks/throughput.py --tools vpnid nfstream --record        # append to RESULTS.md
@@ -534,6 +534,8 @@ def record(all_results: dict, args, info: dict) -> str:
         lines += ["", describe(name, res["meta"]), "", table(res), ""]
         if r := ratios(summarise(res)):
             lines.append("; ".join(r) + ".")
+        if res.get("notes"):
+            lines.append("Packets counted: " + "; ".join(res["notes"]) + ".")
     if info.get("plot"):
         lines += ["", f"Plot: `benchmarks/{PLOT.name}`."]
     return "\n".join(lines) + "\n"
@@ -550,8 +552,8 @@ def main() -> int:
     ap.add_argument("--ppf", type=int, nargs="+", default=[2, 11, 50, 200],
                     help="packets per flow of the ppf inputs (default 2 11 50 200)")
     ap.add_argument("--ppf-packets", type=float, default=None,
-                    help="packets in each ppf input (default 5e5: at 2 packets a flow that is 250 k flows, "
-                         "which takes vpnid and nfstream ~30 s each today)")
+                    help="packets in each ppf input (default 3e5: at 2 packets a flow that is 150 k flows, "
+                         "which takes vpnid and nfstream ~20-30 s each today)")
     ap.add_argument("--tools", nargs="+", default=list(DEFAULT_TOOLS), choices=TOOLS,
                     help=f"tools to run (default: {' '.join(DEFAULT_TOOLS)})")
     ap.add_argument("--skip", nargs="*", default=[], choices=TOOLS, help="tools not to run")
@@ -569,7 +571,7 @@ def main() -> int:
         run_dpkt(args.child[1])
         return 0
     packets = args.packets or ([2e5] if args.quick else [2e6])
-    ppf_packets = args.ppf_packets or (1e5 if args.quick else 5e5)
+    ppf_packets = args.ppf_packets or (1e5 if args.quick else 3e5)
     args.rounds = args.rounds or (1 if args.quick else 3)
     t_start, load_before = time.perf_counter(), load()
 
@@ -633,9 +635,10 @@ def main() -> int:
         seen = {t: r.get("seen_packets") for t, r in [(t, res["runs"][t][-1]) for t in tools]}
         if "ndpi" in res:
             seen["ndpiReader"] = res["ndpi"].get("seen_packets")
-        for t, got in seen.items():
-            if got is not None and got != meta["ip_packets"]:
-                print(f"  note: {t} counted {got:,} packets of the {meta['ip_packets']:,} IP packets")
+        res["notes"] = [f"{t} counted {got:,} packets of the {meta['ip_packets']:,} IPv4/IPv6 frames"
+                        for t, got in seen.items() if got is not None and got != meta["ip_packets"]]
+        for note in res["notes"]:
+            print(f"  note: {note}")
 
     info.update(load_before=load_before, load_after=load(), wall_s=time.perf_counter() - t_start)
     if not args.no_plot and any(k.startswith("ppf") for k in all_results):
