@@ -563,7 +563,7 @@ def main() -> int:
     ap.add_argument("--short-sources", metavar="DIR",
                     help="folder of the short-flow captures (default: ../shared/corpus/external beside the "
                          "checkout, else /work/shared/corpus/external)")
-    ap.add_argument("--record", action="store_true", help=f"append a run section to {RESULTS.relative_to(ROOT)}")
+    ap.add_argument("--record", action="store_true", help=f"add a run section to {RESULTS.relative_to(ROOT)} (before the older runs)")
     ap.add_argument("--no-plot", action="store_true", help=f"do not draw {PLOT.relative_to(ROOT)}")
     ap.add_argument("--child", nargs=2, metavar=("TOOL", "PCAP"), help=argparse.SUPPRESS)
     args = ap.parse_args()
@@ -647,9 +647,12 @@ def main() -> int:
             print(f"\nplot: {PLOT}")
     (INPUTS / "last-run.json").write_text(json.dumps({"info": info, "results": all_results}, indent=1,
                                                      default=str))
-    if args.record:
-        with open(RESULTS, "a") as f:
-            f.write("\n" + record(all_results, args, info))
+    if args.record:  # newest run first: before the first run section
+        text = RESULTS.read_text() if RESULTS.exists() else "# Throughput results\n"
+        at = text.find("\n## Run of ")
+        section = record(all_results, args, info)
+        text = text.rstrip("\n") + "\n\n" + section if at < 0 else text[: at + 1] + section + "\n" + text[at + 1 :]
+        RESULTS.write_text(text)
         print(f"recorded in {RESULTS}")
     return 0
 
