@@ -10,3 +10,8 @@ FULLY_ENCRYPTED = "fully_encrypted"
 Great Firewall's passive rules (Wu et al., USENIX Security 2023: no exemption for bits per byte, printable
 prefix, share or run) and show no clear length field or zeroed header: what Shadowsocks, VMess or obfs4
 look like, but also compressed, game and obfuscated messenger protocols (nDPI: NDPI_FULLY_ENCRYPTED)."""
+
+RESERVED_SPI = "reserved_spi"
+"""An IPsec packet (IP protocol 50/51) whose SPI is in the range 1-255 that RFC 4303 §2.1 reserves (or 0,
+never sent on the wire): manually keyed SAs, test traces, or a malformed header. The flow is still labelled
+`ipsec` (the IP header says ESP), at a lower confidence."""
