@@ -15,3 +15,9 @@ RESERVED_SPI = "reserved_spi"
 """An IPsec packet (IP protocol 50/51) whose SPI is in the range 1-255 that RFC 4303 §2.1 reserves (or 0,
 never sent on the wire): manually keyed SAs, test traces, or a malformed header. The flow is still labelled
 `ipsec` (the IP header says ESP), at a lower confidence."""
+
+BLOCKED_ATTEMPT = "blocked_attempt"
+"""A tunnel's opening message sent again and again and never answered: WireGuard initiations retried every
+~5 s, retransmitted PPTP Start-Control-Connection-Requests or L2TP SCCRQs with no reply in the capture.
+The attempt is still labelled with its protocol; the risk says the tunnel never came up (blocked, or
+the server is gone)."""
