@@ -11,9 +11,11 @@ WIREGUARD = "wireguard"
 IPSEC = "ipsec"
 OPENCONNECT = "openconnect"
 SHADOWSOCKS = "shadowsocks"
+PPTP = "pptp"
+L2TP = "l2tp"
 NONE = "none"  # not a tunnel (or nothing vouches for one)
 
-TUNNEL_FAMILIES = (OPENVPN, WIREGUARD, IPSEC, OPENCONNECT, SHADOWSOCKS)  # every tunnel label, in this order
+TUNNEL_FAMILIES = (OPENVPN, WIREGUARD, IPSEC, OPENCONNECT, SHADOWSOCKS, PPTP, L2TP)  # every tunnel label, in this order
 # The families third-party reference labels (nDPI's, the dev set's truth.csv) name on their own; any other
 # tunnel family vpnid names counts as their `other_vpn`.
 REFERENCE_FAMILIES = (OPENVPN, WIREGUARD, IPSEC)

@@ -10,3 +10,14 @@ FULLY_ENCRYPTED = "fully_encrypted"
 Great Firewall's passive rules (Wu et al., USENIX Security 2023: no exemption for bits per byte, printable
 prefix, share or run) and show no clear length field or zeroed header: what Shadowsocks, VMess or obfs4
 look like, but also compressed, game and obfuscated messenger protocols (nDPI: NDPI_FULLY_ENCRYPTED)."""
+
+RESERVED_SPI = "reserved_spi"
+"""An IPsec packet (IP protocol 50/51) whose SPI is in the range 1-255 that RFC 4303 §2.1 reserves (or 0,
+never sent on the wire): manually keyed SAs, test traces, or a malformed header. The flow is still labelled
+`ipsec` (the IP header says ESP), at a lower confidence."""
+
+BLOCKED_ATTEMPT = "blocked_attempt"
+"""A tunnel's opening message sent again and again and never answered: WireGuard initiations retried every
+~5 s, retransmitted PPTP Start-Control-Connection-Requests or L2TP SCCRQs with no reply in the capture.
+The attempt is still labelled with its protocol; the risk says the tunnel never came up (blocked, or
+the server is gone)."""

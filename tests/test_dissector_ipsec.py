@@ -238,9 +238,21 @@ def test_raw_esp_confirms_on_its_first_packet() -> None:
     assert 0.9 <= d.confidence < 0.99 and d.verdict_packet == 1 and "0x2360b0e3" in d.evidence[-1]
 
 
-def test_raw_esp_with_reserved_spi_is_rejected() -> None:
+@pytest.mark.parametrize("spi", [10, 123, 200, 255])
+def test_raw_esp_with_reserved_spi_is_ipsec_at_lower_confidence_with_a_risk(spi: int) -> None:
+    """Manually keyed SAs and test traces use SPIs RFC 4303 reserves: IP protocol 50 still says ESP."""
     d = ESP()
-    assert b.run(d, [(0, 0.0, b.esp(200, 1, 132))], proto=IPPROTO_ESP) is State.REJECTED and "reserved" in d.evidence[-1]
+    assert b.run(d, [(0, 0.0, b.esp(spi, 1, 132))], proto=IPPROTO_ESP) is State.CONFIRMED
+    assert d.confidence == pytest.approx(0.8) and d.risks == {"reserved_spi"} and "reserved" in d.evidence[-1]
+    d = ESP()
+    assert b.run(d, [(0, 0.0, b.esp(321, 1, 132))], proto=IPPROTO_ESP) is State.CONFIRMED
+    assert d.confidence == pytest.approx(0.95) and not d.risks
+
+
+def test_reserved_spi_in_udp_is_still_no_esp() -> None:
+    """Inside UDP nothing vouches for ESP: a small 'SPI' there is just a small leading word (DNS, games)."""
+    d = ESP()
+    assert b.run(d, [(i % 2, 0.01 * i, b.esp(10 + i % 2, 1 + i // 2, 132)) for i in range(8)]) is State.REJECTED
 
 
 def esp_in_udp_mid_flow(n: int) -> list[tuple[int, float, bytes]]:
@@ -279,10 +291,31 @@ def test_esp_in_udp_spi_change_without_sequence_restart_is_rejected() -> None:
     assert b.run(d, packets) is State.REJECTED and "restart" in d.evidence[-1]
 
 
-def test_one_way_esp_in_udp_stays_unconfirmed() -> None:
+@pytest.mark.parametrize("n, end", [(40, False), (9, True)], ids=["budget", "flow-end"])
+def test_one_way_esp_in_udp_confirms_at_lower_confidence(n: int, end: bool) -> None:
+    """Asymmetric tap: SPI constant, sequence +1, encrypted body, the other side never seen."""
     d = ESP()
-    packets = [(0, 0.01 * i, b.esp(ESP_IN, 100 + i, 1332)) for i in range(40)]
-    assert b.run(d, packets) is not State.CONFIRMED
+    packets = [(0, 0.01 * i, b.esp(ESP_IN, 100 + i, 1332)) for i in range(n)]
+    assert b.run(d, packets, end=end) is State.CONFIRMED
+    assert d.confidence == pytest.approx(0.7) and d.attributes["one_way"] == "true"
+    assert "one direction only" in d.evidence[-1]
+
+
+def test_one_way_esp_in_udp_needs_a_run_and_a_stepping_sequence() -> None:
+    assert b.run(ESP(), [(0, 0.01 * i, b.esp(ESP_IN, 100 + i, 1332)) for i in range(5)]) is not State.CONFIRMED
+    jumpy = [(0, 0.01 * i, b.esp(ESP_IN, 100 + 7 * i, 1332)) for i in range(40)]
+    assert b.run(ESP(), jumpy) is not State.CONFIRMED
+
+
+def test_one_way_look_alikes_are_not_esp() -> None:
+    rtp = [(0, 0.02 * i, b.rtp(1000 + i, 160 * i, 0x1234ABCD, 172)) for i in range(40)]
+    assert b.run(ESP(), rtp) is not State.CONFIRMED
+    dcid = b.rnd(8)
+    quic = [(0, 0.01 * i, b.quic_short(dcid, 1200)) for i in range(40)]
+    assert b.run(ESP(), quic) is not State.CONFIRMED
+    assert b.run(ESP(), [(0, 0.5 * i, b.stun_binding()) for i in range(12)]) is not State.CONFIRMED
+    game = [(0, 0.05 * i, b.game(0x0A0B0C0D, 300 + i, 200)) for i in range(40)]  # cleartext body
+    assert b.run(ESP(), game) is not State.CONFIRMED
 
 
 def test_esp_in_udp_rejects_the_game_on_its_cleartext_body() -> None:

@@ -384,3 +384,108 @@ def test_one_way_acks_of_own_session_are_not_a_handshake() -> None:
     s.sids = (s.sids[CLIENT], s.sids[CLIENT])  # a sender "acknowledging" itself is echoing, not OpenVPN
     mine = [p for d, p in s.handshake() if d == CLIENT]
     assert run(udp_packets([(0, p) for p in mine])).state is State.REJECTED
+
+
+# -- short sessions through the flow table ---------------------------------------------------------------
+
+
+@pytest.mark.parametrize("server_restart", [0, 0x0F000000, None], ids=["cookie", "cookie-early-neg", "stateful"])
+def test_short_tls_crypt_v2_session_over_ipv6_is_decided_by_its_handshake(server_restart: int | None) -> None:
+    """13 packets, no data: the handshake alone decides (the model's 20-packet minimum does not apply)."""
+    from tests.flowbuild import P, table
+    from tests.vpnbytes_openvpn import tls_crypt_v2_session
+    from vpnid.features.dissectors.catalog import ALL
+    from vpnid.features.flows import FlowTable, FlowTableConfig
+
+    items = tls_crypt_v2_session(server_restart=server_restart)
+    assert len(items) == 13
+    client, server = "2001:db8::10", "2001:db8:1::1194"
+    pkts = [P(1.0 + i / 50, *((client, server, 50123, 1194) if d == CLIENT else (server, client, 1194, 50123)),
+              17, 0, b) for i, (d, b) in enumerate(items)]
+    ft = FlowTable(list(ALL), FlowTableConfig())
+    ft.add(table(pkts))
+    (flow,) = ft.close()
+    assert flow.total_packets == 13
+    assert flow.verdict is not None and flow.verdict.family == "openvpn"
+    assert flow.verdict.confidence == pytest.approx(0.99)
+    assert flow.verdict.attributes["variant"] == "tls-crypt-v2"
+
+
+# -- mid-flow tls-auth / tls-crypt data, and one direction only -----------------------------------------
+
+
+def _interleave(a: list[bytes], b: list[bytes]) -> list[tuple[int, bytes]]:
+    out: list[tuple[int, bytes]] = []
+    for i in range(max(len(a), len(b))):
+        out += [(0, a[i])] if i < len(a) else []
+        out += [(1, b[i])] if i < len(b) else []
+    return out
+
+
+@pytest.mark.parametrize("hmac, block", [(32, 16), (20, 16), (20, 8), (64, 16)], ids=["sha256", "sha1", "sha1-bf", "sha512"])
+@pytest.mark.parametrize("peer", [None, 0x000005], ids=["v1", "v2"])
+def test_mid_flow_tls_auth_cbc_data_both_ways(hmac: int, block: int, peer: int | None) -> None:
+    """tls-auth era data channel (AES-256-CBC / BF-CBC + HMAC): the packet-id is encrypted, the layout fits."""
+    from tests.vpnbytes_openvpn import data_cbc
+    rng = random.Random(hmac + block)
+    up = [data_cbc(rng.randrange(40, 1300), rng, hmac, block, peer) for _ in range(6)]
+    down = [data_cbc(rng.randrange(40, 200), rng, hmac, block, peer) for _ in range(6)]
+    d = run(udp_packets(_interleave(up, down)))
+    assert d.state is State.CONFIRMED and d.confidence == pytest.approx(0.8)
+    assert d.attributes["cipher"] == "cbc" and d.attributes["mid_flow"] == "true"
+    if hmac == 32 and block == 16:
+        assert "SHA256" in d.evidence[1]  # MD5, SHA256 and SHA512 sizes all fit a 16-byte grid alike
+
+
+def test_mid_flow_tls_crypt_aead_data_with_large_packet_ids() -> None:
+    """A tls-crypt session long after its handshake: AEAD packet-ids far past 2^24, still rising."""
+    rng = random.Random(3)
+    up = [data_v2(7, 40_000_000 + i, rng.randrange(40, 1300), rng) for i in range(4)]
+    down = [data_v2(7, 90_000_000 + i, 60, rng) for i in range(4)]
+    d = run(udp_packets(_interleave(up, down)))
+    assert d.state is State.CONFIRMED and d.confidence == pytest.approx(0.9)
+
+
+def test_cbc_rule_needs_a_varied_encrypted_body() -> None:
+    from tests.vpnbytes_openvpn import data_cbc
+    rng = random.Random(9)
+    same = [data_cbc(100, rng) for _ in range(6)]  # one size: fits any grid by luck
+    assert run(udp_packets(_interleave(same, same))).state is not State.CONFIRMED
+    clear = [b"\x30" + bytes(32 + 16 * rng.randrange(2, 20)) for _ in range(6)]  # zeros: cleartext
+    assert run(udp_packets(_interleave(clear, clear[::-1]))).state is not State.CONFIRMED
+    off_grid = [b"\x30" + rng.randbytes(rng.randrange(60, 1300)) for _ in range(12)]
+    assert run(udp_packets(_interleave(off_grid[:6], off_grid[6:]))).state is not State.CONFIRMED
+
+
+@pytest.mark.parametrize("side", [0, 1])
+def test_one_direction_aead_data_confirms_at_lower_confidence(side: int) -> None:
+    rng = random.Random(11)
+    items = [(side, data_v2(0x12, 7000 + i, rng.randrange(40, 1300), rng)) for i in range(16)]
+    d = run(udp_packets(items))
+    assert d.state is State.CONFIRMED and d.confidence == pytest.approx(0.7)
+    assert d.attributes["one_way"] == "true" and "one direction only" in d.evidence[0]
+    d = run(udp_packets(items[:9]))  # the flow ends after 9: decided at its end
+    assert d.state is State.CONFIRMED and d.confidence == pytest.approx(0.7)
+    assert run(udp_packets(items[:5])).state is State.REJECTED
+
+
+def test_bulk_one_side_first_then_the_other_is_still_two_way() -> None:
+    rng = random.Random(12)
+    items = [(1, data_v2(0x12, 900 + i, 1300, rng)) for i in range(12)] + [(0, data_v2(0x12, 40 + i, 60, rng))
+                                                                            for i in range(3)]
+    d = run(udp_packets(items))
+    assert d.state is State.CONFIRMED and d.confidence == pytest.approx(0.9)
+
+
+def test_one_way_look_alikes_are_not_openvpn() -> None:
+    from tests.vpnbytes_wg_ipsec import quic_short, rtp, stun_binding
+    rng = random.Random(13)
+    dcid = rng.randbytes(8)
+    assert run(udp_packets([(0, quic_short(dcid, rng.randrange(50, 1300))) for _ in range(16)])).state is State.REJECTED
+    assert run(udp_packets([(0, rtp(100 + i, 160 * i, 0xABCDEF, 172)) for i in range(16)])).state is State.REJECTED
+    assert run(udp_packets([(0, stun_binding()) for _ in range(16)])).state is State.REJECTED
+    dns = [(0, _dns(4000 + i, False)) for i in range(16)]
+    assert run(udp_packets(dns)).state is State.REJECTED
+    # a counter at offset 1 stepping by one, but a cleartext body
+    clear = [(0, b"\x30" + struct.pack(">I", 50 + i) + bytes(100)) for i in range(16)]
+    assert run(udp_packets(clear)).state is State.REJECTED

@@ -90,10 +90,17 @@ def test_keepalives_alone_both_ways_confirm() -> None:
     assert b.run(d, packets) is State.CONFIRMED and d.verdict_packet == 6
 
 
-def test_one_way_type4_looking_traffic_is_never_confirmed() -> None:
+def test_one_way_transport_data_confirms_at_lower_confidence() -> None:
+    """Asymmetric tap: one side's transport data under one receiver index, counter stepping by one."""
     d = WireGuard()
     packets = [(0, 0.02 * i, b.wg_data(RESP, 500 + i, 200)) for i in range(40)]
-    assert b.run(d, packets) is not State.CONFIRMED
+    assert b.run(d, packets) is State.CONFIRMED and d.confidence == pytest.approx(0.7)
+    assert d.attributes["one_way"] == "true" and d.verdict_packet == WireGuard.budget
+    d = WireGuard()
+    assert b.run(d, packets[:9]) is State.CONFIRMED  # decided when the flow ends
+    assert b.run(WireGuard(), packets[:5]) is not State.CONFIRMED  # too short
+    jumpy = [(0, 0.02 * i, b.wg_data(RESP, 500 + 3 * i, 200)) for i in range(40)]
+    assert b.run(WireGuard(), jumpy) is not State.CONFIRMED
 
 
 def test_counters_that_do_not_step_by_one_are_rejected() -> None:
@@ -177,6 +184,53 @@ def test_never_raises_on_truncated_messages(cuts: list[tuple[int, int, int]]) ->
 
 def test_budget_bounds_the_work() -> None:
     d = WireGuard()
-    for i in range(WireGuard.budget + 5):
-        d.feed(FlowPacket(i + 1, 0, float(i), b.wg_data(RESP, 9 + i, 64)))
+    for i in range(WireGuard.budget + 5):  # initiations 1 s apart: neither answered nor on the 5 s timer
+        d.feed(FlowPacket(i + 1, 0, float(i), b.wg_initiation(1000 + i)))
     assert d.state is State.REJECTED and d.seen == WireGuard.budget
+
+
+# --- Tailscale: disco datagrams interleaved with WireGuard transport data ------------------------------
+
+DISCO_KEYS = (bytes(range(32)), bytes(range(100, 132)))
+
+
+def disco(direction: int, kind: int = 1) -> bytes:
+    """Disco ping/pong (tailscale.com/disco): magic, sender disco key, 24-byte nonce, NaCl box of
+    type + version + 12-byte transaction ID (+ 16-byte Poly1305 tag)."""
+    return b"TS\xf0\x9f\x92\xac" + DISCO_KEYS[direction] + b.rnd(24) + b.rnd(16 + 2 + 12 + (18 if kind == 2 else 0))
+
+
+def tailscale_mid_flow(n: int = 12) -> list[tuple[int, float, bytes]]:
+    out = []
+    for i in range(n):
+        d = i % 2
+        if i % 4 == 1:
+            out.append((d, 0.01 * i, disco(d, 1 + d)))
+        out.append((d, 0.01 * i + 0.001, b.wg_data((RESP, INIT)[d], 7000 + i // 2, 120)))
+    return out
+
+
+def test_tailscale_disco_interleaved_with_transport_data_is_wireguard_variant_tailscale() -> None:
+    d = WireGuard()
+    assert b.run(d, tailscale_mid_flow()) is State.CONFIRMED
+    assert d.confidence == pytest.approx(0.9) and d.attributes["variant"] == "tailscale"
+    assert "Tailscale disco" in d.evidence[-1]
+
+
+def test_disco_alone_or_malformed_is_not_wireguard() -> None:
+    assert b.run(WireGuard(), [(i % 2, 0.5 * i, disco(i % 2)) for i in range(10)]) is not State.CONFIRMED
+    assert b.run(WireGuard(), [(0, 0.0, b"TS\xf0\x9f\x92\xac" + b.rnd(20))]) is State.REJECTED
+    changed = [(0, 0.0, disco(0)), (0, 0.1, disco(1))]
+    assert b.run(WireGuard(), changed) is State.REJECTED
+
+
+def test_one_way_look_alikes_are_not_wireguard() -> None:
+    dcid = b.rnd(8)
+    flows = [
+        [(0, 0.01 * i, b.quic_short(dcid, 1200)) for i in range(40)],
+        [(0, 0.02 * i, b.rtp(1000 + i, 160 * i, 0x1234ABCD, 172)) for i in range(40)],
+        [(0, 0.5 * i, b.stun_binding()) for i in range(12)],
+        [(0, 0.02 * i, b"\x04\x00\x00\x00" + bytes(28 + 16 * (i % 3))) for i in range(40)],  # counter stuck at 0
+    ]
+    for packets in flows:
+        assert b.run(WireGuard(), packets) is not State.CONFIRMED

@@ -15,7 +15,12 @@ import dpkt
 import pytest
 
 from vpnid.pcaps.lab import catalog, manifest, pcapfile
+from vpnid.features.families import L2TP, PPTP
 from vpnid.pcaps.lab.variant import FAMILIES
+
+# Families whose dissectors are tested on RFC-built bytes only so far (issue #14: lab variants with
+# accel-ppp / pptpd / xl2tpd between namespaces are still to come).
+NO_LAB_VARIANT_YET = {PPTP, L2TP}
 
 CORPUS = manifest.CORPUS_DIR
 LAB_NET = ipaddress.ip_network("198.18.0.0/15")
@@ -51,7 +56,7 @@ def test_manifest_row_is_well_formed(row):
 
 def test_every_variant_and_family_is_in_the_corpus():
     assert {Path(p).stem for p in IDS} == {v.name for v in catalog.VARIANTS}
-    assert {r["family"] for r in ROWS} == set(FAMILIES)
+    assert {r["family"] for r in ROWS} == set(FAMILIES) - NO_LAB_VARIANT_YET
     assert sorted(p.name for p in CORPUS.glob("*.pcap")) == sorted(IDS), "unlisted or missing capture files"
 
 
@@ -132,6 +137,6 @@ def test_vpnid_eval_is_right_on_every_family_of_the_corpus():
                          capture_output=True, text=True, check=False)
     assert res.returncode == 0, res.stdout[-2000:] + res.stderr[-2000:]
     score = json.loads(res.stdout)
-    assert set(score["families"]) == set(FAMILIES) and not score["false_positives"]
+    assert set(score["families"]) == set(FAMILIES) - NO_LAB_VARIANT_YET and not score["false_positives"]
     assert all(f["recall"] == 1.0 for name, f in score["families"].items() if name not in ENTROPY_ONLY)
     assert {m["family"] for m in score["misses"]} <= ENTROPY_ONLY

@@ -54,7 +54,8 @@ def test_header_must_name_exactly_the_fields(tmp_path):
     ({"registration_id": "a b"}, "registration_id 'a b' must be 1-64 letters, digits or . _ : - (starting with a "
                                  "letter or digit)"),
     ({"organization": " "}, "organization is empty"),
-    ({"protocol": "pptp"}, "protocol 'pptp' is not one of openvpn, wireguard, ipsec, openconnect, shadowsocks, any"),
+    ({"protocol": "sstp"}, "protocol 'sstp' is not one of openvpn, wireguard, ipsec, openconnect, shadowsocks, pptp, "
+                           "l2tp, any"),
     ({"status": "expired"}, "status 'expired' is not one of active, suspended, revoked"),
     ({"client_networks": ""}, "client_networks is empty (at least one CIDR is needed)"),
     ({"client_networks": "10.0.0.0/33"}, "client_networks: '10.0.0.0/33' is not an IPv4 or IPv6 network in CIDR "

@@ -17,6 +17,7 @@ from vpnid.features.dissectors.openvpn import (
     P_CONTROL_HARD_RESET_CLIENT_V3,
     P_CONTROL_HARD_RESET_SERVER_V2,
     P_CONTROL_V1,
+    P_CONTROL_WKC_V1,
     P_DATA_V1,
     P_DATA_V2,
 )
@@ -93,6 +94,40 @@ class Session:
         ]
 
 
+def tls_crypt_v2_session(seed: int = 5, server_restart: int | None = 0) -> list[tuple[int, bytes]]:
+    """A complete OpenVPN 2.6 tls-crypt-v2 handshake in 13 packets: client reset V3 with its wrapped key,
+    the server's reset, P_CONTROL_WKC_V1 (ClientHello + wrapped key again), both TLS flights and ACKs.
+
+    Client replay packet-ids count from EARLY_NEG_START + 1. A 2.6 server answers the first reset
+    statelessly (HMAC session-id cookie, ssl_pkt.c tls_reset_standalone): that reset takes replay id 1 from
+    a throw-away context, and the session created afterwards counts its own ids from `server_restart` + 1
+    (0 or EARLY_NEG_START); with `server_restart=None` the server keeps one counter (no cookie)."""
+    s = Session("tls-crypt", seed=seed)
+    s.replay = [0x0F000000, 0]
+    rng = s.rng
+    wkc = rng.randbytes(32 + 290) + (32 + 290 + 2).to_bytes(2, "big")
+    items = [
+        (CLIENT, s.packet(CLIENT, P_CONTROL_HARD_RESET_CLIENT_V3, wkc=wkc)),
+        (SERVER, s.packet(SERVER, P_CONTROL_HARD_RESET_SERVER_V2, acks=(0,))),
+    ]
+    if server_restart is not None:
+        s.replay[SERVER] = server_restart
+    items += [
+        (CLIENT, s.packet(CLIENT, P_CONTROL_WKC_V1, acks=(0,), payload=client_hello(rng), wkc=wkc)),
+        (SERVER, s.packet(SERVER, P_CONTROL_V1, acks=(1,), payload=rng.randbytes(1100))),
+        (SERVER, s.packet(SERVER, P_CONTROL_V1, payload=rng.randbytes(1100))),
+        (CLIENT, s.packet(CLIENT, P_ACK_V1, acks=(1, 2))),
+        (SERVER, s.packet(SERVER, P_CONTROL_V1, payload=rng.randbytes(400))),
+        (CLIENT, s.packet(CLIENT, P_CONTROL_V1, acks=(3,), payload=rng.randbytes(800))),
+        (SERVER, s.packet(SERVER, P_ACK_V1, acks=(2,))),
+        (SERVER, s.packet(SERVER, P_CONTROL_V1, payload=rng.randbytes(300))),
+        (CLIENT, s.packet(CLIENT, P_ACK_V1, acks=(4,))),
+        (CLIENT, s.packet(CLIENT, P_CONTROL_V1, payload=rng.randbytes(200))),
+        (SERVER, s.packet(SERVER, P_ACK_V1, acks=(3,))),
+    ]
+    return items
+
+
 def data_v2(peer_id: int, counter: int, size: int, rng: random.Random, key_id: int = 0) -> bytes:
     """P_DATA_V2 with AEAD: opcode, peer-id, clear packet-id, 16-byte tag, ciphertext."""
     head = bytes([P_DATA_V2 << 3 | key_id]) + peer_id.to_bytes(3, "big") + struct.pack(">I", counter)
@@ -102,6 +137,17 @@ def data_v2(peer_id: int, counter: int, size: int, rng: random.Random, key_id: i
 def data_v1(counter: int, size: int, rng: random.Random, key_id: int = 0) -> bytes:
     """P_DATA_V1 with AEAD: opcode, clear packet-id, tag, ciphertext."""
     return bytes([P_DATA_V1 << 3 | key_id]) + struct.pack(">I", counter) + rng.randbytes(16 + size)
+
+
+def data_cbc(plaintext: int, rng: random.Random, hmac: int = 32, block: int = 16, peer_id: int | None = None,
+             key_id: int = 0) -> bytes:
+    """Non-AEAD data packet (--cipher *-CBC --auth SHA*, crypto.c): opcode (+ peer-id), HMAC, IV, then
+    packet-id + payload + PKCS#7 padding in whole cipher blocks; the packet-id is inside the ciphertext."""
+    blocks = (4 + plaintext) // block + 1
+    head = bytes([(P_DATA_V2 if peer_id is not None else P_DATA_V1) << 3 | key_id])
+    if peer_id is not None:
+        head += peer_id.to_bytes(3, "big")
+    return head + rng.randbytes(hmac + block + blocks * block)
 
 
 def udp_packets(items: list[tuple[int, bytes]]) -> list[FlowPacket]:

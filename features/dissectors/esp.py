@@ -1,9 +1,12 @@
 """IPsec data plane: ESP (RFC 4303), ESP-in-UDP (RFC 3948) and AH (RFC 4302).
 
-IP protocols 50 and 51 are ESP and AH by IANA assignment, so one well-formed header is enough there. ESP
-carried in UDP has no such guarantee: its only cleartext is SPI + sequence number, a shape that RTP,
-QUIC short headers and game protocols come close to. There we require the full record-layer pattern in
-both directions (see `seqtrack`), 4-byte alignment and a body that looks encrypted (few zero bytes).
+IP protocols 50 and 51 are ESP and AH by IANA assignment, so one well-formed header is enough there; a
+reserved SPI (1-255, RFC 4303 §2.1: manually keyed SAs and test traces use 10, 123, 321 ...) lowers the
+confidence and raises the `reserved_spi` risk instead of dropping the label. ESP carried in UDP has no
+such guarantee: its only cleartext is SPI + sequence number, a shape that RTP, QUIC short headers and
+game protocols come close to. There we require the full record-layer pattern in both directions (see
+`seqtrack`), 4-byte alignment and a body that looks encrypted (few zero bytes); with only one direction
+in the capture (asymmetric tap), a longer run of that one direction decides at a lower confidence.
 """
 
 from __future__ import annotations
@@ -14,6 +17,7 @@ from vpnid.features.dissectors.base import Dissector, FlowPacket
 from vpnid.features.dissectors.seqtrack import CounterTrack
 from vpnid.features.families import IPSEC
 from vpnid.features.packets import IPPROTO_AH, IPPROTO_ESP, IPPROTO_UDP
+from vpnid.features.risks import RESERVED_SPI
 
 ESP_HEADER = 8  # SPI (4) + sequence number (4), RFC 4303 §2
 SPI_RESERVED_MAX = 255  # SPIs 1-255 are reserved by IANA, 0 is local-only (RFC 4303 §2.1)
@@ -33,6 +37,9 @@ AH_MIN_ICV = 12  # HMAC-*-96 is the shortest ICV in use (RFC 8221)
 # so a rekeyed SPI must start near it.
 UDP_MIN_PER_DIRECTION = 3
 NEW_SA_MAX_SEQ = 8
+# One direction only (the other never sends): this many packets under one SPI, sequence stepping by one,
+# looked at when the flow ends or the budget runs out (so a two-way flow gets its two-way verdict first).
+UDP_MIN_ONE_WAY = 8
 
 
 def esp_shaped(first4: bytes, size: int) -> bool:
@@ -54,8 +61,10 @@ class ESP(Dissector):
         self._tracks = (CounterTrack(), CounterTrack())
         self._body_bytes = 0
         self._body_zeros = 0
+        self._last: FlowPacket | None = None
 
     def on_packet(self, pkt: FlowPacket) -> None:
+        self._last = pkt
         # The payload alone cannot tell raw ESP from ESP-in-UDP; only the former may decide on one packet.
         if pkt.proto == IPPROTO_ESP:
             self._raw(pkt)
@@ -71,12 +80,15 @@ class ESP(Dissector):
             self.reject(f"ESP header cut short ({len(p)} B)")
             return
         spi, seq = int.from_bytes(p[:4], "big"), int.from_bytes(p[4:8], "big")
-        if spi <= SPI_RESERVED_MAX:
-            self.reject(f"reserved ESP SPI {spi}")
-            return
         self.attributes["encapsulation"] = "none"
         self.attributes["spi"] = f"{spi:08x}"
-        self.confirm(pkt, 0.95, f"IP protocol 50, ESP header: SPI 0x{spi:08x}, sequence {seq}, {len(p)} B")
+        evidence = f"IP protocol 50, ESP header: SPI 0x{spi:08x}, sequence {seq}, {len(p)} B"
+        if spi <= SPI_RESERVED_MAX:
+            self.raise_risk(RESERVED_SPI)
+            self.confirm(pkt, 0.8, evidence, f"SPI {spi} is reserved by RFC 4303 §2.1 (manual keying or a test "
+                                             "trace): lower confidence")
+            return
+        self.confirm(pkt, 0.95, evidence)
 
     def _in_udp(self, pkt: FlowPacket) -> None:
         p = pkt.payload
@@ -92,6 +104,29 @@ class ESP(Dissector):
         fwd, rev = self._tracks
         if fwd.steady(UDP_MIN_PER_DIRECTION) and rev.steady(UDP_MIN_PER_DIRECTION):
             self._decide(pkt, fwd, rev)
+        elif self.seen >= self.budget:
+            self._one_way(pkt)
+
+    def on_end(self) -> None:
+        if self._last is not None and self._last.proto == IPPROTO_UDP:
+            self._one_way(self._last)
+
+    def _one_way(self, pkt: FlowPacket) -> None:
+        """Asymmetric capture: only one side's ESP-in-UDP, under one SPI, sequence stepping by one."""
+        for track, other in (self._tracks, self._tracks[::-1]):
+            if other.key is None and track.key is not None and track.steady(UDP_MIN_ONE_WAY):
+                if self._body_zeros > MAX_ZERO_SHARE * self._body_bytes:
+                    return
+                self.attributes["encapsulation"] = "udp"
+                self.attributes["spi"] = f"{track.key:08x}"
+                self.attributes["one_way"] = "true"
+                self.confirm(
+                    pkt,
+                    0.7,
+                    f"ESP-in-UDP, one direction only: SPI 0x{track.key:08x} ({track.packets} pkts), sequence "
+                    "numbers stepping by one, 4-byte aligned, encrypted-looking; the other side never sent",
+                )
+                return
 
     def _decide(self, pkt: FlowPacket, fwd: CounterTrack, rev: CounterTrack) -> None:
         """Both directions show the SPI/sequence pattern; the body must also look encrypted."""

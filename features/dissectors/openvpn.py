@@ -9,11 +9,18 @@ facts that random bytes and look-alike protocols (QUIC, DTLS, STUN, DNS) do not 
 * handshake echo: one side's ACK carries the other side's session ID as its remote session ID (0.99 when
   both hard resets were seen, 0.9 for a capture that starts later in the handshake);
 * tls-crypt handshake: client and server hard resets plus further packets with the same session IDs and
-  increasing replay packet-ids, under the only wrapping in which no ACK array is visible (0.99);
+  increasing replay packet-ids, under the only wrapping in which no ACK array is visible (0.99); a 2.6
+  server's stateless reset may count its replay id apart from the packets after it. However short the
+  flow, such a handshake decides it (a 13-packet tls-crypt-v2 session is OpenVPN);
 * one-way handshake: a hard reset, a control packet whose payload is a TLS record at the derived offset,
   and ACKs naming one constant peer session, all from one side (0.9; asymmetric captures);
 * mid-flow data: data packets both ways with the same key_id, the same peer-id when both use P_DATA_V2,
-  and clear AEAD packet-id counters increasing in each direction (0.9).
+  and clear AEAD packet-id counters increasing in each direction (0.9);
+* mid-flow CBC data (tls-auth era: --cipher *-CBC --auth SHA*): the packet-id is encrypted, so instead
+  every packet of both directions fits one HMAC + IV + whole-cipher-block layout, sizes vary, the first
+  byte (and peer-id) is constant and the body looks encrypted (0.8);
+* one direction only (asymmetric tap): one side's AEAD data under one first byte (and peer-id), packet-id
+  stepping by one, encrypted-looking body (0.7).
 
 Layouts follow OpenVPN's ssl_pkt.h / reliable.h. Over TCP every packet is preceded by a 2-byte
 big-endian length; a per-direction walker follows it across segments.
@@ -82,6 +89,18 @@ MAX_COUNTER = 1 << 24  # packet-ids start at 1 per session/key; far larger ones 
 # cookie of tls-crypt-v2) starts its control-channel replay packet-ids here instead of at 1.
 EARLY_NEG_START = 0x0F000000
 MAX_COUNTER_STEP = 64  # data packet-ids may skip lost or reordered datagrams, not thousands
+# A data packet-id is a 32-bit counter restarted at every key renegotiation (reneg-sec 3600): a bulk
+# session reaches hundreds of millions, so the first one seen mid-flow may be anything below 2^31.
+MAX_DATA_COUNTER = 1 << 31
+# CBC data channel without AEAD (crypto.c openvpn_encrypt): [opcode (+ peer-id)] HMAC, IV (one block),
+# then whole cipher blocks holding packet-id + payload + PKCS#7 padding.
+CBC_HMAC_SIZES = {"md5": 16, "sha1": 20, "sha256": 32, "sha512": 64}
+CBC_BLOCK_SIZES = (16, 8)  # AES / Camellia, then Blowfish / 3DES (OpenVPN's old default BF-CBC)
+MIN_CBC_PACKETS = 4  # per direction ...
+MIN_CBC_SIZES = 4  # ... and distinct sizes overall: a fixed-size protocol fits any grid by luck
+MIN_ONE_WAY_DATA = 8  # one-direction AEAD data: packets (at the flow's end or budget), packet-id stepping by one
+# Ciphertext has about 1 zero byte in 256; cleartext headers and records are full of zeros.
+MAX_ZERO_SHARE = 1 / 16
 MAX_TCP_PACKET = 0x4000  # far above tun-mtu 1500; ASCII-led streams (HTTP, SSH) declare more
 MIN_DATA_PACKETS = 3  # per direction, for the mid-flow rule ...
 MIN_DATA_QUIET = 2  # ... or this many in the quiet direction of a bulk transfer (its ACKs carry no data)
@@ -243,6 +262,11 @@ class DataTrack:
     peer_id: bytes | None = None
     counters: list[int] = field(default_factory=list)
     consistent: bool = True
+    sizes: list[int] = field(default_factory=list)
+    steps_of_one: int = 0
+    body_bytes: int = 0
+    body_zeros: int = 0
+    framed: bool = True  # first byte and peer-id constant (what the CBC rule needs; counters aside)
 
     def add(self, b: bytes) -> None:
         opcode = b[0] >> P_OPCODE_SHIFT
@@ -253,12 +277,44 @@ class DataTrack:
             self.first_byte, self.peer_id = b[0], peer
         elif b[0] != self.first_byte or peer != self.peer_id:
             self.consistent = False
-        if self.counters and not 0 < counter - self.counters[-1] <= MAX_COUNTER_STEP:
-            self.consistent = False
+            self.framed = False
+        if self.counters:
+            step = counter - self.counters[-1]
+            self.steps_of_one += step == 1
+            if not 0 < step <= MAX_COUNTER_STEP:
+                self.consistent = False
         self.counters.append(counter)
+        self.sizes.append(len(b))
+        self.body_bytes += len(b) - head
+        self.body_zeros += b.count(0, head)
 
     def counting(self, at_least: int = MIN_DATA_PACKETS) -> bool:
-        return self.consistent and len(self.counters) >= at_least and 0 < self.counters[0] < MAX_COUNTER
+        return self.consistent and len(self.counters) >= at_least and 0 < self.counters[0] < MAX_DATA_COUNTER
+
+    def encrypted_looking(self) -> bool:
+        return self.body_zeros <= MAX_ZERO_SHARE * self.body_bytes
+
+    def one_way(self) -> bool:
+        """Enough data from this side alone: counter stepping by one nearly always."""
+        n = len(self.counters)
+        return self.counting(MIN_ONE_WAY_DATA) and self.steps_of_one >= n - 2 and self.encrypted_looking()
+
+
+def _cbc_layouts(tracks: tuple[DataTrack, ...]) -> list[tuple[str, int]]:
+    """The (HMAC digest, cipher block) layouts every data packet of `tracks` fits."""
+    fits = []
+    for digest, hmac in CBC_HMAC_SIZES.items():
+        for block in CBC_BLOCK_SIZES:
+            ok = True
+            for t in tracks:
+                head = 1 + (PEER_ID_SIZE if t.first_byte >> P_OPCODE_SHIFT == P_DATA_V2 else 0) + hmac
+                # IV + at least one block (the packet-id alone fills part of one)
+                if any((n - head) % block or n - head < 2 * block for n in t.sizes):
+                    ok = False
+                    break
+            if ok:
+                fits.append((digest, block))
+    return fits
 
 
 def _min_data_size(opcode: int) -> int:
@@ -283,10 +339,12 @@ class OpenVPN(Dissector):
         self._resets: list[int | None] = [None, None]
         self._parsed: dict[Wrap, list[tuple[int, Control]]] = {w: [] for w in WRAPS}
         self._data = (DataTrack(), DataTrack())
+        self._last: FlowPacket | None = None
 
     # -- framing ---------------------------------------------------------------------------------------
 
     def on_packet(self, pkt: FlowPacket) -> None:
+        self._last = pkt
         if self._tcp is None:
             self._tcp = pkt.proto == IPPROTO_TCP
             self.attributes["transport"] = "tcp" if self._tcp else "udp"
@@ -306,6 +364,8 @@ class OpenVPN(Dissector):
                 self.reject(problem)
 
     def on_end(self) -> None:
+        if self._last is not None and self._check_one_way_data(self._last):
+            return
         if None in self._resets:
             self.reject("no OpenVPN handshake seen in both directions")
         else:
@@ -369,7 +429,11 @@ class OpenVPN(Dissector):
         """Add a packet to one wrapping hypothesis, or drop the hypothesis if the packet contradicts it."""
         seen = self._parsed[wrap]
         c = parse_control(b, wrap)
-        previous = [p.replay_id for d, p in seen if d == direction]
+        # A 2.6 server answers the first reset statelessly (HMAC session-id cookie): that reset's replay id
+        # comes from a throw-away context, and the session created after the client's reply counts its own
+        # ids afresh. So replay ids must rise among resets and among the packets after them, not across.
+        after_reset = c is not None and c.opcode not in HARD_RESETS
+        previous = [p.replay_id for d, p in seen if d == direction and not (after_reset and p.opcode in HARD_RESETS)]
         if c is None or not _plausible(c) or (previous and c.replay_id is not None and c.replay_id <= previous[-1]):
             del self._parsed[wrap]
         else:
@@ -436,11 +500,16 @@ class OpenVPN(Dissector):
     def _check_data(self, pkt: FlowPacket) -> None:
         """Mid-flow rule; QUIC short headers fail it (protected first byte, one CID per direction)."""
         a, b = self._data
+        if a.counters and b.counters:
+            if (a.first_byte ^ b.first_byte) & P_KEY_ID_MASK:
+                return
+            if a.peer_id is not None and b.peer_id is not None and a.peer_id != b.peer_id:
+                return
         if not (a.counting() and b.counting(MIN_DATA_QUIET)) and not (b.counting() and a.counting(MIN_DATA_QUIET)):
-            return
-        if (a.first_byte ^ b.first_byte) & P_KEY_ID_MASK:
-            return
-        if a.peer_id is not None and b.peer_id is not None and a.peer_id != b.peer_id:
+            # one-way only on the last packet the budget allows: a bulk transfer seen mid-flow may show
+            # many packets of one side before the first of the other (which would make it two-way, 0.9)
+            if not self._check_cbc_data(pkt) and self.seen >= self.budget:
+                self._check_one_way_data(pkt)
             return
         peer = a.peer_id if a.peer_id is not None else b.peer_id
         names = {OPCODE_NAMES[t.first_byte >> P_OPCODE_SHIFT] for t in self._data}
@@ -454,6 +523,57 @@ class OpenVPN(Dissector):
             + (f", peer-id 0x{peer.hex()} both ways" if a.peer_id is not None and b.peer_id is not None else ""),
             f"AEAD packet-ids rising {a.counters[0]}..{a.counters[-1]} / {b.counters[0]}..{b.counters[-1]}",
         )
+
+    def _check_cbc_data(self, pkt: FlowPacket) -> bool:
+        """Mid-flow CBC + HMAC data (packet-id encrypted): one layout for every packet of both sides."""
+        a, b = self._data
+        if not (a.framed and b.framed) or min(len(a.sizes), len(b.sizes)) < MIN_CBC_PACKETS:
+            return False
+        if len(set(a.sizes) | set(b.sizes)) < MIN_CBC_SIZES or not (a.encrypted_looking() and b.encrypted_looking()):
+            return False
+        fits = _cbc_layouts(self._data)
+        if not fits:
+            return False
+        digests = sorted({d for d, _ in fits})
+        block = max(bl for _, bl in fits)
+        peer = a.peer_id if a.peer_id is not None else b.peer_id
+        if peer is not None:
+            self.attributes["peer_id"] = peer.hex()
+        names = sorted({OPCODE_NAMES[t.first_byte >> P_OPCODE_SHIFT] for t in self._data})
+        self.attributes["data"] = "+".join(names)
+        self.attributes["cipher"] = "cbc"
+        if len(digests) == 1:
+            self.attributes["hmac"] = digests[0]
+        self.attributes["mid_flow"] = "true"
+        self.confirm(
+            pkt,
+            0.8,
+            f"{' and '.join(names)} both ways, key_id {a.first_byte & P_KEY_ID_MASK}, constant first byte"
+            + (f" and peer-id 0x{peer.hex()}" if peer is not None else ""),
+            f"all {len(a.sizes) + len(b.sizes)} data packets ({len(set(a.sizes) | set(b.sizes))} sizes) fit "
+            f"HMAC ({'/'.join(d.upper() for d in digests)}) + IV + {block}-byte cipher blocks; body encrypted-looking",
+        )
+        return True
+
+    def _check_one_way_data(self, pkt: FlowPacket) -> bool:
+        """Asymmetric tap: one side's AEAD data alone, packet-id stepping by one (the other side unseen)."""
+        for side, t in enumerate(self._data):
+            if t.one_way() and not self._data[1 - side].counters:
+                if t.peer_id is not None:
+                    self.attributes["peer_id"] = t.peer_id.hex()
+                self.attributes["data"] = OPCODE_NAMES[t.first_byte >> P_OPCODE_SHIFT]
+                self.attributes["one_way"] = "true"
+                self.attributes["mid_flow"] = "true"
+                self.confirm(
+                    pkt,
+                    0.7,
+                    f"one direction only: {len(t.counters)} {OPCODE_NAMES[t.first_byte >> P_OPCODE_SHIFT]} "
+                    f"packets, key_id {t.first_byte & P_KEY_ID_MASK}"
+                    + (f", peer-id 0x{t.peer_id.hex()}" if t.peer_id is not None else ""),
+                    f"AEAD packet-id stepping by one {t.counters[0]}..{t.counters[-1]}, body encrypted-looking",
+                )
+                return True
+        return False
 
     def _describe(self, wrap: Wrap) -> None:
         v2 = wrap.crypt and P_CONTROL_HARD_RESET_CLIENT_V3 in self._resets
