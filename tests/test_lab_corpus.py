@@ -14,8 +14,8 @@ from pathlib import Path
 import dpkt
 import pytest
 
-from vpnid.pcaps.lab import catalog, manifest, pcapfile
 from vpnid.features.families import L2TP, PPTP
+from vpnid.pcaps.lab import catalog, manifest, pcapfile
 from vpnid.pcaps.lab.variant import FAMILIES
 
 # Families whose dissectors are tested on RFC-built bytes only so far (issue #14: lab variants with

@@ -16,7 +16,7 @@ from typing import IO
 import pyarrow as pa
 
 from vpnid.classifier.audit.text import csv_cell
-from vpnid.classifier.running.records import FlowRecord
+from vpnid.classifier.running.records import TEXT_FIELDS, FlowRecord
 
 _ARROW_TYPES = {"str": pa.string(), "int": pa.int64(), "float": pa.float64(), "list[str]": pa.list_(pa.string())}
 
@@ -32,12 +32,18 @@ def write_jsonl(records: Iterable[FlowRecord], out: IO[str], fields: tuple[str, 
 
 
 def write_csv(records: Iterable[FlowRecord], out: IO[str], fields: tuple[str, ...]) -> None:
+    """Every column of the records; the free-text ones (`TEXT_FIELDS`) go through `csv_cell`, the others
+    hold vpnid's own vocabulary, numbers and addresses, which never start like a formula."""
     w = csv.writer(out, lineterminator="\n")
     w.writerow(fields)
+    text = [i for i, k in enumerate(fields) if k in TEXT_FIELDS]
     for r in records:
         d = r.as_dict()
         d["evidence"], d["risks"] = " | ".join(d["evidence"]), " | ".join(d["risks"])
-        w.writerow([csv_cell("" if d[k] is None else d[k]) for k in fields])
+        row = ["" if d[k] is None else d[k] for k in fields]
+        for i in text:
+            row[i] = csv_cell(row[i])
+        w.writerow(row)
 
 
 def arrow_schema() -> pa.Schema:

@@ -47,6 +47,9 @@ class FlowRecord:
 
 FIELDS: tuple[str, ...] = tuple(f.name for f in fields(FlowRecord))
 REGISTRY_FIELDS = ("registry", "registration_id")
+# Fields that hold text from outside vpnid's vocabulary: a file name, evidence (which may quote what a packet
+# or the registry said) and a registration id from the registry. Writers treat them as untrusted text.
+TEXT_FIELDS = ("pcap", "evidence", "registration_id")
 
 
 def output_fields(with_registry: bool) -> tuple[str, ...]:
