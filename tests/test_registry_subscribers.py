@@ -46,9 +46,9 @@ def test_export_import_round_trip_keeps_subscribers(tmp_path):
 
 @pytest.mark.parametrize("changes, message", [
     ({"subscriber_id": "al ice"}, "subscriber_id 'al ice' must be 1-128 letters, digits or . _ : @ + / - (starting "
-                                  "with a letter or digit)"),
-    ({"account_id": "-1"}, "account_id '-1' must be 1-128 letters, digits or . _ : @ + / - (starting with a letter "
-                           "or digit)"),
+                                  "with a letter, digit or +)"),
+    ({"account_id": "-1"}, "account_id '-1' must be 1-128 letters, digits or . _ : @ + / - (starting with a letter, "
+                           "digit or +)"),
     ({"phone": "555-0100"}, "phone '555-0100' is not a number written +<country code><number> (E.164, 6-15 digits)"),
     ({"client_networks": "", "subscriber_id": ""}, "client_networks is empty and no subscriber is named (give at "
                                                    "least one CIDR, or a subscriber_id, phone or account_id)"),

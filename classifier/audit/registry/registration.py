@@ -36,8 +36,8 @@ Network = ipaddress.IPv4Network | ipaddress.IPv6Network
 _ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:-]{0,63}")
 _DATE = re.compile(r"\d{4}-\d{2}-\d{2}")
 # A subscriber id or account id: a RADIUS user name (user@realm), a MAC, an IMSI, an account number.
-SUBSCRIBER = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:@+/-]{0,127}")
-SUBSCRIBER_RULE = "must be 1-128 letters, digits or . _ : @ + / - (starting with a letter or digit)"
+SUBSCRIBER = re.compile(r"[A-Za-z0-9+][A-Za-z0-9._:@+/-]{0,127}")
+SUBSCRIBER_RULE = "must be 1-128 letters, digits or . _ : @ + / - (starting with a letter, digit or +)"
 _PHONE = re.compile(r"\+[1-9][0-9]{5,14}")  # E.164
 _PHONE_NOISE = re.compile(r"[ ().-]")
 T = TypeVar("T")
