@@ -3,6 +3,7 @@ lab capture attributed through a lease log whose address changes hands mid-captu
 
 from __future__ import annotations
 
+import ipaddress
 import sqlite3
 
 import numpy as np
@@ -10,7 +11,7 @@ import pytest
 from scapy.all import IP, UDP, Ether, Raw, wrpcap
 
 from tests import tunnelbytes as tb
-from tests.registry_helpers import GOOD, HEADER, row
+from tests.registry_helpers import HEADER, row
 from tests.trialdata import MACS, T0, vpnid
 from vpnid.classifier.audit.leases.attribute import BY_CGNAT, BY_LEASE, GAP, NO_ISSUE, OVERLAP, LeaseIndex
 from vpnid.classifier.audit.leases.layouts import read_leases
@@ -19,8 +20,6 @@ from vpnid.classifier.audit.registry.csvio import CsvError, read_csv
 from vpnid.classifier.audit.registry.store import open_store
 from vpnid.classifier.audit.trials import TrialStore
 from vpnid.classifier.running.pipeline import Options
-
-import ipaddress
 
 SERVER = "198.51.100.2"
 

@@ -25,7 +25,6 @@ from vpnid.classifier.audit.registry.registration import (
     REQUIRED_FIELDS,
     SUBSCRIBER_FIELDS,
     Registration,
-    RegistrationError,
     check_breadth,
     parse_registration,
 )
