@@ -10,7 +10,7 @@ from vpnid.classifier.cli import registry as cli
 HEADER = ",".join(FIELDS) + "\n"
 GOOD = {"registration_id": "R1", "organization": "First Bank", "category": "bank", "protocol": "openvpn",
         "client_networks": "198.18.0.1/32", "server_endpoints": "198.18.0.2/32:51820", "valid_from": "2020-01-01",
-        "valid_until": "", "status": "active", "notes": ""}
+        "valid_until": "", "status": "active", "notes": "", "subscriber_id": "", "phone": "", "account_id": ""}
 
 
 def row(**changes: str) -> str:

@@ -36,7 +36,7 @@ def test_every_bad_row_is_reported_with_its_line_quoted_cells_counting_lines(tmp
         read_csv(csv)
     assert e.value.problems == [
         f"{csv}:4: valid_from '2024-13-01' is not a date written YYYY-MM-DD",
-        f"{csv}:5: 2 cells, but the header has 10",
+        f"{csv}:5: 2 cells, but the header has 13",
         f"{csv}:6: registration_id A repeats line 2",
     ]
 
@@ -57,7 +57,8 @@ def test_header_must_name_exactly_the_fields(tmp_path):
     ({"protocol": "sstp"}, "protocol 'sstp' is not one of openvpn, wireguard, ipsec, openconnect, shadowsocks, pptp, "
                            "l2tp, any"),
     ({"status": "expired"}, "status 'expired' is not one of active, suspended, revoked"),
-    ({"client_networks": ""}, "client_networks is empty (at least one CIDR is needed)"),
+    ({"client_networks": ""}, "client_networks is empty and no subscriber is named (give at least one CIDR, or a "
+                                  "subscriber_id, phone or account_id)"),
     ({"client_networks": "10.0.0.0/33"}, "client_networks: '10.0.0.0/33' is not an IPv4 or IPv6 network in CIDR "
                                          "notation"),
     ({"client_networks": "10.0.0.0/8 10.1.2.3/16"}, "client_networks: '10.1.2.3/16' has host bits set (the "

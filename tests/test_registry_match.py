@@ -90,7 +90,8 @@ def test_a_flow_outside_every_registration_is_unregistered(records, family):
 def test_non_tunnel_flows_get_no_verdict_and_order_is_kept(records):
     m = matcher({"registration_id": "R1"} | COVER["v4"])
     recs = [records["dns"], records["v4"], records["port_443"]]
-    assert m.check(recs) == [None, RegistryVerdict("registered", "R1"), RegistryVerdict("unregistered", None)]
+    assert m.check(recs) == [None, RegistryVerdict("registered", "R1", attributed_by="network"),
+                           RegistryVerdict("unregistered", None)]
 
 
 def test_server_endpoint_ports_must_match_when_given(records):

@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import sqlite3
+from dataclasses import replace
 
 import pytest
 
 from tests.registry_helpers import GOOD, vpnid_registry
 from vpnid.classifier.audit.registry import migrate
 from vpnid.classifier.audit.registry.csvio import read_csv
-from vpnid.classifier.audit.registry.registration import parse_registration
+from vpnid.classifier.audit.registry.registration import REQUIRED_FIELDS, parse_registration
 from vpnid.classifier.audit.registry.sample import PATH as SAMPLE
 from vpnid.classifier.audit.registry.store import CORE_STEPS, StoreError, open_store
 
@@ -54,7 +55,7 @@ def test_a_new_database_is_wal_at_the_current_schema_version(tmp_path):
     open_store(str(tmp_path / "r.db")).close()
     conn = sqlite3.connect(tmp_path / "r.db")
     assert conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
-    assert conn.execute("PRAGMA user_version").fetchone()[0] == len(CORE_STEPS) == 2
+    assert conn.execute("PRAGMA user_version").fetchone()[0] == len(CORE_STEPS) == 3
 
 
 def test_migration_from_version_1_keeps_rows_and_logs_them(tmp_path):
@@ -62,7 +63,7 @@ def test_migration_from_version_1_keeps_rows_and_logs_them(tmp_path):
     conn = sqlite3.connect(path, isolation_level=None)
     migrate.upgrade(conn, upto={migrate.CORE: 1})
     assert conn.execute("PRAGMA user_version").fetchone()[0] == 1
-    fields = reg("OLD-1").to_fields()
+    fields = {k: v for k, v in reg("OLD-1").to_fields().items() if k in REQUIRED_FIELDS}
     conn.execute(f"INSERT INTO registrations ({','.join(fields)}) VALUES ({','.join('?' * len(fields))})",
                  list(fields.values()))
     conn.close()
@@ -71,14 +72,30 @@ def test_migration_from_version_1_keeps_rows_and_logs_them(tmp_path):
         assert [(c.action, c.detail) for c in store.history("OLD-1")] == [
             ("present", "registered before the change log existed")]
         assert store.changed_at() is not None
-    assert sqlite3.connect(path).execute("PRAGMA user_version").fetchone()[0] == 2
+    assert sqlite3.connect(path).execute("PRAGMA user_version").fetchone()[0] == 3
+
+
+def test_migration_from_version_2_gives_old_registrations_no_subscriber(tmp_path):
+    path = tmp_path / "v2.db"
+    conn = sqlite3.connect(path, isolation_level=None)
+    migrate.upgrade(conn, upto={migrate.CORE: 2})
+    fields = {k: v for k, v in reg("OLD-2").to_fields().items() if k in REQUIRED_FIELDS}
+    conn.execute(f"INSERT INTO registrations ({','.join(fields)}) VALUES ({','.join('?' * len(fields))})",
+                 list(fields.values()))
+    conn.close()
+    with open_store(str(path)) as store:
+        old = store.get("OLD-2")
+        assert old == reg("OLD-2") and old.subscriber_keys == ()
+        store.upsert([replace(old, subscriber_id="alice@isp", phone="+15550001111")])
+        assert store.get("OLD-2").subscriber_keys == ("alice@isp", "+15550001111")
+    assert sqlite3.connect(path).execute("PRAGMA user_version").fetchone()[0] == 3
 
 
 def test_a_newer_database_is_refused(tmp_path):
     path = tmp_path / "new.db"
     open_store(str(path)).close()
     sqlite3.connect(path).execute("PRAGMA user_version = 7")
-    with pytest.raises(StoreError, match="registry schema version 7 is newer than this vpnid knows \\(2\\)"):
+    with pytest.raises(StoreError, match="registry schema version 7 is newer than this vpnid knows \\(3\\)"):
         open_store(str(path))
 
 
@@ -93,7 +110,7 @@ def test_another_module_adds_its_schema_as_an_extension(tmp_path, monkeypatch):
     conn = sqlite3.connect(path)
     assert conn.execute("SELECT name, n FROM trials_demo").fetchall() == [("a;b", 3)]
     assert conn.execute("SELECT version FROM schema_extensions WHERE name = 'trials_demo'").fetchone() == (2,)
-    assert conn.execute("PRAGMA user_version").fetchone()[0] == 2
+    assert conn.execute("PRAGMA user_version").fetchone()[0] == 3
 
 
 def test_a_failing_migration_step_leaves_the_database_untouched(tmp_path, monkeypatch):

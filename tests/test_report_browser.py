@@ -37,6 +37,9 @@ def test_demo_report_shows_registered_and_flagged_tunnels(demo):
     assert verdicts.get("registered", 0) >= 1 and verdicts.get("unregistered", 0) >= 1
     assert summary["trial"]["flagged"] == sum(n for v, n in verdicts.items() if v != "registered")
     assert summary["flagged_pcap_frames"] > 0 and not summary["missing_captures"]
+    # the demo's lease log hands the lab client from lab-alice to lab-bob mid-capture (issue 15)
+    assert {u["subscriber_id"] for u in summary["subscribers"]} == {"lab-alice", "lab-bob"}
+    assert verdicts["registered"] >= 1
 
 
 def _driver(profile: Path):
@@ -63,6 +66,9 @@ def test_report_renders_in_headless_chromium_without_errors(demo, tmp_path):
             "return [...document.querySelectorAll('#flagged tr.flagged-flow')].map(r => "
             "({id: r.dataset.flowId, h: r.getBoundingClientRect().height}))")
         flagged = int(driver.find_element("id", "flagged-count").text)
+        subscribers = driver.execute_script(
+            "return [...document.querySelectorAll('#subscribers tr.subscriber-use')].map(r => "
+            "({s: r.dataset.subscriber, h: r.getBoundingClientRect().height, cells: r.cells.length}))")
         shot = tmp_path / "report.png"
         driver.set_window_size(1400, driver.execute_script("return document.body.scrollHeight") + 100)
         driver.save_screenshot(str(shot))
@@ -73,5 +79,7 @@ def test_report_renders_in_headless_chromium_without_errors(demo, tmp_path):
     assert {p["id"] for p in plots} == {"plot-mix", "plot-timeline", "plot-endpoints"}
     assert all(p["ok"] and p["w"] > 200 for p in plots), plots
     assert len(rows) == flagged > 0 and all(r["id"].startswith("F") and r["h"] > 0 for r in rows)
+    assert {s["s"] for s in subscribers} == {"lab-alice", "lab-bob"}, subscribers
+    assert all(s["h"] > 0 and s["cells"] == 10 for s in subscribers)
     assert errors == []
     assert shot.stat().st_size > 10_000

@@ -48,7 +48,7 @@ def test_registry_fields_only_when_a_registry_is_used(data):
     by_env = vpnid("classify", "--format", "csv", str(data["v4"]), env={"VPNID_DB": str(data["db"])})
     assert plain.returncode == by_env.returncode == 0, plain.stderr + by_env.stderr
     plain_header, env_header = plain.stdout.splitlines()[0].split(","), by_env.stdout.splitlines()[0].split(",")
-    assert "registry" not in plain_header and env_header[-2:] == ["registry", "registration_id"]
+    assert "registry" not in plain_header and env_header[-3:] == ["registry", "registration_id", "subscriber_id"]
     missing = vpnid("classify", "--db", str(data["db"].with_name("nope.db")), str(data["v4"]))
     assert missing.returncode == 2 and "no such registry database" in missing.stderr
 

@@ -23,12 +23,13 @@ import secrets
 import sqlite3
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, dataclass, field, replace
 from datetime import UTC, datetime
 from pathlib import Path
 
+from vpnid.classifier.audit.leases.store import LeaseStore
 from vpnid.classifier.audit.registry import migrate
-from vpnid.classifier.audit.registry.match import Matcher
+from vpnid.classifier.audit.registry.match import Matcher, RegistryVerdict
 from vpnid.classifier.audit.registry.registration import Registration
 from vpnid.classifier.audit.registry.store import SqliteStore
 from vpnid.classifier.running.pipeline import Options, Warn, classify_capture
@@ -83,6 +84,14 @@ STEPS: list[migrate.Step] = [
         sha256 TEXT NOT NULL,
         PRIMARY KEY (trial_id, seq)
     );
+    """,
+    # 3: attribution through lease logs (issue 15); trials from before have NULLs (attributed by network)
+    """
+    ALTER TABLE trial_flows ADD COLUMN subscriber_id TEXT;
+    ALTER TABLE trial_flows ADD COLUMN attributed_by TEXT;
+    ALTER TABLE trial_flows ADD COLUMN attribution_issue TEXT;
+    ALTER TABLE trial_flows ADD COLUMN closest_registration TEXT;
+    CREATE INDEX trial_flows_subscriber ON trial_flows (trial_id, subscriber_id) WHERE subscriber_id IS NOT NULL;
     """,
 ]
 migrate.register(SCHEMA, STEPS)
@@ -154,6 +163,9 @@ class FlowResult:
     # initiator's CLIENT_PREFIX network
     client_network: str | None
     flagged: bool
+    attributed_by: str | None = None  # network | lease | cgnat | none (None: a trial from before leases)
+    attribution_issue: str | None = None  # 'gap', 'overlap: A B' or None
+    closest_registration: str | None = None  # for a flow no registration covers: the nearest one
 
 
 @dataclass(frozen=True, slots=True)
@@ -178,6 +190,12 @@ def parse_time(text: str) -> float:
 
 def _now() -> str:
     return datetime.now(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+def _attributed(v: RegistryVerdict | None) -> tuple[str | None, str | None, str | None, str | None]:
+    """subscriber_id, attributed_by, attribution_issue, closest_registration, as trial_flows keeps them."""
+    return (None, None, None, None) if v is None else (v.subscriber_id, v.attributed_by, v.attribution_issue,
+                                                       v.closest)
 
 
 def _attribution(r: FlowRecord, regs: dict[str, Registration]) -> tuple[str | None, str | None]:
@@ -220,17 +238,22 @@ class TrialStore:
         opts = opts or Options()
         if opts.model is not None and model is None:
             model = ("unidentified model", None)  # a model ran: never 'signatures only'
-        with self.reading():  # the snapshot time of exactly the registrations used
+        leases = LeaseStore(self.store)
+        with self.reading():  # the snapshot time of exactly the registrations (and leases) used
             regs = {r.registration_id: r for r in self.store.select()}
             snapshot = self.store.changed_at()
-        opts = replace(opts, matcher=Matcher.build(list(regs.values())))
+            index = leases.index(*(None if t is None else int(t * 1000) for t in (window.start, window.end)))
+            lease_imports = [i.id for i in leases.imports()]
+        # the trial checks each batch itself (not the pipeline): it keeps the attribution too
+        matcher = Matcher.build(list(regs.values()), index)
+        opts = replace(opts, matcher=None)
         captures = [str(Path(c).resolve()) for c in captures]
         parameters = {"captures": captures, "from": window.start, "to": window.end,
                       "idle_timeout": opts.idle_timeout, "active_timeout": opts.active_timeout,
-                      "max_flows": opts.max_flows, "drop_first": opts.drop_first}
+                      "max_flows": opts.max_flows, "drop_first": opts.drop_first, "lease_imports": lease_imports}
         trial_id = self._begin(name, parameters, snapshot, model)
         try:
-            *counts, read = self._store_flows(trial_id, name, captures, opts, window, regs, progress, warn)
+            *counts, read = self._store_flows(trial_id, name, captures, opts, window, regs, matcher, progress, warn)
             return self._finish(trial_id, name, *counts, read)
         except BaseException:
             with self.store.transaction() as conn:
@@ -249,30 +272,41 @@ class TrialStore:
         return trial_id
 
     def _store_flows(self, trial_id: int, name: str, captures: list[str], opts: Options, window: Window,
-                     regs: dict[str, Registration], progress: Callable[[str, int], None],
+                     regs: dict[str, Registration], matcher: Matcher, progress: Callable[[str, int], None],
                      warn: Warn) -> tuple[int, int, int, list[Capture]]:
         flows = tunnels = flagged = 0
         read = []
+        pending: list[FlowRecord] = []
+
+        def store(path: str) -> None:
+            nonlocal flows, tunnels, flagged
+            batch: list[tuple] = []
+            for r, v in zip(pending, matcher.check(pending)):
+                if v is not None:
+                    r.registry, r.registration_id, r.subscriber_id = v.registry, v.registration_id, v.subscriber_id
+                is_flagged = r.label != NONE and r.registry != REGISTERED
+                batch.append((trial_id, flows, r.flow_id, r.label, r.registry, r.registration_id,
+                              *_attribution(r, regs), is_flagged, r.first_seen, json.dumps(r.as_dict()),
+                              *_attributed(v)))
+                flows, tunnels, flagged = flows + 1, tunnels + (r.label != NONE), flagged + is_flagged
+            pending.clear()
+            self._insert(trial_id, name, batch)
+            progress(path, flows)
+
         for path in captures:
             try:
                 read.append(capture := Capture.of(path))
             except OSError as e:
                 raise CaptureError(f"{path}: {e.strerror}") from None
-            batch: list[tuple] = []
             for r in classify_capture(path, opts, warn=warn):
                 if r.first_seen not in window:
                     continue
-                is_flagged = r.label != NONE and r.registry != REGISTERED
-                batch.append((trial_id, flows, r.flow_id, r.label, r.registry, r.registration_id,
-                              *_attribution(r, regs), is_flagged, r.first_seen, json.dumps(r.as_dict())))
-                flows, tunnels, flagged = flows + 1, tunnels + (r.label != NONE), flagged + is_flagged
-                if len(batch) >= BATCH:
-                    self._insert(trial_id, name, batch)
-                    progress(path, flows)
-            self._insert(trial_id, name, batch)
+                pending.append(r)
+                if len(pending) >= BATCH:
+                    store(path)
+            store(path)
             if not capture.still_as_read():
                 raise TrialError(f"{path}: the capture changed while the trial read it; run the trial again")
-            progress(path, flows)
         return flows, tunnels, flagged, read
 
     def _insert(self, trial_id: int, name: str, rows: list[tuple]) -> None:
@@ -280,8 +314,9 @@ class TrialStore:
             if conn.execute("SELECT 1 FROM trials WHERE id = ?", (trial_id,)).fetchone() is None:
                 raise TrialError(STARTED_AGAIN.format(name))
             conn.executemany("INSERT INTO trial_flows (trial_id, seq, flow_id, label, registry, registration_id, "
-                             "organization, client_network, flagged, first_seen, record) "
-                             "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)", rows)
+                             "organization, client_network, flagged, first_seen, record, subscriber_id, "
+                             "attributed_by, attribution_issue, closest_registration) "
+                             "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)", rows)
         rows.clear()
 
     def _finish(self, trial_id: int, name: str, flows: int, tunnels: int, flagged: int,
@@ -333,10 +368,11 @@ class TrialStore:
     def results(self, name: str, flagged_only: bool = False) -> Iterator[FlowResult]:
         """The trial's flows in the order they were classified."""
         cur = self.conn.execute(
-            f"SELECT f.record, f.organization, f.client_network, f.flagged FROM {self._DONE_FLOWS} "
-            f"{'AND f.flagged' if flagged_only else ''} ORDER BY f.seq", (name,))
-        for record, organization, network, flagged in cur:
-            yield FlowResult(json.loads(record), organization, network, bool(flagged))
+            f"SELECT f.record, f.organization, f.client_network, f.flagged, f.attributed_by, f.attribution_issue, "
+            f"f.closest_registration FROM {self._DONE_FLOWS} {'AND f.flagged' if flagged_only else ''} "
+            "ORDER BY f.seq", (name,))
+        for record, organization, network, flagged, by, issue, closest in cur:
+            yield FlowResult(json.loads(record), organization, network, bool(flagged), by, issue, closest)
 
     def captures(self, name: str) -> list[Capture]:
         """The captures as the trial read them (none for a trial from before they were kept)."""
@@ -348,6 +384,68 @@ class TrialStore:
         """(label, registry verdict, flows) over the whole trial."""
         return self.conn.execute(f"SELECT f.label, f.registry, count(*) FROM {self._DONE_FLOWS} "
                                  "GROUP BY f.label, f.registry ORDER BY f.label, f.registry", (name,)).fetchall()
+
+
+# ------------------------------------------------------------------------------------------ subscribers
+@dataclass(frozen=True, slots=True)
+class SubscriberUse:
+    """One subscriber's use of one flagged tunnel (label and server end) in a trial."""
+
+    subscriber_id: str
+    attributed_by: str  # lease | cgnat
+    label: str
+    server: str  # address:port/transport
+    verdict: str  # the worst-named verdict seen: unregistered, else the first flagged one
+    flows: int
+    duration_s: float  # summed over the flows
+    bytes: int  # both directions
+    first_seen: float
+    last_seen: float
+    closest_registration: str | None  # the deciding registration (expired, revoked...) or the nearest one
+
+
+@dataclass(frozen=True, slots=True)
+class SubscriberView:
+    uses: list[SubscriberUse]  # by subscriber, then first seen
+    unattributed: int  # flagged flows no subscriber was found for
+    gaps: int  # of them: the address was known to the lease logs but nobody held it then
+    overlaps: int  # of them: several subscribers held it at once
+
+
+def _server_end(r: dict) -> str:
+    host = f"[{r['dst_ip']}]" if ":" in r["dst_ip"] else r["dst_ip"]
+    return f"{host}:{r['dst_port']}/{r['transport']}" if r["dst_port"] else f"{host}/{r['transport']}"
+
+
+def subscriber_view(results: Iterable[FlowResult]) -> SubscriberView:
+    """Flagged flows by subscriber and tunnel (from `results`, normally `results(name, flagged_only=True)`)."""
+    groups: dict[tuple[str, str, str], list[FlowResult]] = {}
+    unattributed = gaps = overlaps = 0
+    for res in results:
+        r = res.record
+        if not res.flagged:
+            continue
+        if r.get("subscriber_id") is None:
+            unattributed += 1
+            issue = res.attribution_issue or ""
+            gaps += issue == "gap"
+            overlaps += issue.startswith("overlap")
+            continue
+        groups.setdefault((r["subscriber_id"], r["label"], _server_end(r)), []).append(res)
+    uses = []
+    for (sub, label, server), rs in groups.items():
+        recs = [x.record for x in rs]
+        verdicts = [r["registry"] for r in recs]
+        closest = next((x.record["registration_id"] or x.closest_registration for x in rs
+                        if x.record["registration_id"] or x.closest_registration), None)
+        uses.append(SubscriberUse(
+            sub, rs[0].attributed_by or "none", label, server,
+            "unregistered" if "unregistered" in verdicts else verdicts[0], len(rs),
+            sum(r["last_seen"] - r["first_seen"] for r in recs),
+            sum(r["src2dst_bytes"] + r["dst2src_bytes"] for r in recs),
+            min(r["first_seen"] for r in recs), max(r["last_seen"] for r in recs), closest))
+    uses.sort(key=lambda u: (u.subscriber_id, u.first_seen, u.label, u.server))
+    return SubscriberView(uses, unattributed, gaps, overlaps)
 
 
 # ---------------------------------------------------------------------------------------------- compare
@@ -371,10 +469,15 @@ class Comparison:
     new: list[Endpoint]  # unregistered in B only
     persisting: list[Endpoint]  # in both
     gone: list[Endpoint]  # in A only
+    new_subscribers: list[str] = field(default_factory=list)  # with a flagged tunnel in B only
+    persisting_subscribers: list[str] = field(default_factory=list)  # in both
+    gone_subscribers: list[str] = field(default_factory=list)  # in A only
 
     def as_json(self) -> dict:
         return {k: [asdict(e) | {"text": str(e)} for e in v] for k, v in
-                (("new", self.new), ("persisting", self.persisting), ("gone", self.gone))}
+                (("new", self.new), ("persisting", self.persisting), ("gone", self.gone))} | {
+            "subscribers": {"new": self.new_subscribers, "persisting": self.persisting_subscribers,
+                            "gone": self.gone_subscribers}}
 
 
 def unregistered_endpoints(results: Iterable[FlowResult]) -> set[Endpoint]:
@@ -382,9 +485,15 @@ def unregistered_endpoints(results: Iterable[FlowResult]) -> set[Endpoint]:
             for r in (res.record for res in results) if r.get("registry") == "unregistered"}
 
 
+def flagged_subscribers(results: Iterable[FlowResult]) -> set[str]:
+    return {s for s in (res.record.get("subscriber_id") for res in results if res.flagged) if s is not None}
+
+
 def compare(trials: TrialStore, a: str, b: str) -> Comparison:
     with trials.reading():
         trials.require(a), trials.require(b)
-        before = unregistered_endpoints(trials.results(a, flagged_only=True))
-        after = unregistered_endpoints(trials.results(b, flagged_only=True))
-    return Comparison(sorted(after - before), sorted(after & before), sorted(before - after))
+        flagged_a, flagged_b = list(trials.results(a, flagged_only=True)), list(trials.results(b, flagged_only=True))
+    before, after = unregistered_endpoints(flagged_a), unregistered_endpoints(flagged_b)
+    sub_a, sub_b = flagged_subscribers(flagged_a), flagged_subscribers(flagged_b)
+    return Comparison(sorted(after - before), sorted(after & before), sorted(before - after),
+                      sorted(sub_b - sub_a), sorted(sub_a & sub_b), sorted(sub_a - sub_b))

@@ -15,7 +15,7 @@ from vpnid.classifier.runtime import prepare_process
 _CLI = "vpnid.classifier.cli."
 COMMANDS = {
     "classify": _CLI + "classify", "eval": _CLI + "eval", "features": _CLI + "train", "train": _CLI + "train",
-    "registry": _CLI + "registry", "trial": _CLI + "trial", "demo": _CLI + "trial", "explain": _CLI + "explain",
+    "registry": _CLI + "registry", "leases": _CLI + "leases", "trial": _CLI + "trial", "demo": _CLI + "trial", "explain": _CLI + "explain",
     "batch": _CLI + "batch", "live": _CLI + "live",
     "lab": "vpnid.pcaps.lab.cli",  # the lab stands apart: its own CLI module adds its subcommand
 }

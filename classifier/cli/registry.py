@@ -38,8 +38,9 @@ and its status (active, suspended, revoked).
 The database is a SQLite file named by --db PATH (or a sqlite:/// URL), or by ${ENV} when --db is not
 given. Readers never block an import and see all of it or none of it.
 
-How a tunnel flow is judged (as `vpnid classify --db` will do): a registration covers the flow when one
-end is in its client networks and, if it lists server endpoints, the other end is in one of them (on
+How a tunnel flow is judged (as a trial does): a registration covers the flow when one end is in its
+client networks, or the subscriber the lease logs give that end at the flow's first packet is the one
+it names (subscriber_id, phone or account_id), and, if it lists server endpoints, the other end is in one of them (on
 that port, when one is given). Either end may be the client, so a capture that starts mid-flow still
 matches. The best covering registration gives the verdict, in this order: registered, protocol_mismatch,
 expired (flow date outside valid_from..valid_until, UTC), suspended, revoked; no cover: unregistered.
@@ -60,7 +61,11 @@ IMPORT_HELP = """\
 Import registrations from a CSV file whose header names exactly these columns (any order):
   registration_id,organization,category,protocol,client_networks,server_endpoints,
   valid_from,valid_until,status,notes
-Lists inside a cell are separated by spaces; dates are YYYY-MM-DD.
+and, optionally (files from before them import unchanged), the subscriber columns
+  subscriber_id,phone,account_id
+Lists inside a cell are separated by spaces; dates are YYYY-MM-DD. A registration names client networks,
+a subscriber (subscriber_id, phone in E.164 such as +15550100008, or account_id), or both: either then
+identifies the client.
 
 The file must be UTF-8. Every row is checked first. If any row is bad, each bad row is reported with its
 line number and the reason, and nothing is imported; so is a file that is not clean CSV (undecodable
@@ -81,6 +86,7 @@ example file:
   registration_id,organization,category,protocol,client_networks,server_endpoints,valid_from,valid_until,status,notes
   BANK-0001,First Bank,bank,openvpn,203.0.113.0/24 2001:db8:10::/48,198.51.100.7/32:1194,2024-01-01,,active,
   EMB-0007,Embassy of X,embassy,ipsec,192.0.2.16/28,[2001:db8::1/128]:500 198.51.100.0/24,2023-05-01,2025-04-30,active,HQ link
+  HOME-0003,A. Home Worker,freelancer,wireguard,,198.51.100.9/32:51820,2025-01-01,,active,,alice@isp,+15550100003,
 
 examples:
   vpnid registry import --db registry.db registrations.csv
@@ -88,13 +94,16 @@ examples:
 
 ADD_HELP = """\
 Add one registration, given field by field. The id must be new (to change a registration, export,
-edit and import). --client and --server take several values.
+edit and import). --client and --server take several values. A registration needs --client networks, a
+subscriber (--subscriber, --phone or --account, matched against the lease logs' subscriber ids), or both.
 
 examples:
   vpnid registry add --id FREE-0003 --org "A. Freelancer" --category freelancer --protocol wireguard \\
       --client 203.0.113.77/32 --server 198.51.100.9/32:51820 --from 2025-01-01 --until 2025-12-31
   vpnid registry add --id SH-0100 --org "Code House" --category software_house --protocol any \\
       --client 2001:db8:44::/48 192.0.2.0/26
+  vpnid registry add --id HOME-0003 --org "A. Home Worker" --category freelancer --protocol wireguard \
+      --subscriber alice@isp --phone +15550100003 --server 198.51.100.9/32:51820
 """
 
 LIST_HELP = """\
@@ -158,7 +167,8 @@ def cmd_add(args: argparse.Namespace) -> int:
         "registration_id": args.id, "organization": args.org, "category": args.category,
         "protocol": args.protocol, "client_networks": " ".join(args.client),
         "server_endpoints": " ".join(args.server), "valid_from": args.valid_from,
-        "valid_until": args.valid_until, "status": args.status, "notes": args.notes})
+        "valid_until": args.valid_until, "status": args.status, "notes": args.notes,
+        "subscriber_id": args.subscriber, "phone": args.phone, "account_id": args.account})
     if not args.allow_broad:
         check_breadth(reg)
     with _open(args, create=True) as store:
@@ -175,15 +185,16 @@ def _validity(reg: Registration) -> str:
 
 def cmd_list(args: argparse.Namespace) -> int:
     with _open(args, create=False) as store:
-        regs = store.select(organization=args.org, status=args.status, protocol=args.protocol)
+        regs = store.select(organization=args.org, status=args.status, protocol=args.protocol,
+                            subscriber=args.subscriber)
     table = Table(title=f"registrations in {shown(store.location)}")
-    for col in ("id", "organization", "category", "protocol", "client networks", "server endpoints", "valid",
-                "status"):
+    for col in ("id", "organization", "category", "protocol", "client networks", "subscriber", "server endpoints",
+                "valid", "status"):
         table.add_column(col, overflow="fold")
     for r in regs:
         f = r.to_fields()
-        table.add_row(r.registration_id, shown(r.organization), r.category, r.protocol, f["client_networks"],
-                      f["server_endpoints"] or "(any)", _validity(r), f"[{_STATUS_STYLE[r.status]}]{r.status}[/]")
+        table.add_row(r.registration_id, shown(r.organization), r.category, r.protocol, f["client_networks"] or "-",
+                      shown(" ".join(r.subscriber_keys)) or "-", f["server_endpoints"] or "(any)", _validity(r), f"[{_STATUS_STYLE[r.status]}]{r.status}[/]")
     out = console()
     out.print(table)
     out.print(f"{len(regs)} registration{'s' if len(regs) != 1 else ''}")
@@ -267,7 +278,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--org", required=True, help="organization name")
     p.add_argument("--category", required=True, choices=CATEGORIES)
     p.add_argument("--protocol", required=True, choices=PROTOCOLS)
-    p.add_argument("--client", required=True, nargs="+", metavar="CIDR", help="client networks (one or more)")
+    p.add_argument("--client", nargs="+", default=[], metavar="CIDR", help="client networks")
+    p.add_argument("--subscriber", default="", metavar="ID", help="subscriber id, as the lease logs name it")
+    p.add_argument("--phone", default="", metavar="E164", help="the subscriber's phone number, e.g. +15550100003")
+    p.add_argument("--account", default="", metavar="ID", help="the subscriber's account id")
     p.add_argument("--server", nargs="+", default=[], metavar="ENDPOINT",
                    help="server endpoints: CIDR, CIDR:port or [IPv6-CIDR]:port (default: any server)")
     p.add_argument("--from", dest="valid_from", default=datetime.now(UTC).date().isoformat(), metavar="DATE",
@@ -280,6 +294,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
     p = action("list", cmd_list, "list registrations", LIST_HELP)
     p.add_argument("--org", metavar="TEXT", help="organization name contains TEXT (any case)")
+    p.add_argument("--subscriber", metavar="KEY", help="registrations naming this subscriber id, phone or account id")
     p.add_argument("--status", choices=STATUSES)
     p.add_argument("--protocol", choices=PROTOCOLS)
 

@@ -13,12 +13,24 @@ from pathlib import Path
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from vpnid.classifier.audit.files import OutputError, private_dir
+from vpnid.classifier.audit.files import OutputError, private_dir, staged
+from vpnid.classifier.audit.leases import sample as sample_leases
+from vpnid.classifier.audit.leases.layouts import read_leases
+from vpnid.classifier.audit.leases.store import LeaseStore
 from vpnid.classifier.audit.registry.csvio import read_csv
 from vpnid.classifier.audit.registry.sample import PATH as SAMPLE_REGISTRY
 from vpnid.classifier.audit.registry.store import ENV, StoreError, db_location, open_store
-from vpnid.classifier.audit.text import printable, shown
-from vpnid.classifier.audit.trials import Trial, TrialError, TrialStore, Window, compare, parse_time
+from vpnid.classifier.audit.text import csv_cell, printable, shown
+from vpnid.classifier.audit.trials import (
+    SubscriberView,
+    Trial,
+    TrialError,
+    TrialStore,
+    Window,
+    compare,
+    parse_time,
+    subscriber_view,
+)
 from vpnid.classifier.cli.common import FORMATTER, add_flow_options, console, err, error, load_model, options, warn
 from vpnid.features.packets import CaptureError
 from vpnid.pcaps import CORPUS
@@ -38,11 +50,27 @@ examples:
   vpnid trial list
   vpnid trial report week12 -o reports/week12      # report.html, flagged.csv, summary.json, flagged.pcap
   vpnid trial compare week11 week12                 # new, persisting and gone unregistered tunnels
+  vpnid trial subscribers week12 --csv subs.csv     # who used flagged tunnels (needs `vpnid leases`)
 """
 
+SUBSCRIBERS_HELP = """The flagged tunnels of a trial by subscriber: the subscriber the lease logs (`vpnid leases import`) gave
+the client end at each flow's first packet, and per subscriber and tunnel (label, server end) the
+verdict, flows, summed duration, bytes, first and last seen, and the registration that came closest (the
+one that decided an expired, suspended, revoked or protocol_mismatch verdict; for an unregistered one, a
+registration matching the client by subscriber or network for another server or protocol). Flagged flows
+no subscriber could be found for are counted, with the gaps and overlaps among them.
+
+examples:
+  vpnid trial subscribers week12
+  vpnid trial subscribers week12 --csv week12-subscribers.csv
+"""
+SUBSCRIBER_COLUMNS = ("subscriber_id", "attributed_by", "label", "server", "verdict", "flows", "duration_s", "bytes",
+                      "first_seen", "last_seen", "closest_registration")
+
 DEMO_HELP = """\
-Run a complete trial on the bundled lab captures (pcaps/corpus) against the bundled sample registry, and
-write its report. DIR gets demo.db (the registry database, created afresh) and report/; open
+Run a complete trial on the bundled lab captures (pcaps/corpus) against the bundled sample registry and
+lease log (the lab client changes hands from subscriber lab-alice to lab-bob mid-capture), and write its
+report. DIR gets demo.db (the registry database, created afresh) and report/; open
 report/report.html in a browser.
 
 example:
@@ -149,6 +177,55 @@ def cmd_compare(args: argparse.Namespace) -> int:
         out.print(f"[bold]{title}[/] ({len(items)}):")
         for e in items:
             out.print(f"  {shown(e)}")
+    out.print("subscribers with flagged tunnels (by the lease logs):")
+    for title, subs in (("new", result.new_subscribers), ("persisting", result.persisting_subscribers),
+                        ("gone", result.gone_subscribers)):
+        out.print(f"[bold]{title}[/] ({len(subs)}): {shown(' '.join(subs)) or '-'}")
+    return 0
+
+
+def _utc(t: float) -> str:
+    from datetime import UTC, datetime
+
+    return datetime.fromtimestamp(t, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def write_subscribers_csv(view: SubscriberView, out) -> None:
+    import csv
+
+    w = csv.writer(out, lineterminator="\n")
+    w.writerow(SUBSCRIBER_COLUMNS)
+    for u in view.uses:
+        w.writerow([csv_cell(v) for v in (u.subscriber_id, u.attributed_by, u.label, u.server, u.verdict, u.flows,
+                                           f"{u.duration_s:.3f}", u.bytes, _utc(u.first_seen), _utc(u.last_seen),
+                                           u.closest_registration or "")])
+
+
+@_guarded
+def cmd_subscribers(args: argparse.Namespace) -> int:
+    with _trials(args.db) as trials:
+        with trials.reading():
+            trials.require(args.name)
+            view = subscriber_view(trials.results(args.name, flagged_only=True))
+    if args.csv:
+        path = Path(args.csv)
+        with staged(path.parent, protect=[args.db or ""] if args.db else []) as tmp:
+            with open(tmp / path.name, "w", encoding="utf-8", newline="") as f:
+                write_subscribers_csv(view, f)
+    table = Table(title=f"subscribers with flagged tunnels in trial {shown(args.name)}")
+    for col in ("subscriber", "by", "tunnel", "verdict", "flows", "duration", "bytes", "first seen (UTC)",
+                "last seen (UTC)", "closest registration"):
+        table.add_column(col, overflow="fold")
+    for u in view.uses:
+        table.add_row(shown(u.subscriber_id), u.attributed_by, f"{u.label} {shown(u.server)}", u.verdict,
+                      str(u.flows), f"{u.duration_s:.1f} s", str(u.bytes), _utc(u.first_seen), _utc(u.last_seen),
+                      shown(u.closest_registration or "-"))
+    out = console(width=max(console().width, 160))
+    out.print(table)
+    out.print(f"{len({u.subscriber_id for u in view.uses})} subscribers; {view.unattributed} flagged flows not "
+              f"attributed ({view.gaps} in a lease gap, {view.overlaps} where leases overlap)")
+    if args.csv:
+        out.print(f"wrote {shown(args.csv)}")
     return 0
 
 
@@ -166,10 +243,12 @@ def cmd_demo(args: argparse.Namespace) -> int:
         stale.unlink(missing_ok=True)
     with open_store(str(db)) as store:
         store.upsert(read_csv(SAMPLE_REGISTRY))
+        LeaseStore(store).add(sample_leases.KIND, sample_leases.PATH, read_leases(sample_leases.PATH,  # type: ignore[arg-type]
+                                                                                  sample_leases.KIND))
         trials = TrialStore(store)  # type: ignore[arg-type]
         run(trials, DEMO_TRIAL, captures, args, Window())
         written = write_report(trials, DEMO_TRIAL, out / "report", warn=warn)
-    print(f"demo registry: {printable(db)} (sample registry, {len(captures)} bundled captures)")
+    print(f"demo registry: {printable(db)} (sample registry and lease log, {len(captures)} bundled captures)")
     print(f"report: {printable(written.files[0])}")
     return 0
 
@@ -208,6 +287,13 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--db", help=db_help)
     p.add_argument("--json", action="store_true", help="print the comparison as JSON")
     p.set_defaults(func=cmd_compare)
+
+    p = tsub.add_parser("subscribers", help="a trial's flagged tunnels by subscriber (through the lease logs)",
+                        description=SUBSCRIBERS_HELP, formatter_class=FORMATTER)
+    p.add_argument("name", metavar="NAME")
+    p.add_argument("--csv", metavar="FILE", help="also write the table as CSV")
+    p.add_argument("--db", help=db_help)
+    p.set_defaults(func=cmd_subscribers)
 
     p = sub.add_parser("demo", help="run a complete trial on the bundled captures and write its report",
                        description=DEMO_HELP, formatter_class=FORMATTER)

@@ -38,6 +38,9 @@ class FlowRecord:
     # Set only by runs that cross-check a registry (`classify --db`, trials); None for non-tunnel flows.
     registry: str | None = None  # registered | unregistered | expired | suspended | revoked | protocol_mismatch
     registration_id: str | None = None  # the registration that decided `registry`
+    # Set only by runs that attribute flows through lease logs (trials): the subscriber holding the client
+    # end at first_seen (`vpnid.classifier.audit.leases`); None when unknown or ambiguous.
+    subscriber_id: str | None = None
 
     def as_dict(self) -> dict:
         """Field name -> value; shallow (the evidence and risk lists are the record's own), as output needs
@@ -46,10 +49,11 @@ class FlowRecord:
 
 
 FIELDS: tuple[str, ...] = tuple(f.name for f in fields(FlowRecord))
-REGISTRY_FIELDS = ("registry", "registration_id")
+REGISTRY_FIELDS = ("registry", "registration_id", "subscriber_id")
 # Fields that hold text from outside vpnid's vocabulary: a file name, evidence (which may quote what a packet
-# or the registry said) and a registration id from the registry. Writers treat them as untrusted text.
-TEXT_FIELDS = ("pcap", "evidence", "registration_id")
+# or the registry said), and a registration or subscriber id from the registry or a lease log. Writers treat
+# them as untrusted text.
+TEXT_FIELDS = ("pcap", "evidence", "registration_id", "subscriber_id")
 
 
 def output_fields(with_registry: bool) -> tuple[str, ...]:

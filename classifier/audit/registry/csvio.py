@@ -1,12 +1,14 @@
 """Registry CSV files: the import format and the export format are the same.
 
-The header names exactly the registration fields (any order); lists inside a cell are separated by
+The header names exactly the registration fields (any order; the subscriber columns may be left out, as
+files from before them do); lists inside a cell are separated by
 spaces. The file must be UTF-8 CSV: undecodable bytes, a NUL, an unbalanced quote or a cell over
 MAX_CELL refuse the whole file at that line. Reading validates every row and reports every bad one by
 its line number, so a whole file can be fixed in one pass; export writes canonical values sorted by
 registration_id, which is why export → import → export gives the same bytes. A cell a spreadsheet
 would run as a formula (starting with = + - @, tab or CR) is written with a leading "'" (`csv_cell`),
-and reading removes exactly that "'" (`csv_uncell`), so the round trip stays exact.
+and reading removes exactly that "'" (`csv_uncell`), so the round trip stays exact. `read_table` is
+the strict reader itself, shared with the lease logs (`vpnid.classifier.audit.leases`).
 """
 
 from __future__ import annotations
@@ -14,14 +16,15 @@ from __future__ import annotations
 import codecs
 import csv
 import io
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 from typing import IO
 
 from vpnid.classifier.audit.registry.registration import (
     FIELDS,
+    REQUIRED_FIELDS,
+    SUBSCRIBER_FIELDS,
     Registration,
-    RegistrationError,
     check_breadth,
     parse_registration,
 )
@@ -38,15 +41,21 @@ class CsvError(Exception):
         self.problems = problems
 
 
-def _check_header(header: list[str], where: str) -> None:
-    missing = [c for c in FIELDS if c not in header]
-    unknown = [c for c in header if c not in FIELDS]
+def _check_header(header: list[str], where: str, what: str, required: Sequence[str],
+                  optional: Sequence[str]) -> None:
+    known = (*required, *optional)
+    missing = [c for c in required if c not in header]
+    unknown = [c for c in header if c not in known]
     repeated = sorted({c for c in header if header.count(c) > 1})
-    problems = [f"{what} column{'s' if len(cols) > 1 else ''} {', '.join(cols)}"
-                for what, cols in (("missing", missing), ("unknown", unknown), ("repeated", repeated)) if cols]
+    problems = [f"{kind} column{'s' if len(cols) > 1 else ''} {', '.join(cols)}"
+                for kind, cols in (("missing", missing), ("unknown", unknown), ("repeated", repeated)) if cols]
     if problems:
-        raise CsvError([f"{where}: not a registry CSV ({'; '.join(problems)}); the header must name exactly: "
-                        + ",".join(FIELDS)])
+        raise CsvError([f"{where}: not {what} ({'; '.join(problems)}); {_columns_rule(required, optional)}"])
+
+
+def _columns_rule(required: Sequence[str], optional: Sequence[str]) -> str:
+    rule = "the header must name exactly: " + ",".join(required)
+    return rule + (f" (and may add: {','.join(optional)})" if optional else "")
 
 
 def _text(path: Path) -> str:
@@ -77,24 +86,27 @@ def _malformed(e: csv.Error) -> str:
     return f"not valid CSV ({e})"
 
 
-def read_csv(path: str | Path, allow_broad: bool = False) -> list[Registration]:
-    """Every registration of the file, or CsvError naming every bad row (then nothing is returned). A
-    file that is not clean CSV text (see `_text`, `_malformed`) is refused at its first problem, since
-    the rows after it cannot be told apart reliably. `allow_broad`: accept client networks broader
-    than `BROADEST`."""
+def read_table(path: str | Path, what: str, required: Sequence[str], optional: Sequence[str],
+               row: Callable[[int, dict[str, str]], None]) -> None:
+    """Read a strict CSV file whose header names the `required` columns and any of the `optional` ones
+    (any order), calling `row(line, cells)` for each row (optional columns it lacks are ''; cells are
+    as `csv_uncell` leaves them). `row` raises ValueError (a RegistrationError too) for a bad row; every
+    such problem is collected as 'FILE:LINE: message' and raised together as CsvError once the file
+    has been read. A file that is not clean CSV text (see `_text`, `_malformed`) is refused at its first
+    problem, since the rows after it cannot be told apart reliably. `what` names the kind of file in
+    messages ('a registry CSV'). The registry's and the lease logs' readers are this one."""
     path = Path(path)
     reader = csv.reader(io.StringIO(_text(path), newline=""), strict=True)
-    regs: list[Registration] = []
     problems: list[str] = []
-    first_line: dict[str, int] = {}
     try:
         header = next(reader, None)
     except csv.Error as e:
         raise CsvError([f"{path}:1: {_malformed(e)}"]) from None
     if header is None:
-        raise CsvError([f"{path}: empty file (the header must name exactly: {','.join(FIELDS)})"])
+        raise CsvError([f"{path}: empty file ({_columns_rule(required, optional)})"])
     columns = [h.strip() for h in header]
-    _check_header(columns, f"{path}:1")
+    _check_header(columns, f"{path}:1", what, required, optional)
+    absent = dict.fromkeys((c for c in optional if c not in columns), "")
     line = reader.line_num + 1
     while True:
         try:
@@ -108,28 +120,39 @@ def read_csv(path: str | Path, allow_broad: bool = False) -> list[Registration]:
         if not cells:
             continue
         where = f"{path}:{start}"
-        if len(cells) != len(columns):
-            problems.append(f"{where}: {len(cells)} cells, but the header has {len(columns)}")
-            continue
-        if swallowed := next((c for c in cells if _holds_a_row(c, len(columns))), None):
+        # a swallowed row first: it also makes the cell count wrong, which would hide the cause
+        if swallowed := next((c for c in cells if _holds_a_row(c, len(required))), None):
             problems.append(f"{where}: a quoted cell runs over into a line that reads like a row "
                             f"({swallowed.splitlines()[1][:40]!r}...): an unbalanced \"?")
             continue
+        if len(cells) != len(columns):
+            problems.append(f"{where}: {len(cells)} cells, but the header has {len(columns)}")
+            continue
         try:
-            reg = parse_registration(dict(zip(columns, map(csv_uncell, cells))))
-            if not allow_broad:
-                check_breadth(reg)
-        except RegistrationError as e:
+            row(start, dict(zip(columns, map(csv_uncell, cells))) | absent)
+        except ValueError as e:
             problems.append(f"{where}: {e}")
-            continue
-        if reg.registration_id in first_line:
-            problems.append(f"{where}: registration_id {reg.registration_id} repeats line "
-                            f"{first_line[reg.registration_id]}")
-            continue
-        first_line[reg.registration_id] = start
-        regs.append(reg)
     if problems:
         raise CsvError(problems)
+
+
+def read_csv(path: str | Path, allow_broad: bool = False) -> list[Registration]:
+    """Every registration of the file, or CsvError naming every bad row (then nothing is returned).
+    Files from before the subscriber columns (SUBSCRIBER_FIELDS) read as registrations without one.
+    `allow_broad`: accept client networks broader than `BROADEST`."""
+    regs: list[Registration] = []
+    first_line: dict[str, int] = {}
+
+    def row(line: int, fields: dict[str, str]) -> None:
+        reg = parse_registration(fields)
+        if not allow_broad:
+            check_breadth(reg)
+        if reg.registration_id in first_line:
+            raise ValueError(f"registration_id {reg.registration_id} repeats line {first_line[reg.registration_id]}")
+        first_line[reg.registration_id] = line
+        regs.append(reg)
+
+    read_table(path, "a registry CSV", REQUIRED_FIELDS, SUBSCRIBER_FIELDS, row)
     return regs
 
 

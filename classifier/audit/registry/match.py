@@ -22,6 +22,18 @@ with its own index, so families never mix. Client networks are grouped by prefix
 every flow address is masked once, and its (hi, lo) pair is found by `searchsorted` after ranking the
 halves into one int64 key, so a flow inside several nested or overlapping networks finds all of them.
 The cost is O(prefix lengths x flows x log networks), never flows x registrations.
+
+Registrations by subscriber (issue 15): with a lease index (`Matcher.build(regs, leases)`), each flow's
+client is first attributed to the subscriber holding its address (behind CGNAT: address and port) at
+its first packet (`leases.attribute`; the initiator, or the responder when the logs know nothing of the
+initiator). A registration naming that subscriber (subscriber_id, phone or account_id) then covers the
+flow as one whose client network holds the client would, server endpoints and the ranking above
+unchanged; the other end of the flow is the server. The verdict says how the client was attributed
+(`attributed_by`): `lease` or `cgnat` when the subscriber decided it or no registration covers the flow
+but a subscriber was found, `network` when a client network decided it, `none` otherwise; an address
+two subscribers held at once (`overlap`) or nobody held then (`gap`) is reported, never guessed.
+For flows no registration covers, `closest` names the registration that comes nearest: the best one
+whose client side matches (network or subscriber) whatever its server endpoints.
 """
 
 from __future__ import annotations
@@ -34,6 +46,7 @@ from typing import NamedTuple
 
 import numpy as np
 
+from vpnid.classifier.audit.leases.attribute import ISSUES, Attribution, LeaseIndex
 from vpnid.classifier.audit.registry.registration import ANY, PROTOCOLS, Network, Registration
 from vpnid.classifier.running.records import FlowRecord
 from vpnid.features.families import NONE
@@ -48,10 +61,18 @@ _STATUS = {"active": REGISTERED, "suspended": SUSPENDED, "revoked": REVOKED}
 _PACKED = np.dtype([("v6", "u1"), ("hi", ">u8"), ("lo", ">u8")])
 
 
+ATTRIBUTED_BY = ("none", "lease", "cgnat", "network")  # indices: leases.attribute's NONE_FOUND, BY_LEASE, BY_CGNAT
+BY_NETWORK = 3
+
+
 @dataclass(frozen=True, slots=True)
 class RegistryVerdict:
     registry: str  # one of VERDICTS
     registration_id: str | None  # the registration that decided it; None when unregistered
+    subscriber_id: str | None = None  # who held the client end then, by the lease logs (None: unknown)
+    attributed_by: str = "none"  # one of ATTRIBUTED_BY
+    attribution_issue: str | None = None  # 'overlap: A B' (subscribers holding it at once) | 'gap' | None
+    closest: str | None = None  # for an unregistered flow: the registration that came nearest, if any
 
 
 class _Nets(NamedTuple):
@@ -131,6 +152,22 @@ def _levels(nets: _Nets, owner: np.ndarray, v6: bool) -> list[_Level]:
     return levels
 
 
+def _first_per_row(rows: np.ndarray, order: np.ndarray) -> np.ndarray:
+    """The first of `order` for each distinct row (order sorts by row first)."""
+    if not order.size:
+        return order
+    r = rows[order]
+    return order[np.r_[True, r[1:] != r[:-1]]]
+
+
+def _by_subscriber(regs: Sequence[Registration]) -> dict[str, np.ndarray]:
+    out: dict[str, list[int]] = {}
+    for i, r in enumerate(regs):
+        for key in dict.fromkeys(r.subscriber_keys):
+            out.setdefault(key, []).append(i)
+    return {k: np.array(v, np.int64) for k, v in out.items()}
+
+
 @dataclass(frozen=True, slots=True)
 class FlowBatch:
     """Tunnel flows as columns: the vectorised input of `Matcher.check_batch`."""
@@ -144,6 +181,7 @@ class FlowBatch:
     dst_port: np.ndarray
     day: np.ndarray  # int64 UTC days since 1970-01-01 of first_seen
     protocol: np.ndarray  # int64 index into PROTOCOLS, -1 for another tunnel family
+    first_ms: np.ndarray | None = None  # int64 epoch ms of first_seen (for attribution)
 
     @classmethod
     def from_records(cls, records: Sequence[FlowRecord]) -> FlowBatch:
@@ -167,11 +205,13 @@ class FlowBatch:
         v6, src_hi, src_lo = columns([r.src_ip for r in records])
         _, dst_hi, dst_lo = columns([r.dst_ip for r in records])
         family = {p: i for i, p in enumerate(PROTOCOLS) if p != ANY}
+        first = np.array([r.first_seen for r in records], np.float64)
         return cls(v6, src_hi, src_lo, dst_hi, dst_lo,
                    src_port=np.array([r.src_port for r in records], np.int64),
                    dst_port=np.array([r.dst_port for r in records], np.int64),
-                   day=np.floor(np.array([r.first_seen for r in records], np.float64) / 86400).astype(np.int64),
-                   protocol=np.array([family.get(r.label, _OTHER_FAMILY) for r in records], np.int64))
+                   day=np.floor(first / 86400).astype(np.int64),
+                   protocol=np.array([family.get(r.label, _OTHER_FAMILY) for r in records], np.int64),
+                   first_ms=np.floor(first * 1000).astype(np.int64))
 
 
 @dataclass(frozen=True, slots=True)
@@ -188,9 +228,11 @@ class Matcher:
     ep_count: np.ndarray
     endpoints: _Nets
     ep_port: np.ndarray  # -1: any port
+    by_subscriber: dict[str, np.ndarray]  # subscriber key -> registration indices naming it
+    leases: LeaseIndex | None = None  # attribute clients to subscribers; None: by network only
 
     @classmethod
-    def build(cls, registrations: Sequence[Registration]) -> Matcher:
+    def build(cls, registrations: Sequence[Registration], leases: LeaseIndex | None = None) -> Matcher:
         regs = sorted(registrations, key=lambda r: r.registration_id)
         clients = _columns([n for r in regs for n in r.client_networks])
         owner = np.repeat(np.arange(len(regs)), [len(r.client_networks) for r in regs])
@@ -208,6 +250,8 @@ class Matcher:
             ep_count=count,
             endpoints=_columns([e.network for e in eps]),
             ep_port=np.array([-1 if e.port is None else e.port for e in eps], np.int64),
+            by_subscriber=_by_subscriber(regs),
+            leases=leases,
         )
 
     def _servers_ok(self, rows: np.ndarray, regs: np.ndarray, v6: np.ndarray, hi: np.ndarray, lo: np.ndarray,
@@ -222,9 +266,25 @@ class Matcher:
         ok[has] = np.bincount(pair, weights=hit, minlength=len(has)) > 0
         return ok
 
-    def check_batch(self, b: FlowBatch) -> tuple[np.ndarray, np.ndarray]:
-        """Per flow: the verdict (index into VERDICTS) and the deciding registration's index (-1 if none)."""
-        rows_, regs_, orient_ = [], [], []
+    def _by_subscriber(self, subscriber: np.ndarray, names: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
+        """(flow row, registration) for every registration naming the flow's subscriber."""
+        regs_of = [self.by_subscriber.get(name, np.zeros(0, np.int64)) for name in names]
+        rows = np.flatnonzero(subscriber >= 0)
+        if not rows.size or not self.by_subscriber:
+            return np.zeros(0, np.int64), np.zeros(0, np.int64)
+        counts = np.array([len(r) for r in regs_of], np.int64)[subscriber[rows]]
+        flat = np.concatenate(regs_of) if regs_of else np.zeros(0, np.int64)
+        starts = (np.cumsum([len(r) for r in regs_of]) - [len(r) for r in regs_of]).astype(np.int64)
+        owner, pos = _expand(starts[subscriber[rows]], counts)
+        return rows[owner], flat[pos]
+
+    def check_batch(self, b: FlowBatch, attribution: Attribution | None = None, client_side: np.ndarray | None = None,
+                    names: Sequence[str] = ()) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+        """Per flow: the verdict (index into VERDICTS), the deciding registration's index (-1 if none),
+        whether a subscriber (1) or a network (0) matched it, and the closest registration of an
+        uncovered flow (-1 if none). `attribution` (with the client side per flow, 0 src, 1 dst, and the
+        subscriber names its indices refer to) adds registrations by subscriber."""
+        rows_, regs_, orient_, via_, keep_ = [], [], [], [], []
         sides = ((b.src_hi, b.src_lo, b.dst_hi, b.dst_lo, b.dst_port),  # initiator as client
                  (b.dst_hi, b.dst_lo, b.src_hi, b.src_lo, b.src_port))  # responder as client
         for orientation, (c_hi, c_lo, s_hi, s_lo, s_port) in enumerate(sides):
@@ -233,36 +293,79 @@ class Matcher:
                 for level in levels:
                     rows, regs = level.lookup(c_hi[sel], c_lo[sel])
                     rows = sel[rows]
-                    keep = self._servers_ok(rows, regs, b.v6, s_hi, s_lo, s_port)
-                    rows_.append(rows[keep])
-                    regs_.append(regs[keep])
-                    orient_.append(np.full(int(keep.sum()), orientation, np.int64))
-        verdict = np.full(len(b.day), UNREGISTERED, np.int64)
-        chosen = np.full(len(b.day), -1, np.int64)
+                    rows_.append(rows)
+                    regs_.append(regs)
+                    orient_.append(np.full(len(rows), orientation, np.int64))
+                    via_.append(np.zeros(len(rows), np.int64))
+                    keep_.append(self._servers_ok(rows, regs, b.v6, s_hi, s_lo, s_port))
+        if attribution is not None:
+            rows, regs = self._by_subscriber(attribution.subscriber, names)
+            side = client_side[rows]
+            s_hi, s_lo = np.where(side == 1, b.src_hi[rows], b.dst_hi[rows]), np.where(side == 1, b.src_lo[rows],
+                                                                                         b.dst_lo[rows])
+            s_port = np.where(side == 1, b.src_port[rows], b.dst_port[rows])
+            local = np.arange(len(rows))
+            rows_.append(rows)
+            regs_.append(regs)
+            orient_.append(side)
+            via_.append(np.ones(len(rows), np.int64))
+            keep_.append(self._servers_ok(local, regs, b.v6[rows], s_hi, s_lo, s_port))
+        n = len(b.day)
+        verdict = np.full(n, UNREGISTERED, np.int64)
+        chosen = np.full(n, -1, np.int64)
+        via = np.zeros(n, np.int64)
+        closest = np.full(n, -1, np.int64)
         if not rows_:
-            return verdict, chosen
+            return verdict, chosen, via, closest
         rows, regs, orient = np.concatenate(rows_), np.concatenate(regs_), np.concatenate(orient_)
+        how, keep = np.concatenate(via_), np.concatenate(keep_).astype(bool)
         day, status = b.day[rows], self.status[regs]
         rank = np.select(
             [status != REGISTERED, (day < self.from_day[regs]) | (day > self.until_day[regs]),
              (self.protocol[regs] != _ANY) & (self.protocol[regs] != b.protocol[rows])],
             [status, EXPIRED, PROTOCOL_MISMATCH], REGISTERED)
-        order = np.lexsort((regs, orient, rank, rows))  # registration indices follow sorted ids
-        first = order[np.r_[True, rows[order][1:] != rows[order][:-1]]] if order.size else order
+        # the best pair per flow: best verdict, initiator as client, a subscriber before a network
+        # (the stronger identification), then the smallest id (registration indices follow sorted ids)
+        best = lambda m: _first_per_row(rows[m], np.lexsort((regs[m], -how[m], orient[m], rank[m], rows[m])))  # noqa: E731
+        covered = np.flatnonzero(keep)
+        first = covered[best(keep)]
         verdict[rows[first]] = rank[first]
         chosen[rows[first]] = regs[first]
-        return verdict, chosen
+        via[rows[first]] = how[first]
+        near = best(np.ones(len(rows), bool))
+        closest[rows[near]] = regs[near]
+        closest[chosen >= 0] = -1
+        return verdict, chosen, via, closest
 
     def check(self, records: Sequence[FlowRecord]) -> list[RegistryVerdict | None]:
         """A verdict per record, in order; None for flows not labelled as a tunnel."""
         tunnels = [i for i, r in enumerate(records) if r.label != NONE]
-        verdict, chosen = self.check_batch(FlowBatch.from_records([records[i] for i in tunnels]))
+        batch = FlowBatch.from_records([records[i] for i in tunnels])
+        attribution = side = None
+        names: Sequence[str] = ()
+        if self.leases is not None and tunnels:
+            attribution, side = self.leases.attribute_flows(batch, first_ms=batch.first_ms)
+            names = self.leases.columns.subscribers
+        verdict, chosen, via, closest = self.check_batch(batch, attribution, side, names)
+        if attribution is not None:
+            by = np.where(via == 1, attribution.by, np.where(chosen >= 0, BY_NETWORK, attribution.by))
+            subscriber, issue = attribution.subscriber.tolist(), attribution.issue.tolist()
+        else:
+            by = np.where(chosen >= 0, BY_NETWORK, 0)
+            subscriber, issue = [-1] * len(tunnels), [0] * len(tunnels)
         out: list[RegistryVerdict | None] = [None] * len(records)
-        shared: dict[int, RegistryVerdict] = {}  # verdicts are immutable: one object per distinct value
-        for i, v, c in zip(tunnels, verdict.tolist(), chosen.tolist()):
-            key = c * len(VERDICTS) + v
-            if (made := shared.get(key)) is None:
-                made = shared[key] = RegistryVerdict(VERDICTS[v], self.ids[c] if c >= 0 else None)
+        shared: dict[tuple, RegistryVerdict] = {}  # verdicts are immutable: one object per distinct value
+        for k, (i, v, c, s, a, x, near) in enumerate(zip(tunnels, verdict.tolist(), chosen.tolist(), subscriber,
+                                                          by.tolist(), issue, closest.tolist())):
+            key = (v, c, s, a, x, near) if k not in (attribution.candidates if attribution else {}) else None
+            if key is None or (made := shared.get(key)) is None:
+                problem = ISSUES[x]
+                if key is None:
+                    problem = "overlap: " + " ".join(attribution.candidates[k])
+                made = RegistryVerdict(VERDICTS[v], self.ids[c] if c >= 0 else None, names[s] if s >= 0 else None,
+                                       ATTRIBUTED_BY[a], problem, self.ids[near] if near >= 0 else None)
+                if key is not None:
+                    shared[key] = made
             out[i] = made
         return out
 

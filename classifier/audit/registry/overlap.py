@@ -7,7 +7,8 @@ revoked tunnel into a registered one. Whether X can beat Y is decided on the few
 where their verdicts can differ (around each one's validity bounds; each family). An import names Y.
 
 CIDR networks are nested or disjoint, so one sweep over them sorted by (start, widest first) with a
-stack of the networks still open finds, for each network, exactly those that hold it.
+stack of the networks still open finds, for each network, exactly those that hold it. Registrations
+naming the same subscriber (one of `subscriber_keys`) meet as networks do.
 """
 
 from __future__ import annotations
@@ -61,6 +62,14 @@ def overlaps(regs: Iterable[Registration], changed: Iterable[str]) -> dict[str, 
                     if a != b and a in changed:
                         found[a].add(b)
             stack.append((-neg_end, rid))
+    by_key: dict[str, list[str]] = {}  # registrations naming the same subscriber cover the same flows
+    for r in by_id.values():
+        for key in set(r.subscriber_keys):
+            by_key.setdefault(key, []).append(r.registration_id)
+    for group in by_key.values():
+        for a in group:
+            if a in changed:
+                found[a].update(b for b in group if b != a)
     meeting = {rid: sorted(o for o in found[rid] if _beats(by_id[rid], by_id[o])
                            and _servers_meet(by_id[rid].server_endpoints, by_id[o].server_endpoints))
                for rid in sorted(changed)}

@@ -20,8 +20,13 @@ CATEGORIES = ("bank", "embassy", "it_company", "freelancer", "bpo", "software_ho
 ANY = "any"  # a registration that covers every tunnel family
 PROTOCOLS = (*TUNNEL_FAMILIES, ANY)
 STATUSES = ("active", "suspended", "revoked")
-FIELDS = ("registration_id", "organization", "category", "protocol", "client_networks", "server_endpoints",
-          "valid_from", "valid_until", "status", "notes")
+# Who a registration names: client networks, or a subscriber as the operator keys it (any of these three;
+# the subscriber a lease log attributes a flow to is compared with each). Files from before they existed
+# have none of these columns and import unchanged: the columns are optional in a CSV header.
+SUBSCRIBER_FIELDS = ("subscriber_id", "phone", "account_id")
+REQUIRED_FIELDS = ("registration_id", "organization", "category", "protocol", "client_networks", "server_endpoints",
+                   "valid_from", "valid_until", "status", "notes")
+FIELDS = (*REQUIRED_FIELDS, *SUBSCRIBER_FIELDS)
 
 # The broadest client network a registration holds without --allow-broad, by IP version: a shorter prefix
 # sanctions a whole block of the Internet (0.0.0.0/0 would make every tunnel registered).
@@ -30,6 +35,11 @@ BROADEST = {4: 8, 6: 32}
 Network = ipaddress.IPv4Network | ipaddress.IPv6Network
 _ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:-]{0,63}")
 _DATE = re.compile(r"\d{4}-\d{2}-\d{2}")
+# A subscriber id or account id: a RADIUS user name (user@realm), a MAC, an IMSI, an account number.
+SUBSCRIBER = re.compile(r"[A-Za-z0-9+][A-Za-z0-9._:@+/-]{0,127}")
+SUBSCRIBER_RULE = "must be 1-128 letters, digits or . _ : @ + / - (starting with a letter, digit or +)"
+_PHONE = re.compile(r"\+[1-9][0-9]{5,14}")  # E.164
+_PHONE_NOISE = re.compile(r"[ ().-]")
 T = TypeVar("T")
 
 
@@ -66,6 +76,14 @@ class Registration:
     valid_until: date | None  # None: open-ended
     status: str
     notes: str = ""
+    subscriber_id: str = ""  # '' : none; see SUBSCRIBER_FIELDS
+    phone: str = ""  # E.164, '+' and digits
+    account_id: str = ""
+
+    @property
+    def subscriber_keys(self) -> tuple[str, ...]:
+        """The keys a lease log's subscriber id is compared with (empty: a registration by network only)."""
+        return tuple(k for k in (self.subscriber_id, self.phone, self.account_id) if k)
 
     def to_fields(self) -> dict[str, str]:
         """The canonical text form, keyed by FIELDS in order."""
@@ -80,6 +98,9 @@ class Registration:
             "valid_until": self.valid_until.isoformat() if self.valid_until else "",
             "status": self.status,
             "notes": self.notes,
+            "subscriber_id": self.subscriber_id,
+            "phone": self.phone,
+            "account_id": self.account_id,
         }
 
 
@@ -120,6 +141,14 @@ def _date(text: str, name: str) -> date:
         raise ValueError(f"{name} {text!r} is not a date written YYYY-MM-DD") from None
 
 
+def parse_phone(text: str) -> str:
+    """A phone number in E.164 ('+' and 6-15 digits); spaces, dots, dashes and brackets are dropped."""
+    canonical = _PHONE_NOISE.sub("", text)
+    if not _PHONE.fullmatch(canonical):
+        raise ValueError(f"phone {text!r} is not a number written +<country code><number> (E.164, 6-15 digits)")
+    return canonical
+
+
 def _choice(fields: Mapping[str, str], name: str, allowed: tuple[str, ...], problems: list[str]) -> str:
     value = fields.get(name, "").strip().lower()
     if value not in allowed:
@@ -153,8 +182,19 @@ def parse_registration(fields: Mapping[str, str]) -> Registration:
     protocol = _choice(f, "protocol", PROTOCOLS, problems)
     status = _choice(f, "status", STATUSES, problems)
     clients = _list(f.get("client_networks", ""), "client_networks", parse_network, problems)
-    if not f.get("client_networks"):
-        problems.append("client_networks is empty (at least one CIDR is needed)")
+    subscriber, account = f.get("subscriber_id", ""), f.get("account_id", "")
+    for name, value in (("subscriber_id", subscriber), ("account_id", account)):
+        if value and not SUBSCRIBER.fullmatch(value):
+            problems.append(f"{name} {value!r} {SUBSCRIBER_RULE}")
+    phone = ""
+    if f.get("phone"):
+        try:
+            phone = parse_phone(f["phone"])
+        except ValueError as e:
+            problems.append(str(e))
+    if not f.get("client_networks") and not (subscriber or account or f.get("phone")):
+        problems.append("client_networks is empty and no subscriber is named (give at least one CIDR, or a "
+                        "subscriber_id, phone or account_id)")
     servers = _list(f.get("server_endpoints", ""), "server_endpoints", parse_endpoint, problems)
     valid_from = valid_until = None
     try:
@@ -171,7 +211,7 @@ def parse_registration(fields: Mapping[str, str]) -> Registration:
     if problems:
         raise RegistrationError(problems)
     return Registration(rid, org, category, protocol, clients, servers, valid_from, valid_until, status,
-                        fields.get("notes") or "")
+                        fields.get("notes") or "", subscriber, phone, account)
 
 
 def check_breadth(reg: Registration) -> None:

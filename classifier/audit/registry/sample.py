@@ -11,7 +11,12 @@ expired, suspended or revoked, plus the LAB rows, which cover SOME of the lab's 
     revoked            openvpn to :53
     suspended          anything to :443 (a suspended wireguard registration covers it)
     protocol_mismatch  ipsec NAT-T on :4500 (registered as openvpn)
-    unregistered       openvpn to :37519, IKE on :500, and every other lab tunnel
+    unregistered       openvpn to :37519 and every other lab tunnel
+
+LAB_SUBSCRIBERS are registrations by subscriber, not by network: they cover a lab tunnel only through the
+bundled lease log (`vpnid.classifier.audit.leases.sample`), which gives the lab client 198.18.0.1 to
+subscriber lab-alice until 23:17 UTC on the lab day and to lab-bob after it, so the demo registers
+IKE on :500 (lab-bob's registration) by lease.
 
 To point the demo at other endpoints, edit LAB and regenerate.
 """
@@ -47,6 +52,11 @@ LAB = [
      "lab :4500, declared as openvpn but runs ipsec"),
     ("LAB-0007", "Lab Remote Office", "it_company", "openconnect", 8443, "2020-01-01", "", "active",
      "lab openconnect :8443 (AnyConnect CSTP over TLS)"),
+]
+# registration_id, organization, category, protocol, server port, subscriber_id, phone, notes
+LAB_SUBSCRIBERS = [
+    ("LAB-0008", "Lab Home Worker", "freelancer", "ipsec", 500, "lab-bob", "+15550100008",
+     "lab IKE :500, registered by subscriber (dynamic address)"),
 ]
 ORG_WORDS = ("North", "Blue", "Cedar", "Harbor", "Summit", "Delta", "Nova", "Atlas", "Orion", "Pine", "Vertex", "Lumen")
 CATEGORY_NAMES = {"bank": "Bank", "embassy": "Embassy", "it_company": "IT", "freelancer": "Consulting",
@@ -94,6 +104,11 @@ def sample() -> list[Registration]:
                                "client_networks": LAB_CLIENT, "server_endpoints": f"{LAB_SERVER}:{port}",
                                "valid_from": start, "valid_until": until, "status": status, "notes": notes})
            for rid, org, cat, proto, port, start, until, status, notes in LAB]
+    lab += [parse_registration({"registration_id": rid, "organization": org, "category": cat, "protocol": proto,
+                                "client_networks": "", "server_endpoints": f"{LAB_SERVER}:{port}",
+                                "valid_from": "2020-01-01", "valid_until": "", "status": "active", "notes": notes,
+                                "subscriber_id": subscriber, "phone": phone})
+            for rid, org, cat, proto, port, subscriber, phone, notes in LAB_SUBSCRIBERS]
     return lab + [_synthetic(i, rnd) for i in range(1, COUNT + 1)]
 
 

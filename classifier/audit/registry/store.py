@@ -54,6 +54,14 @@ CORE_STEPS: list[migrate.Step] = [
                'registered before the change log existed'
         FROM registrations ORDER BY registration_id;
     """,
+    # 3: registrations by subscriber (issue 15): who, as the operator keys subscribers; '' = not named, so
+    # every registration from before is one by client network, as it was
+    """
+    ALTER TABLE registrations ADD COLUMN subscriber_id TEXT NOT NULL DEFAULT '';
+    ALTER TABLE registrations ADD COLUMN phone TEXT NOT NULL DEFAULT '';
+    ALTER TABLE registrations ADD COLUMN account_id TEXT NOT NULL DEFAULT '';
+    CREATE INDEX registrations_subscriber ON registrations (subscriber_id) WHERE subscriber_id != '';
+    """,
 ]
 migrate.register(migrate.CORE, CORE_STEPS)
 
@@ -86,8 +94,9 @@ class RegistryStore(Protocol):
     def get(self, registration_id: str) -> Registration | None: ...
 
     def select(self, organization: str | None = None, status: str | None = None,
-               protocol: str | None = None) -> list[Registration]:
-        """Registrations sorted by id; `organization` matches a case-insensitive substring."""
+               protocol: str | None = None, subscriber: str | None = None) -> list[Registration]:
+        """Registrations sorted by id; `organization` matches a case-insensitive substring, `subscriber`
+        any of a registration's subscriber keys exactly."""
 
     def add(self, reg: Registration) -> None:
         """Insert a new registration; StoreError if its id exists."""
@@ -197,8 +206,11 @@ class SqliteStore:
         return rows[0] if rows else None
 
     def select(self, organization: str | None = None, status: str | None = None,
-               protocol: str | None = None) -> list[Registration]:
+               protocol: str | None = None, subscriber: str | None = None) -> list[Registration]:
         conds, params = [], []
+        if subscriber:
+            conds.append("? IN (subscriber_id, phone, account_id)")
+            params.append(subscriber)
         if organization:
             conds.append("instr(lower(organization), lower(?)) > 0")
             params.append(organization)

@@ -1,9 +1,12 @@
 """`vpnid trial report`: one trial as files an analyst can hand on.
 
     report.html   self-contained (plots are inline SVG, no script, no network): protocol mix, timeline
-                  of flagged tunnels, top unregistered endpoints, organisations' and client networks, and
+                  of flagged tunnels, top unregistered endpoints, organisations' and client networks,
+                  subscribers (through the lease logs) with flagged tunnels, and
                   every flagged flow with its evidence and the `vpnid explain` command that shows it
-    flagged.csv   the flagged flows, one per row (JSONL record fields plus organization, client_network)
+    flagged.csv   the flagged flows, one per row (JSONL record fields plus organization, client_network and
+                  how the client was attributed to a subscriber: attributed_by, attribution_issue,
+                  closest_registration)
     summary.json  the trial's parameters and counts, for scripts
     flagged.pcap  the captured frames of every flagged flow, for Wireshark, from the captures that are
                   still as the trial read them (by sha256); none at all when no capture is
@@ -25,7 +28,7 @@ import jinja2
 from vpnid.classifier.audit.files import database_files, private_dir, staged
 from vpnid.classifier.audit.report import plots
 from vpnid.classifier.audit.text import csv_cell
-from vpnid.classifier.audit.trials import Capture, FlowResult, Trial, TrialStore
+from vpnid.classifier.audit.trials import Capture, FlowResult, Trial, TrialStore, subscriber_view
 from vpnid.classifier.running.flowpackets import Frame, flow_frames, write_pcaps
 from vpnid.classifier.running.pipeline import Options, Warn
 
@@ -84,8 +87,11 @@ def _summary(trial: Trial, mix: Sequence[tuple[str, str | None, int]], flagged: 
         by_label[label] += n
         if verdict is not None:
             by_verdict[verdict] += n
+    view = subscriber_view(flagged)
     return {"trial": asdict(trial), "flows_by_label": dict(by_label), "tunnels_by_verdict": dict(by_verdict),
             "top_unregistered_endpoints": _endpoints(flagged), "flagged_by_network": _networks(flagged),
+            "subscribers": [asdict(u) for u in view.uses],
+            "unattributed_flagged": {"flows": view.unattributed, "gaps": view.gaps, "overlaps": view.overlaps},
             **written}
 
 
@@ -121,14 +127,17 @@ def _pcap(trial: Trial, read: Sequence[Capture], flagged: Sequence[FlowResult], 
 
 
 def _csv(flagged: Sequence[FlowResult], path: Path) -> None:
-    fields = [*(flagged[0].record if flagged else {}), "organization", "client_network"]
+    fields = [*(flagged[0].record if flagged else {}), "organization", "client_network", "attributed_by",
+              "attribution_issue", "closest_registration"]
     with open(path, "w", encoding="utf-8", newline="") as f:
         w = csv.writer(f, lineterminator="\n")
         w.writerow(fields)
         for res in flagged:
             d = res.record | {"evidence": " | ".join(res.record["evidence"]),
                               "risks": " | ".join(res.record.get("risks", ())), "organization": res.organization,
-                              "client_network": res.client_network}
+                              "client_network": res.client_network, "attributed_by": res.attributed_by,
+                              "attribution_issue": res.attribution_issue,
+                              "closest_registration": res.closest_registration}
             w.writerow([csv_cell("" if d.get(k) is None else d[k]) for k in fields])
 
 
@@ -156,8 +165,9 @@ def _html(trial: Trial, summary: dict, mix: Sequence[tuple[str, str | None, int]
               "explain": _explain_command(res.record, trial.parameters),
               "server": _server(res.record), "first": _utc(res.record["first_seen"]),
               "duration": res.record["last_seen"] - res.record["first_seen"]} for res in flagged[:TABLE_ROWS]]
+    subscribers = [u | {"first": _utc(u["first_seen"]), "last": _utc(u["last_seen"])} for u in summary["subscribers"]]
     return _ENV.get_template("report.html.j2").render(
-        trial=trial, summary=summary, figures=figures, flagged=table, flagged_total=len(flagged),
+        subscribers=subscribers[:TABLE_ROWS], trial=trial, summary=summary, figures=figures, flagged=table, flagged_total=len(flagged),
         colours={k or "none": v for k, v in plots.COLOURS.items()}, generated=_utc(datetime.now(UTC).timestamp()),
         since=_utc(trial.parameters["from"]) if trial.parameters["from"] is not None else None,
         until=_utc(trial.parameters["to"]) if trial.parameters["to"] is not None else None)
