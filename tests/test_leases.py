@@ -4,6 +4,7 @@ lab capture attributed through a lease log whose address changes hands mid-captu
 from __future__ import annotations
 
 import ipaddress
+import json
 import sqlite3
 
 import numpy as np
@@ -227,6 +228,18 @@ def test_lab_capture_is_attributed_per_flow_through_dhcp_radius_and_cgnat(lab_tr
         (CLIENT_DYN, 40003): (None, "unregistered", None, "none", "gap", None),  # after bob's lease ended
         (CLIENT_NOBODY, 40004): (None, "unregistered", None, "none", "overlap: erin frank", None),
     }
+
+
+def test_classify_db_attributes_like_the_trial(lab_trial, tmp_path):
+    """`vpnid classify --db` loads the same lease logs: each tunnel flow gets the trial's subscriber and verdict."""
+    db, results = lab_trial
+    res = vpnid("classify", "--db", str(db), "--format", "jsonl", str(_capture(tmp_path / "lab.pcap")))
+    assert res.returncode == 0, res.stderr
+    got = {(r["src_ip"], r["src_port"]): (r["subscriber_id"], r["registry"], r["registration_id"])
+           for r in map(json.loads, res.stdout.splitlines()) if r["label"] != "none"}
+    assert got == {k: (r.record["subscriber_id"], r.record["registry"], r.record["registration_id"])
+                   for k, r in results.items() if r.record["label"] != "none"}
+    assert got[(CLIENT_DYN, 40001)] == ("bob", "registered", "BOB-1")
 
 
 def test_trial_subscribers_lists_who_ran_unregistered_tunnels_and_exports_csv(lab_trial, tmp_path):

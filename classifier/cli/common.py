@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING, Any, NamedTuple
 from rich.console import Console
 from rich_argparse import RawDescriptionRichHelpFormatter
 
+from vpnid.classifier.audit.leases.store import LeaseStore
 from vpnid.classifier.audit.registry.match import Matcher
 from vpnid.classifier.audit.registry.store import db_location, open_store
 from vpnid.classifier.audit.text import shown
@@ -97,4 +98,4 @@ def options(args: argparse.Namespace, chosen: ChosenModel | None = None) -> Opti
 def registry_matcher(db: str | None) -> Matcher:
     """The registry of `--db`/$VPNID_DB, indexed for the cross-check; StoreError if there is none."""
     with open_store(db_location(db), create=False) as store:
-        return Matcher.build(store.select())
+        return Matcher.build(store.select(), LeaseStore(store).index())

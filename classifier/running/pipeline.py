@@ -82,6 +82,7 @@ def _records(path: str, flows: list[Flow], opts: Options) -> list[FlowRecord]:
         for record, verdict in zip(batch, opts.matcher.check(batch)):
             if verdict is not None:
                 record.registry, record.registration_id = verdict.registry, verdict.registration_id
+                record.subscriber_id = verdict.subscriber_id
     return batch
 
 
