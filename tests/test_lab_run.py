@@ -9,6 +9,7 @@ import os
 
 import pytest
 
+from tests.test_lab_corpus import NO_LAB_VARIANT_YET
 from vpnid.classifier.labelling.loading import DEFAULT_MODEL
 from vpnid.classifier.labelling.model import load
 from vpnid.classifier.running.pipeline import Options, classify_capture
@@ -43,7 +44,7 @@ def pki(tmp_path_factory):
 
 
 def test_one_variant_per_family():
-    assert sorted(v.family for v in VARIANTS) == sorted(FAMILIES)
+    assert sorted(v.family for v in VARIANTS) == sorted(set(FAMILIES) - NO_LAB_VARIANT_YET)
 
 
 @pytest.mark.parametrize("variant", VARIANTS, ids=[v.name for v in VARIANTS])
