@@ -326,7 +326,7 @@ class FeaturePlugin:
             if payloads[i] >= self.head_len:
                 full.append(i)
         for flow, st in zip(seg.flows, states):
-            st.undecided = frozenset(dis.family for dis in flow.pending if dis.feature_state)
+            st.undecided = frozenset(cls.family for cls in flow.undecided if cls.feature_state)
         # Now, so the kept head packets can go.
         _head_features([states[i] for i in full], T.hist[slot[full]], self.n_first)
 

@@ -33,6 +33,7 @@ class Options:
     matcher: Matcher | None = None  # cross-check tunnel flows against it (records gain registry fields)
     drop_first: int = 0  # withhold each flow's first N packets (mid-flow evaluation)
     model: FlowModel | None = None  # labels flows signatures leave undecided; None: signatures only
+    prefilter: bool = True  # False: every dissector on every flow of its transports (the cheap stage's reference)
 
 
 @dataclass(slots=True)
@@ -60,7 +61,8 @@ class Carry:
 
 def _new_table(opts: Options) -> FlowTable:
     model = opts.model
-    config = FlowTableConfig(opts.idle_timeout, opts.active_timeout, opts.max_flows, opts.drop_first)
+    config = FlowTableConfig(opts.idle_timeout, opts.active_timeout, opts.max_flows, opts.drop_first,
+                             prefilter=opts.prefilter)
     plugins = (SiblingPlugin(catalog.ALL),)  # first: a control channel it labels needs no model
     if model:
         plugins += (FeaturePlugin(model.n_first, undecided_only=True, min_packets=model.min_packets),)

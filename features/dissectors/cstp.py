@@ -18,7 +18,9 @@ from __future__ import annotations
 
 from typing import ClassVar
 
-from vpnid.features.dissectors.base import Dissector, FlowPacket, State
+import numpy as np
+
+from vpnid.features.dissectors.base import Dissector, FlowPacket, PacketHeads, State
 from vpnid.features.dissectors.ipshape import InnerSizes
 from vpnid.features.dissectors.tcpstream import InOrderStream
 from vpnid.features.families import OPENCONNECT
@@ -102,6 +104,15 @@ class Cstp(Dissector):
     transports: ClassVar[frozenset[int]] = frozenset({IPPROTO_TCP})
     budget: ClassVar[int] = 96
     feature_state: ClassVar[bool] = False  # came after feature schema v1 (its sig_openconnect is DTLS)
+
+    @staticmethod
+    def prefilter(p: PacketHeads) -> np.ndarray:
+        """A connection seen to open must start with the client's TLS handshake record (type, version 3,
+        length within bounds once the header is there); one that was not is joined mid-flow, where any
+        segment may precede the first record."""
+        hello = (p.direction == 0) & (p.u8(0) == CONTENT_HANDSHAKE)
+        header_ok = (p.length < RECORD_HEADER) | ((p.u8(1) == 3) & (p.be(3, 2) <= MAX_RECORD))
+        return (p.proto == IPPROTO_TCP) & (~p.opened | (hello & header_ok))
 
     def __init__(self) -> None:
         super().__init__()

@@ -40,7 +40,9 @@ import math
 from collections import Counter
 from typing import ClassVar
 
-from vpnid.features.dissectors.base import Dissector, FlowPacket, State
+import numpy as np
+
+from vpnid.features.dissectors.base import Dissector, FlowPacket, PacketHeads, State
 from vpnid.features.families import SHADOWSOCKS
 from vpnid.features.packets import IPPROTO_TCP
 from vpnid.features.risks import FULLY_ENCRYPTED
@@ -161,6 +163,12 @@ class Shadowsocks(Dissector):
     transports: ClassVar[frozenset[int]] = frozenset({IPPROTO_TCP})
     budget: ClassVar[int] = SEGMENTS
     feature_state: ClassVar[bool] = False  # came after feature schema v1
+
+    @staticmethod
+    def prefilter(p: PacketHeads) -> np.ndarray:
+        """TCP seen to open, the client speaking first, with at least the AEAD floor of a first segment
+        (the finer fully-encrypted tests are the dissector's)."""
+        return (p.proto == IPPROTO_TCP) & p.opened & (p.direction == 0) & (p.length >= MIN_CLIENT_FIRST)
 
     def __init__(self) -> None:
         super().__init__()
