@@ -9,14 +9,23 @@ import sys
 from collections.abc import Iterator
 from typing import IO
 
+import pyarrow as pa
 from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
 from vpnid.classifier.audit.registry.store import ENV, StoreError
 from vpnid.classifier.cli.common import FORMATTER, add_flow_options, err, error, options, registry_matcher, warn
-from vpnid.classifier.running.output import write_csv, write_jsonl
-from vpnid.classifier.running.pipeline import CaptureStats, Carry, Options, classify_capture, end_carry
+from vpnid.classifier.running.output import write_csv_batches, write_jsonl_batches
+from vpnid.classifier.running.pipeline import (
+    CaptureStats,
+    Carry,
+    Options,
+    classify_batches,
+    classify_capture,
+    end_carry,
+    end_carry_batch,
+)
 from vpnid.classifier.running.records import FlowRecord, output_fields
 from vpnid.features.families import NONE
 from vpnid.features.packets import CaptureError
@@ -57,6 +66,22 @@ def _records(captures: list[str], opts: Options, stats: dict[str, CaptureStats],
         yield from end_carry(carry, opts)
 
 
+def _batches(captures: list[str], opts: Options, stats: dict[str, CaptureStats],
+             failed: list[str], join: bool = False) -> Iterator[pa.RecordBatch]:
+    """`_records` as Arrow record batches (for the JSONL and CSV writers)."""
+    carry = Carry() if join else None
+    for path in captures:
+        st = stats.setdefault(path, CaptureStats())
+        try:
+            with err.status(f"reading {path}", spinner="dots") if err.is_terminal else contextlib.nullcontext():
+                yield from classify_batches(path, opts, warn=warn, stats=st, carry=carry)
+        except CaptureError as e:
+            error(str(e))
+            failed.append(path)
+    if carry is not None and (last := end_carry_batch(carry, opts)) is not None:
+        yield last
+
+
 def write_table(records: Iterator[FlowRecord], out: IO[str], show_all: bool, stats: dict[str, CaptureStats],
                 with_registry: bool = False) -> None:
     console = Console(file=out, highlight=False, width=None if out is sys.stdout else 200)
@@ -90,13 +115,13 @@ def cmd_classify(args: argparse.Namespace) -> int:
             error(str(e))
             return 2
     fields = output_fields(opts.matcher is not None)
-    records = _records(args.captures, opts, stats, failed, args.join)
     with (open(args.output, "w", encoding="utf-8", newline="") if args.output else contextlib.nullcontext(sys.stdout)) as out:
         if fmt == "jsonl":
-            write_jsonl(records, out, fields)
+            write_jsonl_batches(_batches(args.captures, opts, stats, failed, args.join), out, fields)
         elif fmt == "csv":
-            write_csv(records, out, fields)
+            write_csv_batches(_batches(args.captures, opts, stats, failed, args.join), out, fields)
         else:
+            records = _records(args.captures, opts, stats, failed, args.join)
             write_table(records, out, args.all, stats, opts.matcher is not None)
     return 1 if failed else 0
 
