@@ -105,14 +105,20 @@ class Cstp(Dissector):
     budget: ClassVar[int] = 96
     feature_state: ClassVar[bool] = False  # came after feature schema v1 (its sig_openconnect is DTLS)
 
+    # A connection joined mid-flow is rejected once one direction has shown MAX_UNSYNCED segments that do
+    # not start with an application-data record; among a flow's first 2 * (MAX_UNSYNCED - 1) + 1 payload
+    # packets one direction has that many.
+    prefilter_window: ClassVar[int] = 2 * (MAX_UNSYNCED - 1) + 1
+
     @staticmethod
     def prefilter(p: PacketHeads) -> np.ndarray:
-        """A connection seen to open must start with the client's TLS handshake record (type, version 3,
-        length within bounds once the header is there); one that was not is joined mid-flow, where any
-        segment may precede the first record."""
+        """A segment that could start the dissector's stream: the client's TLS handshake record (what a
+        connection seen to open must start with), or, joined mid-flow, a segment that starts with an
+        application-data record (the dissector waits for one). Whether the flow was seen to open is not
+        looked at: only the first packet's counts, and the window may span chunks."""
         hello = (p.direction == 0) & (p.u8(0) == CONTENT_HANDSHAKE)
-        header_ok = (p.length < RECORD_HEADER) | ((p.u8(1) == 3) & (p.be(3, 2) <= MAX_RECORD))
-        return (p.proto == IPPROTO_TCP) & (~p.opened | (hello & header_ok))
+        application = (p.length >= len(APPLICATION_HEADER)) & (p.be(0, 3) == int.from_bytes(APPLICATION_HEADER, "big"))
+        return (p.proto == IPPROTO_TCP) & (hello | application)
 
     def __init__(self) -> None:
         super().__init__()
