@@ -21,7 +21,7 @@ from typing import Protocol
 
 import numpy as np
 
-from vpnid.features.dissectors.base import Dissector, FlowPacket, State
+from vpnid.features.dissectors.base import HEAD_BYTES, Dissector, FlowPacket, PacketHeads, State
 from vpnid.features.packets import PORTED, TCP_ACK, TCP_FIN, TCP_RST, TCP_SYN, PacketTable
 
 NS = 1_000_000_000
@@ -57,6 +57,12 @@ class Flow:
     end_reason: str = ""  # idle | active | fin | rst | end_of_capture | evicted
     verdict: Verdict | None = None
     pending: list[Dissector] = field(default_factory=list)  # dissectors still undecided
+    # Dissector classes whose prefilter has not yet passed or failed for this flow (the cheap stage),
+    # the payload packets seen so far while it is deciding (only for windows over one packet), and how
+    # many payload packets the flow has shown the cheap stage and its dissectors.
+    unscreened: tuple[type[Dissector], ...] = ()
+    window: list[FlowPacket] | None = None
+    payloads: int = 0
     risks: set[str] = field(default_factory=set)  # raised by dissectors that have left `pending`
     ext: dict[str, object] = field(default_factory=dict)  # plugin state, one key per plugin
     hidden: int = 0  # leading packets withheld by `drop_first` (counted in no other field)
@@ -64,6 +70,12 @@ class Flow:
     @property
     def total_packets(self) -> int:
         return self.packets[0] + self.packets[1]
+
+    @property
+    def undecided(self) -> list[type[Dissector]]:
+        """Classes of the dissectors still undecided on this flow: those running and those the cheap stage
+        has not yet ruled out (a fresh dissector is undecided)."""
+        return [type(d) for d in self.pending] + list(self.unscreened)
 
     @property
     def closed(self) -> bool:
@@ -79,12 +91,48 @@ class Flow:
                 break
         self._retire(self.pending)
         self.pending = []
+        self.unscreened, self.window = (), None
         flags = self.tcp_flags[0] | self.tcp_flags[1]
         if reason in ("idle", "active", "end_of_capture") and flags & TCP_RST:
             reason = "rst"
         elif reason in ("idle", "active", "end_of_capture") and flags & TCP_FIN:
             reason = "fin"
         self.end_reason = reason
+
+    def screen(self, pkt: FlowPacket, passed: list[bool], rank: dict[type[Dissector], int]) -> None:
+        """The cheap stage's answer on one of the flow's first payload packets, for each class of
+        `unscreened` (in that order): a class that passed gets its dissector, fed the packets of the window
+        before this one; one whose window is over without a pass is ruled out. `rank`: catalog order."""
+        keep: list[type[Dissector]] = []
+        created: list[Dissector] = []
+        for cls, ok in zip(self.unscreened, passed):
+            if ok:
+                d = cls()
+                created.append(d)
+                for earlier in self.window or ():
+                    d.feed(earlier)
+            elif self.payloads < cls.prefilter_window:
+                keep.append(cls)
+        self.unscreened = tuple(keep)
+        if self.window is not None:
+            self.window.append(pkt)
+        if keep and self.window is None and max(c.prefilter_window for c in keep) > 1:
+            self.window = [pkt]
+        if not keep:
+            self.window = None
+        if not created:
+            return
+        # The new dissectors join in catalog order (the tie-break), as if they had run from the start.
+        for d in created:
+            if d.state is State.CONFIRMED:  # confirmed on a packet of the window, before this one
+                if not any(p.state is State.CONFIRMED for p in self.pending):
+                    self._decide(d)
+                    self._retire(self.pending + created)
+                    self.pending, self.unscreened, self.window = [], (), None
+                    return
+        self._retire([d for d in created if d.state is State.REJECTED])
+        self.pending = sorted(self.pending + [d for d in created if d.state is State.CANDIDATE],
+                              key=lambda d: rank[type(d)])
 
     def feed(self, pkt: FlowPacket) -> None:
         """Hand one payload packet to every undecided dissector; the first to confirm decides."""
@@ -102,6 +150,7 @@ class Flow:
             self.pending = [d for d in self.pending if d.state is State.CANDIDATE]
 
     def _decide(self, d: Dissector) -> None:
+        self.unscreened, self.window = (), None
         self.verdict = Verdict(d.family, d.confidence, list(d.evidence), dict(d.attributes), d.verdict_packet)
 
     def _retire(self, done: list[Dissector]) -> None:
@@ -155,6 +204,9 @@ class FlowTableConfig:
     # Withhold each flow's first N packets from counters, dissectors, plugins and the initiator choice, as
     # if the capture had started late; the withheld packets still keep the flow alive (timeouts).
     drop_first: int = 0
+    # The cheap stage: a flow gets a dissector only once its prefilter passes. False builds every dissector
+    # for every flow of its transports (the reference the prefilter test compares against).
+    prefilter: bool = True
 
 
 class FlowTable:
@@ -163,6 +215,8 @@ class FlowTable:
     def __init__(self, dissectors: Sequence[type[Dissector]], config: FlowTableConfig | None = None,
                  plugins: Sequence[FlowPlugin] = ()) -> None:
         self.dissectors = tuple(dissectors)
+        self._rank = {d: i for i, d in enumerate(self.dissectors)}
+        self._by_proto: dict[int, tuple[type[Dissector], ...]] = {}
         self.config = config or FlowTableConfig()
         self.plugins = tuple(plugins)
         self.open: dict[bytes, Flow] = {}
@@ -319,7 +373,7 @@ class FlowTable:
             flow.tcp_flags[d_hi] |= fhi
             flow.first_ns = min(flow.first_ns, t_first)
             flow.last_ns = max(flow.last_ns, t_last)
-            if flow.pending and anyp:
+            if anyp and (flow.pending or flow.unscreened):
                 fed.append((flow, before, d_lo == 0, _wanted(flow)))
                 fed_at.append(i)
         if fed:
@@ -344,8 +398,15 @@ class FlowTable:
         """Start a flow at `row`."""
         proto = int(t.proto[row])
         self.stats["flows"] += 1
-        flow = Flow(proto=proto, src=b"", sport=0, dst=b"", dport=0, first_ns=0, last_ns=0, first_frame=0,
-                    pending=[d() for d in self.dissectors if proto in d.transports])
+        classes = self._by_proto.get(proto)
+        if classes is None:
+            classes = self._by_proto[proto] = tuple(d for d in self.dissectors if proto in d.transports)
+        if self.config.prefilter:
+            flow = Flow(proto=proto, src=b"", sport=0, dst=b"", dport=0, first_ns=0, last_ns=0, first_frame=0,
+                        unscreened=classes)
+        else:
+            flow = Flow(proto=proto, src=b"", sport=0, dst=b"", dport=0, first_ns=0, last_ns=0, first_frame=0,
+                        pending=[d() for d in classes])
         _observe_from(flow, t, row)
         return flow
 
@@ -373,14 +434,15 @@ class FlowTable:
                 _observe_from(f, t, int(order[s0]))
         return order, starts, count, seg_flows, [kb for kb, k in zip(seg_keys, keep.tolist()) if k]
 
-    @staticmethod
-    def _feed(fed: list[tuple[Flow, int, bool, int]], t: PacketTable, order: np.ndarray, lo_s: np.ndarray,
+    def _feed(self, fed: list[tuple[Flow, int, bool, int]], t: PacketTable, order: np.ndarray, lo_s: np.ndarray,
               has_payload_s: np.ndarray, starts: np.ndarray, count: np.ndarray) -> None:
         """Feed the payload packets of the segments in `fed` (flow, its packets before the segment,
         whether its initiator is the key's low end, how many payload packets its dissectors may still
-        look at) to their flows' undecided dissectors, in capture order. The packets' fields are read
-        from the table for all these segments at once, as Python values: per-packet NumPy scalar reads
-        cost more than most dissectors' own work."""
+        look at) to their flows' undecided dissectors, in capture order, after the cheap stage has
+        decided, for all flows at once, which dissectors the flows' first payload packets call for. The
+        packets' fields are read from the table for all these segments at once, as Python values:
+        per-packet NumPy scalar reads cost more than most dissectors' own work; a flow no prefilter
+        accepted is not visited at all."""
         # Positions (in `order`) of every packet of the fed segments, then of the payload packets the
         # dissectors' budgets leave them to look at.
         first = np.r_[0, np.cumsum(count)[:-1]]
@@ -390,26 +452,72 @@ class FlowTable:
         rank = np.cumsum(pay) - 1  # payload packets before, within the segment
         rank -= np.repeat(rank[first] + 1 - pay[first], count)
         pay &= rank < np.repeat(np.array([w for *_, w in fed], np.int64), count)
-        pos, seg = pos[pay], seg[pay]
+        pos, seg, rank = pos[pay], seg[pay], rank[pay]
         rows = order[pos]
+        flows = [f for f, *_ in fed]
+
+        # The cheap stage, vectorised over the payload packets it still asks about.
+        want = np.array([_screen_rows(f) for f in flows], np.int64)
+        screened = rank < want[seg]
+        sidx = np.full(len(pos), -1, np.int64)
+        passed = np.zeros((0, len(self.dissectors)), bool)
+        live = np.array([bool(f.pending) for f in flows], bool)
+        if screened.any():
+            opened = np.array([bool((f.tcp_flags[0] | f.tcp_flags[1]) & TCP_SYN) for f in flows], bool)
+            proto = np.array([f.proto for f in flows], np.uint8)
+            init_lo = np.array([il for _, _, il, _ in fed], bool)
+            srows, sseg = rows[screened], seg[screened]
+            heads = PacketHeads(proto[sseg], t.payload_len[srows].astype(np.int64), _heads(t, srows),
+                                (lo_s[pos[screened]] != init_lo[sseg]).astype(np.uint8), t.tcp_flags[srows],
+                                opened[sseg])
+            passed = np.zeros((len(srows), len(self.dissectors)), bool)
+            for j, cls in enumerate(self.dissectors):
+                passed[:, j] = np.asarray(cls.prefilter(heads), bool) & np.isin(heads.proto, list(cls.transports))
+            sidx[screened] = np.arange(len(srows))
+            # A flow lives on if a dissector runs or a prefilter passed one of its packets (or its window
+            # stays open past this chunk); the others are ruled out here, without a visit per packet.
+            hit = np.zeros(len(fed), bool)
+            hit[sseg[passed.any(axis=1)]] = True
+            n_screened = np.bincount(sseg, minlength=len(fed))
+            live |= hit | (n_screened < want)
+            for i in np.flatnonzero(~live & (want > 0)).tolist():
+                f = flows[i]
+                f.payloads += int(n_screened[i])
+                f.unscreened, f.window = (), None
+        keep = live[seg]
+        pos, seg, rows, sidx = pos[keep], seg[keep], rows[keep], sidx[keep]
+        if not len(pos):
+            return
         off = t.payload_off[rows]
         data, extra, n = memoryview(t.data), memoryview(t.extra), t.data.size
+        col = {cls: j for j, cls in enumerate(self.dissectors)}
+        rank_of = self._rank
         flow = None
         current = -1
-        for sid, i, is_lo, ts, a, b, seq, flags in zip(
+        for sid, i, is_lo, ts, a, b, seq, flags, j in zip(
                 seg.tolist(), (pos - starts[seg]).tolist(), lo_s[pos].tolist(), t.ts_ns[rows].tolist(),
                 off.tolist(), (off + t.payload_len[rows]).tolist(), t.tcp_seq[rows].tolist(),
-                t.tcp_flags[rows].tolist()):
+                t.tcp_flags[rows].tolist(), sidx.tolist()):
             if sid != current:
                 current = sid
                 flow, before, init_lo, _ = fed[sid]
                 proto = flow.proto
                 opened = bool((flow.tcp_flags[0] | flow.tcp_flags[1]) & TCP_SYN)
-            if not flow.pending:
+            if j < 0 or not flow.unscreened:
+                if not flow.pending:
+                    continue
+                payload = data[a:b].tobytes() if a < n else extra[a - n : b - n].tobytes()
+                flow.feed(FlowPacket(before + i + 1, 0 if is_lo == init_lo else 1, ts / NS, payload, seq, flags,
+                                     proto, opened))
                 continue
             payload = data[a:b].tobytes() if a < n else extra[a - n : b - n].tobytes()
-            flow.feed(FlowPacket(before + i + 1, 0 if is_lo == init_lo else 1, ts / NS, payload, seq, flags, proto,
-                                 opened))
+            pkt = FlowPacket(before + i + 1, 0 if is_lo == init_lo else 1, ts / NS, payload, seq, flags, proto,
+                             opened)
+            flow.payloads += 1
+            ok = passed[j]
+            flow.screen(pkt, [bool(ok[col[c]]) for c in flow.unscreened], rank_of)
+            if flow.pending:
+                flow.feed(pkt)
 
     def _end(self, flow: Flow, reason: str) -> None:
         if flow.total_packets == 0:
@@ -455,8 +563,26 @@ def flow_id(flow: Flow) -> str:
 
 
 def _wanted(flow: Flow) -> int:
-    """Payload packets the flow's undecided dissectors may still look at (each gives up at its budget)."""
-    return max(d.budget - d.seen for d in flow.pending)
+    """Payload packets the flow's undecided dissectors may still look at (each gives up at its budget),
+    counting those the cheap stage has not ruled out yet."""
+    return max([d.budget - d.seen for d in flow.pending] + [c.budget - flow.payloads for c in flow.unscreened])
+
+
+def _screen_rows(flow: Flow) -> int:
+    """How many of the flow's next payload packets the cheap stage still asks about."""
+    return max(c.prefilter_window for c in flow.unscreened) - flow.payloads if flow.unscreened else 0
+
+
+def _heads(t: PacketTable, rows: np.ndarray) -> np.ndarray:
+    """The first HEAD_BYTES payload bytes of `rows`, zero-padded: (len(rows), HEAD_BYTES) uint8."""
+    out = np.zeros((len(rows), HEAD_BYTES), np.uint8)
+    if not len(rows) or not t.byte_count():
+        return out
+    j = np.arange(HEAD_BYTES)
+    inside = j[None, :] < t.payload_len[rows].astype(np.int64)[:, None]
+    idx = t.payload_off[rows][:, None] + j[None, :]
+    out[inside] = t.bytes_at(idx[inside])
+    return out
 
 
 def _observe_from(flow: Flow, t: PacketTable, row: int) -> None:

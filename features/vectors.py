@@ -204,6 +204,9 @@ class _State:
     final: _Final | None = None  # set when the flow ends
 
 
+_NO_FAMILIES: frozenset[str] = frozenset()
+
+
 class FeaturePlugin:
     """Flow-table plugin that keeps each flow's aggregates in `flow.ext["vectors"]`; `vectors` makes
     the feature rows (schema order) of ended flows from them."""
@@ -216,6 +219,8 @@ class FeaturePlugin:
         self.undecided_only = undecided_only
         self.min_packets = min_packets
         self.tables = _Tables()
+        # (running dissector classes, unscreened classes) -> families still undecided, shared frozensets
+        self._families: dict[tuple, frozenset[str]] = {}
 
 
     # ------------------------------------------------------------------ per chunk
@@ -319,14 +324,24 @@ class FeaturePlugin:
             T.hist[slot] += hist
         full = []
         payloads = T.payloads[slot].tolist()
+        # One array for the chunk's head packets; each flow keeps a copy of its columns (a view would keep
+        # the whole chunk's array alive as long as any of its flows is open).
+        kept = np.stack([plen[young], 1 - 2 * d[young], ts[young], opcode])
+        bounds = young_bounds.tolist()
         for i in np.flatnonzero(young_bounds[1:] > young_bounds[:-1]).tolist():
-            st, a, b = states[i], young_bounds[i], young_bounds[i + 1]
-            sel = young[a:b]
-            st.head.append(np.stack([plen[sel], 1 - 2 * d[sel], ts[sel], opcode[a:b]]))
+            states[i].head.append(kept[:, bounds[i]:bounds[i + 1]].copy())
             if payloads[i] >= self.head_len:
                 full.append(i)
+        families = self._families
         for flow, st in zip(seg.flows, states):
-            st.undecided = frozenset(dis.family for dis in flow.pending if dis.feature_state)
+            if flow.pending or flow.unscreened:
+                key = (tuple(type(dis) for dis in flow.pending), flow.unscreened)
+                fams = families.get(key)
+                if fams is None:
+                    fams = families[key] = frozenset(cls.family for cls in flow.undecided if cls.feature_state)
+                st.undecided = fams
+            else:
+                st.undecided = _NO_FAMILIES
         # Now, so the kept head packets can go.
         _head_features([states[i] for i in full], T.hist[slot[full]], self.n_first)
 

@@ -6,9 +6,10 @@ import argparse
 import contextlib
 import os
 import sys
-from collections.abc import Iterator
-from typing import IO
+from collections.abc import Callable, Iterator
+from typing import IO, TypeVar
 
+import pyarrow as pa
 from rich.table import Table
 from rich.text import Text
 
@@ -25,11 +26,21 @@ from vpnid.classifier.cli.common import (
     registry_matcher,
     warn,
 )
-from vpnid.classifier.running.output import write_csv, write_jsonl
-from vpnid.classifier.running.pipeline import CaptureStats, Carry, Options, classify_capture, end_carry
+from vpnid.classifier.running.output import write_csv_batches, write_jsonl_batches
+from vpnid.classifier.running.pipeline import (
+    CaptureStats,
+    Carry,
+    Options,
+    classify_batches,
+    classify_capture,
+    end_carry,
+    end_carry_batch,
+)
 from vpnid.classifier.running.records import FlowRecord, output_fields
 from vpnid.features.families import NONE
 from vpnid.features.packets import CaptureError
+
+T = TypeVar("T")
 
 CLASSIFY_HELP = """\
 Read capture files, group packets into bidirectional flows, and label each flow as a tunnel
@@ -52,20 +63,38 @@ examples:
 """
 
 
-def _records(captures: list[str], opts: Options, stats: dict[str, CaptureStats],
-             failed: list[str], join: bool = False) -> Iterator[FlowRecord]:
-    carry = Carry() if join else None
+def _each_capture(captures: list[str], stats: dict[str, CaptureStats], failed: list[str],
+                  read: Callable[[str, CaptureStats], Iterator[T]]) -> Iterator[T]:
+    """What `read` gives for each capture in turn, with a spinner; a capture error is reported and the
+    capture named in `failed`, and the others still run."""
     for path in captures:
         st = stats.setdefault(path, CaptureStats())
         try:
             reading = Text(f"reading {printable(path)}")
             with err.status(reading, spinner="dots") if err.is_terminal else contextlib.nullcontext():
-                yield from classify_capture(path, opts, warn=warn, stats=st, carry=carry)
+                yield from read(path, st)
         except CaptureError as e:
             error(str(e))
             failed.append(path)
+
+
+def _records(captures: list[str], opts: Options, stats: dict[str, CaptureStats],
+             failed: list[str], join: bool = False) -> Iterator[FlowRecord]:
+    carry = Carry() if join else None
+    yield from _each_capture(captures, stats, failed,
+                             lambda p, st: classify_capture(p, opts, warn=warn, stats=st, carry=carry))
     if carry is not None:
         yield from end_carry(carry, opts)
+
+
+def _batches(captures: list[str], opts: Options, stats: dict[str, CaptureStats],
+             failed: list[str], join: bool = False) -> Iterator[pa.RecordBatch]:
+    """`_records` as Arrow record batches (for the JSONL and CSV writers)."""
+    carry = Carry() if join else None
+    yield from _each_capture(captures, stats, failed,
+                             lambda p, st: classify_batches(p, opts, warn=warn, stats=st, carry=carry))
+    if carry is not None and (last := end_carry_batch(carry, opts)) is not None:
+        yield last
 
 
 def write_table(records: Iterator[FlowRecord], out: IO[str], show_all: bool, stats: dict[str, CaptureStats],
@@ -108,14 +137,14 @@ def cmd_classify(args: argparse.Namespace) -> int:
             error(str(e))
             return 2
     fields = output_fields(opts.matcher is not None)
-    records = _records(args.captures, opts, stats, failed, args.join)
     with (open(args.output, "w", encoding="utf-8", newline="") if args.output else contextlib.nullcontext(sys.stdout)) as out:
         if fmt == "jsonl":
-            write_jsonl(records, out, fields)
+            write_jsonl_batches(_batches(args.captures, opts, stats, failed, args.join), out, fields)
         elif fmt == "csv":
-            write_csv(records, out, fields)
+            write_csv_batches(_batches(args.captures, opts, stats, failed, args.join), out, fields)
         else:
-            write_table(records, out, args.all, stats, opts.matcher is not None)
+            write_table(_records(args.captures, opts, stats, failed, args.join), out, args.all, stats,
+                        opts.matcher is not None)
     return 1 if failed else 0
 
 

@@ -28,9 +28,9 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from vpnid.classifier.running.output import arrow_schema, json_line, to_arrow
-from vpnid.classifier.running.pipeline import CaptureStats, Carry, Options, classify_capture, end_carry
-from vpnid.classifier.running.records import FlowRecord, output_fields
+from vpnid.classifier.running.output import arrow_schema, jsonl_lines
+from vpnid.classifier.running.pipeline import CaptureStats, Carry, Options, classify_batches, end_carry_batch
+from vpnid.classifier.running.records import output_fields
 from vpnid.classifier.runtime import prepare_process
 from vpnid.features.packets import CaptureError
 
@@ -135,18 +135,29 @@ def classify_file(path: str, opts: Options, carry: Carry | None, last: bool) -> 
     t0 = time.perf_counter()
     stats = CaptureStats()
     warnings: list[str] = []
-    records: list[FlowRecord] = []
+    batches: list[pa.RecordBatch] = []
     error = None
     try:
-        records = list(classify_capture(path, opts, warn=warnings.append, stats=stats, carry=carry))
+        batches = list(classify_batches(path, opts, warn=warnings.append, stats=stats, carry=carry))
     except CaptureError as e:
         error = str(e)
     if last and carry is not None:
-        records += end_carry(carry, opts)
+        if (tail := end_carry_batch(carry, opts)) is not None:
+            batches.append(tail)
         carry = None
     fp = Fingerprint.of(path) if error is None else None
-    return FileResult(path, to_arrow(records), stats.packets, time.perf_counter() - t0, warnings, error, fp,
-                      carry)
+    schema = arrow_schema()
+    table = pa.Table.from_batches([_with_registry(b, schema) for b in batches], schema)
+    return FileResult(path, table, stats.packets, time.perf_counter() - t0, warnings, error, fp, carry)
+
+
+def _with_registry(batch: pa.RecordBatch, schema: pa.Schema) -> pa.RecordBatch:
+    """A batch in the full record schema (registry columns null when no registry was checked)."""
+    if batch.schema.equals(schema):
+        return batch
+    cols = [batch.column(f.name) if f.name in batch.schema.names else pa.nulls(batch.num_rows, f.type)
+            for f in schema]
+    return pa.RecordBatch.from_arrays(cols, schema=schema)
 
 
 Submit = Callable[..., cf.Future]
@@ -195,7 +206,8 @@ class Output:
         parts = [f"{name}.parquet"]
         if not self.single:
             with open(self.dir / f"{name}.jsonl", "w", encoding="utf-8") as f:
-                f.writelines(json_line(row) for row in table.to_pylist())
+                f.writelines(jsonl_lines(table.combine_chunks().to_batches()[0], tuple(self.columns))
+                             if table.num_rows else [])
             parts.append(f"{name}.jsonl")
         return parts
 

@@ -1,6 +1,7 @@
 """The captured frames of chosen flows, for evidence an analyst opens in Wireshark (`explain`, flagged.pcap).
 
-Frames are found by re-reading the capture through the same decoder and flow table the pipeline uses
+Frames are found by re-reading the capture through the same read -> decode -> flow table loop the pipeline
+uses (`vpnid.features.stream.flows_of`, which shows this plugin each captured chunk)
 (without dissectors, which never move flow boundaries): a flow whose 5-tuple is wanted keeps its frames
 while it is open, and when it ends its id says whether it is one of the wanted flows. So the selection
 follows the pipeline's flow boundaries (timeouts, TCP port reuse, eviction) exactly, instead of
@@ -19,10 +20,9 @@ from pathlib import Path
 import numpy as np
 
 from vpnid.classifier.running.pipeline import Options, Warn
-from vpnid.features.capture import read_chunks
-from vpnid.features.decode import Reassembler, decode
 from vpnid.features.flows import Flow, FlowTable, FlowTableConfig, Segments, flow_id
 from vpnid.features.packets import RawChunk, ipv4_mapped
+from vpnid.features.stream import flows_of
 
 _KEY = "flowpackets"
 PCAP_MAGIC_NS = 0xA1B23C4D  # nanosecond pcap: keeps the capture's timestamps exactly
@@ -85,11 +85,12 @@ def flow_frames(path: str, wanted: Mapping[str, Mapping], opts: Options | None =
     opts = opts or Options()
     collector = _Collector(wanted)
     table = FlowTable([], FlowTableConfig(opts.idle_timeout, opts.active_timeout, opts.max_flows), [collector])
-    reassembler = Reassembler()
-    for chunk in read_chunks(path, chunk_frames=opts.chunk_frames, warn=warn):
+
+    def show(chunk: RawChunk) -> None:
         collector.chunk = chunk
-        table.add(decode(chunk, reassembler))
-    table.close()
+
+    for _ in flows_of(path, table, opts.chunk_frames, {}, warn, on_chunk=show):
+        pass
     return collector.found
 
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 import csv
 import json
 import typing
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import fields
 from typing import IO
 
@@ -58,3 +58,60 @@ def arrow_schema() -> pa.Schema:
 def to_arrow(records: list[FlowRecord]) -> pa.Table:
     schema = arrow_schema()
     return pa.Table.from_pydict({name: [getattr(r, name) for r in records] for name in schema.names}, schema)
+
+
+# ---------------------------------------------------------------------------------------------- batches
+def _encoder(type_: pa.DataType) -> Callable[[list], list[str]]:
+    """Column values -> their JSON text, exactly as `json.dumps(..., ensure_ascii=False)` writes them inside
+    a record (floats through `float.__repr__`, as json does; strings through a per-batch cache, as most
+    repeat: captures, transports, addresses, labels)."""
+    if pa.types.is_string(type_):
+        def strings(values: list) -> list[str]:
+            cache: dict[str | None, str] = {None: "null"}
+            out = []
+            for v in values:
+                s = cache.get(v)
+                if s is None:
+                    s = cache[v] = json.dumps(v, ensure_ascii=False)
+                out.append(s)
+            return out
+        return strings
+    if pa.types.is_integer(type_):
+        return lambda values: ["null" if v is None else str(v) for v in values]
+    if pa.types.is_floating(type_):
+        return lambda values: ["null" if v is None else float.__repr__(v) for v in values]
+    return lambda values: ["[]" if not v else "null" if v is None else json.dumps(v, ensure_ascii=False)
+                           for v in values]
+
+
+def jsonl_lines(batch: pa.RecordBatch, fields: tuple[str, ...]) -> list[str]:
+    """One JSON line per row of `batch`, byte for byte what `json_line` writes for the same record."""
+    if not batch.num_rows:
+        return []
+    fmt = "{" + ", ".join(f"{json.dumps(k)}: %s" for k in fields) + "}\n"
+    cols = [_encoder(batch.schema.field(k).type)(batch.column(k).to_pylist()) for k in fields]
+    return [fmt % row for row in zip(*cols)]
+
+
+def write_jsonl_batches(batches: Iterable[pa.RecordBatch], out: IO[str], fields: tuple[str, ...]) -> None:
+    for batch in batches:
+        out.write("".join(jsonl_lines(batch, fields)))
+
+
+def write_csv_batches(batches: Iterable[pa.RecordBatch], out: IO[str], fields: tuple[str, ...]) -> None:
+    """`write_csv` from record batches: the same rows, column by column (free text through `csv_cell`)."""
+    w = csv.writer(out, lineterminator="\n")
+    w.writerow(fields)
+    for batch in batches:
+        cols = []
+        for k in fields:
+            values = batch.column(k).to_pylist()
+            if k in ("evidence", "risks"):
+                values = [" | ".join(v) for v in values]
+            cols.append([csv_cell("" if v is None else v) for v in values] if k in TEXT_FIELDS
+                        else ["" if v is None else v for v in values])
+        w.writerows(zip(*cols))
+
+
+def batches_to_arrow(batches: list[pa.RecordBatch], schema: pa.Schema) -> pa.Table:
+    return pa.Table.from_batches(batches, schema)

@@ -10,9 +10,11 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
+import pyarrow as pa
+
 from vpnid.classifier.audit.registry.match import Matcher
 from vpnid.classifier.labelling.labels import label
-from vpnid.classifier.running.records import FlowRecord, base_record
+from vpnid.classifier.running.records import FlowRecord, base_record, record_batch, records_schema
 from vpnid.features.dissectors import catalog
 from vpnid.features.flows import Flow, FlowTable, FlowTableConfig
 from vpnid.features.siblings import SiblingPlugin
@@ -33,6 +35,7 @@ class Options:
     matcher: Matcher | None = None  # cross-check tunnel flows against it (records gain registry fields)
     drop_first: int = 0  # withhold each flow's first N packets (mid-flow evaluation)
     model: FlowModel | None = None  # labels flows signatures leave undecided; None: signatures only
+    prefilter: bool = True  # False: every dissector on every flow of its transports (the cheap stage's reference)
 
 
 @dataclass(slots=True)
@@ -60,15 +63,16 @@ class Carry:
 
 def _new_table(opts: Options) -> FlowTable:
     model = opts.model
-    config = FlowTableConfig(opts.idle_timeout, opts.active_timeout, opts.max_flows, opts.drop_first)
+    config = FlowTableConfig(opts.idle_timeout, opts.active_timeout, opts.max_flows, opts.drop_first,
+                             prefilter=opts.prefilter)
     plugins = (SiblingPlugin(catalog.ALL),)  # first: a control channel it labels needs no model
     if model:
         plugins += (FeaturePlugin(model.n_first, undecided_only=True, min_packets=model.min_packets),)
     return FlowTable(catalog.ALL, config, plugins=plugins)
 
 
-def _records(path: str, flows: list[Flow], opts: Options) -> list[FlowRecord]:
-    """Records of ended flows; a flow carried over from an earlier file keeps the file it started in."""
+def _labels(flows: list[Flow], opts: Options) -> list[dict]:
+    """The labelling fields of each ended flow: its signature verdict, else the model's judgement."""
     model = opts.model
     judged = {}
     if model is not None:
@@ -76,8 +80,13 @@ def _records(path: str, flows: list[Flow], opts: Options) -> list[FlowRecord]:
         asked = [f for f in undecided if f.total_packets >= model.min_packets]
         judged = {id(f): model.unasked(f.total_packets) for f in undecided}
         judged.update(zip(map(id, asked), model.judge(vectors(asked, model.n_first))))
-    batch = [FlowRecord(**base_record(flow.ext.get(ORIGIN, path), flow), **label(flow, judged.get(id(flow))))
-             for flow in flows]
+    return [label(flow, judged.get(id(flow))) for flow in flows]
+
+
+def _records(path: str, flows: list[Flow], opts: Options) -> list[FlowRecord]:
+    """Records of ended flows; a flow carried over from an earlier file keeps the file it started in."""
+    batch = [FlowRecord(**base_record(flow.ext.get(ORIGIN, path), flow), **lab)
+             for flow, lab in zip(flows, _labels(flows, opts))]
     if opts.matcher is not None:  # one vectorised check per drained group, not per flow
         for record, verdict in zip(batch, opts.matcher.check(batch)):
             if verdict is not None:
@@ -86,17 +95,18 @@ def _records(path: str, flows: list[Flow], opts: Options) -> list[FlowRecord]:
     return batch
 
 
-def classify_capture(path: str, opts: Options | None = None, *, warn: Warn = lambda _m: None,
-                     stats: CaptureStats | None = None, carry: Carry | None = None,
-                     early: Callable[[FlowRecord], None] | None = None) -> Iterator[FlowRecord]:
-    """Labelled flow records of one capture, yielded as flows end. Raises CaptureError if the file
-    cannot be read as a capture.
+def _batch(path: str, flows: list[Flow], opts: Options) -> pa.RecordBatch:
+    """The records of ended flows as one Arrow record batch (columns as `records_schema`; the registry
+    columns only when a matcher checks them)."""
+    if opts.matcher is not None:  # the registry check works on records
+        schema = records_schema(True)
+        return pa.RecordBatch.from_pylist([r.as_dict() for r in _records(path, flows, opts)], schema=schema)
+    return record_batch([flow.ext.get(ORIGIN, path) for flow in flows], flows, _labels(flows, opts))
 
-    With `carry`, the flows open at the end stay in it for the next file of a rotation, and the caller
-    ends them with `end_carry` after the last file. `early` is called with a provisional record (no
-    end reason yet) as soon as a signature labels a still-open flow (once per flow, checked per chunk).
-    """
-    opts = opts or Options()
+
+def _flow_groups(path: str, opts: Options, warn: Warn, stats: CaptureStats | None, carry: Carry | None,
+                 early: Callable[[FlowRecord], None] | None) -> Iterator[list[Flow]]:
+    """Groups of ended flows of one capture, as the flow table drains them (see `classify_capture`)."""
     stats = stats if stats is not None else CaptureStats()
     table = carry.table if carry is not None and carry.table is not None else _new_table(opts)
     if carry is not None:
@@ -106,7 +116,7 @@ def classify_capture(path: str, opts: Options | None = None, *, warn: Warn = lam
     for flows in flows_of(path, table, opts.chunk_frames, stats.counters, warn, close=carry is None,
                           eager=opts.eager):
         stats.flows += len(flows)
-        yield from _records(path, flows, opts)
+        yield flows
         if early is not None:
             announced.difference_update(map(id, flows))
             for flow in table.open.values():
@@ -121,6 +131,40 @@ def classify_capture(path: str, opts: Options | None = None, *, warn: Warn = lam
     stats.evicted = table.stats["evicted"] - before["evicted"]
     if stats.evicted:
         warn(f"{path}: flow table full ({opts.max_flows} flows): {stats.evicted} flows ended early (evicted)")
+
+
+def classify_capture(path: str, opts: Options | None = None, *, warn: Warn = lambda _m: None,
+                     stats: CaptureStats | None = None, carry: Carry | None = None,
+                     early: Callable[[FlowRecord], None] | None = None) -> Iterator[FlowRecord]:
+    """Labelled flow records of one capture, yielded as flows end. Raises CaptureError if the file
+    cannot be read as a capture.
+
+    With `carry`, the flows open at the end stay in it for the next file of a rotation, and the caller
+    ends them with `end_carry` after the last file. `early` is called with a provisional record (no
+    end reason yet) as soon as a signature labels a still-open flow (once per flow, checked per chunk).
+    """
+    opts = opts or Options()
+    for flows in _flow_groups(path, opts, warn, stats, carry, early):
+        yield from _records(path, flows, opts)
+
+
+def classify_batches(path: str, opts: Options | None = None, *, warn: Warn = lambda _m: None,
+                     stats: CaptureStats | None = None, carry: Carry | None = None) -> Iterator[pa.RecordBatch]:
+    """`classify_capture`'s records as Arrow record batches, one per drained group of flows, built column
+    by column (no record object per flow): what the JSONL, CSV and Parquet writers take."""
+    opts = opts or Options()
+    for flows in _flow_groups(path, opts, warn, stats, carry, None):
+        if flows:
+            yield _batch(path, flows, opts)
+
+
+def end_carry_batch(carry: Carry, opts: Options | None = None) -> pa.RecordBatch | None:
+    """`end_carry` as a record batch (None when nothing was carried)."""
+    if carry.table is None:
+        return None
+    table, carry.table = carry.table, None
+    flows = table.close()
+    return _batch("", flows, opts or Options()) if flows else None
 
 
 def end_carry(carry: Carry, opts: Options | None = None) -> list[FlowRecord]:

@@ -2,9 +2,16 @@
 
 from __future__ import annotations
 
+import base64
+import hashlib
+import typing
+from collections.abc import Sequence
 from dataclasses import dataclass, field, fields
 
-from vpnid.classifier.running.community import community_id
+import numpy as np
+import pyarrow as pa
+
+from vpnid.classifier.running.community import ICMP_PROTOS, PORT_PROTOS, community_id
 from vpnid.features.flows import NS, Flow, flow_id
 from vpnid.features.packets import address_text, transport_name
 
@@ -82,3 +89,171 @@ def base_record(pcap: str, flow: Flow) -> dict:
         "dst2src_bytes": flow.bytes[1],
         "end_reason": flow.end_reason,
     }
+
+
+# ---------------------------------------------------------------------------------------------- batches
+# Records leave the pipeline as Arrow record batches (one per drained group of flows), built column by
+# column: no FlowRecord and no dict per flow. Flow ids and Community IDs are packed and encoded with NumPy
+# for the whole batch; only the hash itself runs per row (hashlib, in C).
+
+_B32 = np.frombuffer(b"abcdefghijklmnopqrstuvwxyz234567", np.uint8)
+_B64 = np.frombuffer(b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/", np.uint8)
+_V4 = np.frombuffer(b"\x00" * 10 + b"\xff\xff", np.uint8)
+
+
+def _pack(cols: list[np.ndarray]) -> np.ndarray:
+    """Rows of bytes (n, total width) from per-row byte columns (n, w_i) uint8."""
+    return np.ascontiguousarray(np.concatenate(cols, axis=1)) if cols else np.zeros((0, 0), np.uint8)
+
+
+def _be(values: np.ndarray, width: int) -> np.ndarray:
+    """Big-endian bytes of non-negative (or, for width 8, two's complement) integers: (n, width) uint8."""
+    v = np.asarray(values, np.int64).astype(f">i{width}" if width == 8 else f">u{width}")
+    return v.view(np.uint8).reshape(len(values), width)
+
+
+def flow_ids(proto: np.ndarray, src: np.ndarray, sport: np.ndarray, dst: np.ndarray, dport: np.ndarray,
+             first_ns: np.ndarray) -> list[str]:
+    """`vpnid.features.flows.flow_id` for n flows (src/dst: (n, 16) uint8)."""
+    n = len(proto)
+    if not n:
+        return []
+    rows = _pack([np.asarray(proto, np.uint8)[:, None], src, _be(sport, 2), dst, _be(dport, 2), _be(first_ns, 8)])
+    width = rows.shape[1]
+    buf = rows.tobytes()
+    digests = b"".join([hashlib.blake2b(buf[i:i + width], digest_size=10).digest() for i in range(0, n * width, width)])
+    d = np.frombuffer(digests, np.uint8).reshape(n, 10)
+    bits = np.unpackbits(d, axis=1).reshape(n, 16, 5)  # 80 bits -> 16 base32 digits
+    idx = bits @ np.array([16, 8, 4, 2, 1], np.uint8)
+    out = np.empty((n, 17), np.uint8)
+    out[:, 0] = ord("F")
+    out[:, 1:] = _B32[idx]
+    return out.view("S17").ravel().astype(str).tolist()
+
+
+def community_ids(proto: np.ndarray, src: np.ndarray, sport: np.ndarray, dst: np.ndarray,
+                  dport: np.ndarray) -> list[str | None]:
+    """`vpnid.classifier.running.community.community_id` for n flows (src/dst: (n, 16) uint8)."""
+    n = len(proto)
+    out: list[str | None] = [None] * n
+    if not n:
+        return out
+    proto = np.asarray(proto, np.int64)
+    sport, dport = np.asarray(sport, np.int64), np.asarray(dport, np.int64)
+    v4 = (src[:, :12] == _V4).all(axis=1) & (dst[:, :12] == _V4).all(axis=1)
+    ported = np.isin(proto, list(PORT_PROTOS))
+    todo = ~np.isin(proto, list(ICMP_PROTOS))
+    for four in (True, False):
+        sel = np.flatnonzero(todo & (v4 == four))
+        if not len(sel):
+            continue
+        a, b = (src[sel, 12:], dst[sel, 12:]) if four else (src[sel], dst[sel])
+        pa_, pb = sport[sel], dport[sel]
+        # (dst, dport) < (src, sport) for ported transports, dst < src otherwise: swap to the lower first
+        diff = a != b
+        first = np.argmax(diff, axis=1)
+        r = np.arange(len(sel))
+        addr_lt = diff.any(axis=1) & (b[r, first] < a[r, first])
+        addr_eq = ~diff.any(axis=1)
+        swap = addr_lt | (ported[sel] & addr_eq & (pb < pa_))
+        lo = np.where(swap[:, None], b, a)
+        hi = np.where(swap[:, None], a, b)
+        plo, phi = np.where(swap, pb, pa_), np.where(swap, pa_, pb)
+        z = np.zeros((len(sel), 1), np.uint8)
+        head = [np.full((len(sel), 2), 0, np.uint8), lo, hi, proto[sel].astype(np.uint8)[:, None], z]
+        for has_ports in (True, False):
+            part = np.flatnonzero(ported[sel] == has_ports)
+            if not len(part):
+                continue
+            cols = [c[part] for c in head] + ([_be(plo[part], 2), _be(phi[part], 2)] if has_ports else [])
+            rows = _pack(cols)
+            width = rows.shape[1]
+            buf = rows.tobytes()
+            # 20-byte digests padded to 21: each encodes to exactly 28 base64 characters, the last one
+            # (from the pad byte) replaced by '=' as in the unpadded encoding.
+            digests = b"".join([hashlib.sha1(buf[i:i + width]).digest() + b"\0"
+                                for i in range(0, len(part) * width, width)])
+            text = np.frombuffer(base64.b64encode(digests), np.uint8).reshape(len(part), 28).copy()
+            text[:, 27] = ord("=")
+            for i, s in zip(sel[part].tolist(), text.view("S28").ravel().astype(str).tolist()):
+                out[i] = "1:" + s
+    return out
+
+
+_ADDRESSES: dict[bytes, str] = {}
+
+
+def _address_texts(addrs: list[bytes]) -> list[str]:
+    """`address_text` per address, through a bounded cache (flows of a capture share their hosts)."""
+    cache = _ADDRESSES
+    if len(cache) > 200_000:
+        cache.clear()
+    out = []
+    for a in addrs:
+        s = cache.get(a)
+        if s is None:
+            s = cache[a] = address_text(a)
+        out.append(s)
+    return out
+
+
+def record_batch(pcaps: list[str], flows: Sequence[Flow], labels: Sequence[dict],
+                 with_registry: bool = False) -> pa.RecordBatch:
+    """The records of `flows` (each with its capture path and `vpnid.classifier.labelling.labels.label`
+    fields) as one Arrow record batch of `records_schema(with_registry)`, column by column."""
+    n = len(flows)
+    proto = np.fromiter((f.proto for f in flows), np.int64, n)
+    sport = np.fromiter((f.sport for f in flows), np.int64, n)
+    dport = np.fromiter((f.dport for f in flows), np.int64, n)
+    first_ns = np.fromiter((f.first_ns for f in flows), np.int64, n)
+    last_ns = np.fromiter((f.last_ns for f in flows), np.int64, n)
+    srcs = [f.src for f in flows]
+    dsts = [f.dst for f in flows]
+    src = np.frombuffer(b"".join(srcs), np.uint8).reshape(n, 16)
+    dst = np.frombuffer(b"".join(dsts), np.uint8).reshape(n, 16)
+    names = {p: transport_name(p) for p in set(proto.tolist())}
+    cols = {
+        "pcap": pcaps,
+        "flow_id": flow_ids(proto, src, sport, dst, dport, first_ns),
+        "community_id": community_ids(proto, src, sport, dst, dport),
+        "transport": [names[p] for p in proto.tolist()],
+        "src_ip": _address_texts(srcs),
+        "src_port": sport,
+        "dst_ip": _address_texts(dsts),
+        "dst_port": dport,
+        # Python's int / int is correctly rounded; NumPy would round the int64 to float64 first.
+        "first_seen": [t / NS for t in first_ns.tolist()],
+        "last_seen": [t / NS for t in last_ns.tolist()],
+        "src2dst_packets": np.fromiter((f.packets[0] for f in flows), np.int64, n),
+        "dst2src_packets": np.fromiter((f.packets[1] for f in flows), np.int64, n),
+        "src2dst_bytes": np.fromiter((f.bytes[0] for f in flows), np.int64, n),
+        "dst2src_bytes": np.fromiter((f.bytes[1] for f in flows), np.int64, n),
+        "end_reason": [f.end_reason for f in flows],
+    }
+    for k in ("label", "confidence", "method", "evidence", "verdict_packet", "risks"):
+        cols[k] = [lab[k] for lab in labels]
+    if with_registry:
+        cols["registry"] = [None] * n
+        cols["registration_id"] = [None] * n
+    schema = records_schema(with_registry)
+    return pa.RecordBatch.from_arrays([pa.array(cols[f.name], f.type) for f in schema], schema=schema)
+
+
+_ARROW_TYPES = {"str": pa.string(), "int": pa.int64(), "float": pa.float64(), "list[str]": pa.list_(pa.string())}
+
+
+def records_schema(with_registry: bool = True) -> pa.Schema:
+    """FlowRecord's fields as Arrow columns (annotations are strings: `from __future__ import annotations`),
+    the registry columns only `with_registry`."""
+    cols = []
+    for f in fields(FlowRecord):
+        if not with_registry and f.name in REGISTRY_FIELDS:
+            continue
+        base = typing.cast(str, f.type).removesuffix(" | None")
+        cols.append(pa.field(f.name, _ARROW_TYPES[base], nullable=True))
+    return pa.schema(cols)
+
+
+def batch_records(batch: pa.RecordBatch) -> list[FlowRecord]:
+    """FlowRecords of a record batch (for the consumers that work record by record)."""
+    return [FlowRecord(**row) for row in batch.to_pylist()]

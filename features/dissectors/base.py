@@ -5,12 +5,47 @@ capture order; after each packet the dissector is a CANDIDATE (undecided), CONFI
 protocol) or REJECTED (it is not). Both end states are final. An undecided dissector is rejected once it
 has seen `budget` packets, so work per flow is bounded. Verdicts may look at sizes, bytes, direction
 and order, but never at ports or addresses: a tunnel on port 53 is still a tunnel.
+
+The cheap stage (Zeek's signatures, nDPI's guess-then-dissect). Most flows are no tunnel, so no dissector
+object is built for a flow until its `prefilter` says the protocol is possible. Each dissector class
+declares, beside its rules:
+
+    @staticmethod
+    def prefilter(p: PacketHeads) -> np.ndarray   # one bool per row of `p`
+
+evaluated vectorised (NumPy over a whole chunk) on the first `prefilter_window` payload packets of every
+flow of a transport in `transports`. A flow gets the dissector once one of those packets passes; the
+engine then feeds it the flow's payload packets from the first one on (packets of the window are kept in a
+bounded per-flow buffer meanwhile), so the dissector sees exactly what it would have seen without the
+prefilter. A flow that no prefilter accepts within its window never gets a dissector object.
+
+The contract, which `tests/test_prefilter.py` checks on every corpus against a run with every dissector
+forced on (`FlowTableConfig(prefilter=False)`): the prefilter may pass too much, never too little.
+
+* Where the prefilter rejects each of a flow's first `prefilter_window` payload packets, a fresh dissector
+  fed those packets (as the flow's first payload packets, each in its direction) would have rejected by
+  then, raising no risk. With the default window of 1 this reads: False means "as the first payload
+  packet of a flow, this packet makes the dissector reject". So it must be True for every packet a flow
+  could start with as far as the dissector is concerned: mid-flow data packets (a capture that starts late,
+  `--drop-first`), keepalives and whatever the dissector treats as neutral.
+* A fresh dissector that has seen no packet must not confirm or raise a risk in `on_end` (a flow without
+  payload packets never gets one), and counts as undecided until the flow's first payload packet.
+* Only the `PacketHeads` columns may be used: the first `HEAD_BYTES` payload bytes and the sizes; a rule
+  that needs more bytes must pass the packet.
+
+The default prefilter passes everything, so a dissector without one behaves as if there were no cheap
+stage. Adding a protocol is still adding one file (and a line in `catalog`).
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from enum import IntEnum
 from typing import ClassVar, NamedTuple
+
+import numpy as np
+
+HEAD_BYTES = 48  # leading payload bytes a prefilter sees (zero-padded beyond each packet's length)
 
 
 class State(IntEnum):
@@ -34,6 +69,36 @@ class FlowPacket(NamedTuple):
     opened: bool = False  # TCP: the flow's opening SYN was seen (the capture did not start mid-flow)
 
 
+@dataclass(slots=True)
+class PacketHeads:
+    """The cheap stage's view of n payload packets (one row each, of any flows): see the module docstring.
+    `head[i, j]` is payload byte j of row i, 0 where j >= length[i]."""
+
+    proto: np.ndarray  # uint8 IP protocol of the flow
+    length: np.ndarray  # int64 payload bytes (captured)
+    head: np.ndarray  # uint8 (n, HEAD_BYTES)
+    direction: np.ndarray  # uint8: 0 initiator -> responder, 1 the other way
+    tcp_flags: np.ndarray  # uint8
+    opened: np.ndarray  # bool: TCP, the flow's opening SYN was seen (as `FlowPacket.opened`)
+
+    def __len__(self) -> int:
+        return int(self.length.shape[0])
+
+    def u8(self, off: int) -> np.ndarray:
+        return self.head[:, off].astype(np.int64)
+
+    def be(self, off: int, width: int) -> np.ndarray:
+        """Big-endian unsigned integer of `width` bytes at payload offset `off`, per row (int64)."""
+        v = np.zeros(len(self), np.int64)
+        for j in range(width):
+            v = (v << 8) | self.head[:, off + j]
+        return v
+
+    def zero(self, off: int, width: int) -> np.ndarray:
+        """Bytes off..off+width-1 are all present and zero."""
+        return (self.length >= off + width) & ~self.head[:, off : off + width].any(axis=1)
+
+
 class Dissector:
     """Base class: subclasses set the class attributes and implement `on_packet`."""
 
@@ -47,6 +112,13 @@ class Dissector:
     # Transport of the tunnel's separate control channel, labelled through this (data channel) dissector's
     # verdict by `vpnid.features.siblings`; None when the protocol has no such sibling flow.
     sibling_transport: ClassVar[int | None] = None
+    # Payload packets of a flow the prefilter is asked about before the flow is given up for this dissector.
+    prefilter_window: ClassVar[int] = 1
+
+    @staticmethod
+    def prefilter(p: PacketHeads) -> np.ndarray:
+        """Which rows could be this protocol (see the module docstring); default: all of them."""
+        return np.ones(len(p), bool)
 
     def __init__(self) -> None:
         self.state = State.CANDIDATE

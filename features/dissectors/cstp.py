@@ -18,7 +18,9 @@ from __future__ import annotations
 
 from typing import ClassVar
 
-from vpnid.features.dissectors.base import Dissector, FlowPacket, State
+import numpy as np
+
+from vpnid.features.dissectors.base import Dissector, FlowPacket, PacketHeads, State
 from vpnid.features.dissectors.ipshape import InnerSizes
 from vpnid.features.dissectors.tcpstream import InOrderStream
 from vpnid.features.families import OPENCONNECT
@@ -102,6 +104,21 @@ class Cstp(Dissector):
     transports: ClassVar[frozenset[int]] = frozenset({IPPROTO_TCP})
     budget: ClassVar[int] = 96
     feature_state: ClassVar[bool] = False  # came after feature schema v1 (its sig_openconnect is DTLS)
+
+    # A connection joined mid-flow is rejected once one direction has shown MAX_UNSYNCED segments that do
+    # not start with an application-data record; among a flow's first 2 * (MAX_UNSYNCED - 1) + 1 payload
+    # packets one direction has that many.
+    prefilter_window: ClassVar[int] = 2 * (MAX_UNSYNCED - 1) + 1
+
+    @staticmethod
+    def prefilter(p: PacketHeads) -> np.ndarray:
+        """A segment that could start the dissector's stream: the client's TLS handshake record (what a
+        connection seen to open must start with), or, joined mid-flow, a segment that starts with an
+        application-data record (the dissector waits for one). Whether the flow was seen to open is not
+        looked at: only the first packet's counts, and the window may span chunks."""
+        hello = (p.direction == 0) & (p.u8(0) == CONTENT_HANDSHAKE)
+        application = (p.length >= len(APPLICATION_HEADER)) & (p.be(0, 3) == int.from_bytes(APPLICATION_HEADER, "big"))
+        return (p.proto == IPPROTO_TCP) & (hello | application)
 
     def __init__(self) -> None:
         super().__init__()

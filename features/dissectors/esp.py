@@ -13,7 +13,9 @@ from __future__ import annotations
 
 from typing import ClassVar
 
-from vpnid.features.dissectors.base import Dissector, FlowPacket
+import numpy as np
+
+from vpnid.features.dissectors.base import Dissector, FlowPacket, PacketHeads
 from vpnid.features.dissectors.seqtrack import CounterTrack
 from vpnid.features.families import IPSEC
 from vpnid.features.packets import IPPROTO_AH, IPPROTO_ESP, IPPROTO_UDP
@@ -55,6 +57,15 @@ class ESP(Dissector):
     family: ClassVar[str] = IPSEC
     transports: ClassVar[frozenset[int]] = frozenset({IPPROTO_ESP, IPPROTO_UDP})
     budget: ClassVar[int] = 32
+
+    @staticmethod
+    def prefilter(p: PacketHeads) -> np.ndarray:
+        """IP protocol 50; in UDP an ESP-shaped packet (see `esp_shaped`), a NAT-T keepalive or the
+        non-ESP marker (both neutral here)."""
+        n = p.length
+        keepalive = (n == 1) & (p.u8(0) == NAT_KEEPALIVE[0])
+        shaped = (n >= ESP_MIN_PACKET) & (n % ESP_ALIGNMENT == 0) & (p.be(0, 4) > SPI_RESERVED_MAX)
+        return (p.proto == IPPROTO_ESP) | ((p.proto == IPPROTO_UDP) & (keepalive | p.zero(0, 4) | shaped))
 
     def __init__(self) -> None:
         super().__init__()
@@ -170,6 +181,11 @@ class AH(Dissector):
     family: ClassVar[str] = IPSEC
     transports: ClassVar[frozenset[int]] = frozenset({IPPROTO_AH})
     budget: ClassVar[int] = 4
+
+    @staticmethod
+    def prefilter(p: PacketHeads) -> np.ndarray:
+        """IP protocol 51 is AH by assignment; the header checks are the dissector's."""
+        return p.proto == IPPROTO_AH
 
     def on_packet(self, pkt: FlowPacket) -> None:
         p = pkt.payload

@@ -11,8 +11,17 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import ClassVar, NamedTuple
 
-from vpnid.features.dissectors.base import Dissector, FlowPacket, State
-from vpnid.features.dissectors.esp import NAT_KEEPALIVE, NON_ESP_MARKER, esp_shaped
+import numpy as np
+
+from vpnid.features.dissectors.base import HEAD_BYTES, Dissector, FlowPacket, PacketHeads, State
+from vpnid.features.dissectors.esp import (
+    ESP_ALIGNMENT,
+    ESP_MIN_PACKET,
+    NAT_KEEPALIVE,
+    NON_ESP_MARKER,
+    SPI_RESERVED_MAX,
+    esp_shaped,
+)
 from vpnid.features.families import IPSEC
 from vpnid.features.packets import IPPROTO_TCP, IPPROTO_UDP
 
@@ -207,6 +216,58 @@ class IKE(Dissector):
     family: ClassVar[str] = IPSEC
     transports: ClassVar[frozenset[int]] = frozenset({IPPROTO_UDP, IPPROTO_TCP})
     budget: ClassVar[int] = 16
+
+    @staticmethod
+    def prefilter(p: PacketHeads) -> np.ndarray:
+        """What a first packet must show not to be rejected: on UDP a NAT-T keepalive, an IKE header
+        (version byte, length field equal to the message, after the non-ESP marker or not) or an
+        ESP-shaped datagram (neutral); on TCP (RFC 8229) the same per frame after the optional IKETCP
+        prefix, with an incomplete frame judged on the bytes it has (as `_cut_frames` does)."""
+        n, rows = p.length, np.arange(len(p))
+        marked = p.zero(0, 4)
+
+        def ike_at(off: np.ndarray, size: np.ndarray) -> np.ndarray:
+            """An IKE header of a `size`-byte message at payload offset `off` (per row)."""
+            ver = p.head[rows, np.minimum(off + 17, HEAD_BYTES - 1)]
+            length = np.zeros(len(p), np.int64)
+            for j in range(24, 28):
+                length = (length << 8) | p.head[rows, np.minimum(off + j, HEAD_BYTES - 1)]
+            return ((size >= ISAKMP_HEADER + GENERIC_PAYLOAD_HEADER) & (n >= off + ISAKMP_HEADER)
+                    & ((ver == IKEV1) | (ver == IKEV2)) & (length == size))
+
+        def esp_at(off: np.ndarray, size: np.ndarray) -> np.ndarray:
+            spi = np.zeros(len(p), np.int64)
+            for j in range(4):
+                spi = (spi << 8) | p.head[rows, np.minimum(off + j, HEAD_BYTES - 1)]
+            return (size >= ESP_MIN_PACKET) & (size % ESP_ALIGNMENT == 0) & (spi > SPI_RESERVED_MAX) & (n >= off + 4)
+
+        zero = np.zeros(len(p), np.int64)
+        keepalive = (n == 1) & (p.u8(0) == NAT_KEEPALIVE[0])
+        udp = keepalive | np.where(marked, ike_at(zero + 4, n - 4), ike_at(zero, n) | esp_at(zero, n))
+
+        # TCP: optional IKETCP prefix, then a 2-byte length that counts itself.
+        prefix = np.frombuffer(IKETCP_PREFIX, np.uint8)
+        k = len(IKETCP_PREFIX)
+        has_prefix = (n >= k) & (p.head[:, :k] == prefix).all(axis=1)
+        part_prefix = (n < k) & ((p.head[:, :k] == prefix) | (np.arange(k) >= n[:, None])).all(axis=1)
+        o = np.where(has_prefix, k, 0)
+        rest = n - o
+        size = zero.copy()
+        for j in range(TCP_LENGTH):
+            size = (size << 8) | p.head[rows, np.minimum(o + j, HEAD_BYTES - 1)]
+        body, b0 = size - TCP_LENGTH, o + TCP_LENGTH
+        complete = rest >= size
+        have = np.minimum(rest - TCP_LENGTH, 4 + ISAKMP_HEADER)  # bytes of an incomplete frame's head
+        bmarked = np.ones(len(p), bool)
+        for j in range(4):
+            bmarked &= p.head[rows, np.minimum(b0 + j, HEAD_BYTES - 1)] == 0
+        b_keepalive = (body == 1) & (p.head[rows, np.minimum(b0, HEAD_BYTES - 1)] == NAT_KEEPALIVE[0])
+        whole = b_keepalive | np.where(bmarked & (body >= 4), ike_at(b0 + 4, body - 4), esp_at(b0, body))
+        partial = (have < 4) | np.where(bmarked, (have < 4 + ISAKMP_HEADER) | ike_at(b0 + 4, body - 4),
+                                        esp_at(b0, body))
+        framed = (size > TCP_LENGTH) & np.where(complete, whole, partial)
+        tcp = part_prefix | (rest < TCP_LENGTH) | framed
+        return np.where(p.proto == IPPROTO_TCP, tcp, (p.proto == IPPROTO_UDP) & udp)
 
     def __init__(self) -> None:
         super().__init__()

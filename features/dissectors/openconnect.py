@@ -22,7 +22,9 @@ from __future__ import annotations
 
 from typing import ClassVar, NamedTuple
 
-from vpnid.features.dissectors.base import Dissector, FlowPacket, State
+import numpy as np
+
+from vpnid.features.dissectors.base import Dissector, FlowPacket, PacketHeads, State
 from vpnid.features.dissectors.ipshape import InnerSizes
 from vpnid.features.dissectors.seqtrack import CounterTrack
 from vpnid.features.families import OPENCONNECT
@@ -115,6 +117,12 @@ class OpenConnect(Dissector):
     transports: ClassVar[frozenset[int]] = frozenset({IPPROTO_UDP})
     budget: ClassVar[int] = 48  # mid-flow; a handshake decides within HANDSHAKE_BUDGET datagrams
     sibling_transport: ClassVar[int | None] = IPPROTO_TCP  # the CSTP (TLS) connection that handed over the keys
+
+    @staticmethod
+    def prefilter(p: PacketHeads) -> np.ndarray:
+        """A DTLS record header (`is_record`): a first datagram without one is rejected."""
+        return ((p.proto == IPPROTO_UDP) & (p.length >= RECORD_HEADER) & np.isin(p.u8(0), list(CONTENT_TYPES))
+                & np.isin(p.be(1, 2), list(RECORD_VERSIONS)))
 
     def __init__(self) -> None:
         super().__init__()

@@ -30,8 +30,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from vpnid.features.dissectors.base import Dissector, FlowPacket, State
-from vpnid.features.dissectors.tcpstream import InOrderStream
+import numpy as np
+
+from vpnid.features.dissectors.base import Dissector, FlowPacket, PacketHeads, State
+from vpnid.features.dissectors.tcpstream import LengthFramed
 from vpnid.features.families import OPENVPN
 from vpnid.features.packets import IPPROTO_TCP, IPPROTO_UDP
 
@@ -229,23 +231,10 @@ def _starts_tls_record(b: bytes) -> bool:
     return int.from_bytes(b[3:5], "big") <= MAX_TLS_RECORD
 
 
-class PduWalker(InOrderStream):
+class PduWalker(LengthFramed):
     """One direction of an OpenVPN-over-TCP stream cut into packets by their 2-byte length prefixes."""
 
     __slots__ = ()
-
-    def push(self, seq: int, data: bytes) -> list[bytes]:
-        """Add one segment; returns the packets it completed."""
-        if not self.append(seq, data):
-            return []
-        out = []
-        while len(self.buf) >= 2:
-            size = int.from_bytes(self.buf[:2], "big")
-            if len(self.buf) < 2 + size:
-                break
-            out.append(bytes(self.buf[2 : 2 + size]))
-            del self.buf[: 2 + size]
-        return out
 
     def partial(self) -> tuple[int, bytes] | None:
         """Declared size and first bytes of the packet still being assembled, to reject early."""
@@ -330,6 +319,25 @@ class OpenVPN(Dissector):
     family = OPENVPN
     transports = frozenset({IPPROTO_UDP, IPPROTO_TCP})
     budget = 16  # nDPI needs up to 12 packets on TCP; data-only flows need 3 per direction
+
+    @staticmethod
+    def prefilter(p: PacketHeads) -> np.ndarray:
+        """The first OpenVPN packet's opcode/key-id byte and size (`_bad_start`, `_bad_size`): on UDP the
+        datagram, on TCP the packet behind the 2-byte length prefix (a segment of under 3 bytes passes:
+        the dissector waits for more)."""
+        udp, tcp = p.proto == IPPROTO_UDP, p.proto == IPPROTO_TCP
+        prefix = np.where(tcp, 2, 0)  # where the OpenVPN packet starts
+        rows = np.arange(len(p))
+        first = p.head[rows, prefix].astype(np.int64)
+        size = np.where(tcp, p.be(0, 2), p.length)
+        opcode, key_id = first >> P_OPCODE_SHIFT, first & P_KEY_ID_MASK
+        reset = np.isin(opcode, list(HARD_RESETS))
+        data = np.isin(opcode, list(DATA_OPCODES))
+        min_data = 1 + np.where(opcode == P_DATA_V2, PEER_ID_SIZE, 0) + PACKET_ID_SIZE + AEAD_TAG_SIZE + 1
+        sized = np.where(data, size >= min_data,
+                         (size >= HEADER_SIZE + 1 + PACKET_ID_SIZE) & ~(reset & (size >= MAX_RESET_SIZE)))
+        ok = (size > 0) & np.isin(opcode, list(OPCODE_NAMES)) & ~(reset & (key_id != 0)) & sized
+        return (udp & ok) | (tcp & ((p.length < 3) | (ok & (size <= MAX_TCP_PACKET))))
 
     def __init__(self) -> None:
         super().__init__()

@@ -21,7 +21,7 @@ from typing import ClassVar
 import numpy as np
 
 from vpnid.features.dissectors.base import Dissector, FlowPacket, State
-from vpnid.features.dissectors.tcpstream import InOrderStream
+from vpnid.features.dissectors.tcpstream import LengthFramed
 from vpnid.features.families import PPTP as PPTP_FAMILY
 from vpnid.features.packets import IPPROTO_GRE, IPPROTO_TCP
 from vpnid.features.risks import BLOCKED_ATTEMPT
@@ -90,22 +90,13 @@ def control_problem(msg: bytes) -> str | None:
     return None
 
 
-class ControlStream(InOrderStream):
-    """One direction of the control connection cut into messages by their Length field."""
+class ControlStream(LengthFramed):
+    """One direction of the control connection cut into messages by their Length field (RFC 2637 2.1:
+    the whole message)."""
 
     __slots__ = ()
-
-    def push(self, seq: int, data: bytes) -> list[bytes]:
-        if not self.append(seq, data):
-            return []
-        out = []
-        while len(self.buf) >= 2:
-            size = _u16(self.buf, 0)
-            if size < CONTROL_HEADER or len(self.buf) < size:
-                break
-            out.append(bytes(self.buf[:size]))
-            del self.buf[:size]
-        return out
+    LENGTH_IS_TOTAL = True
+    MIN_LENGTH = CONTROL_HEADER
 
 
 class PPTP(Dissector):

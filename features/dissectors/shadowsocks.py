@@ -40,7 +40,9 @@ import math
 from collections import Counter
 from typing import ClassVar
 
-from vpnid.features.dissectors.base import Dissector, FlowPacket, State
+import numpy as np
+
+from vpnid.features.dissectors.base import Dissector, FlowPacket, PacketHeads, State
 from vpnid.features.families import SHADOWSOCKS
 from vpnid.features.packets import IPPROTO_TCP
 from vpnid.features.risks import FULLY_ENCRYPTED
@@ -161,6 +163,21 @@ class Shadowsocks(Dissector):
     transports: ClassVar[frozenset[int]] = frozenset({IPPROTO_TCP})
     budget: ClassVar[int] = SEGMENTS
     feature_state: ClassVar[bool] = False  # came after feature schema v1
+
+    @staticmethod
+    def prefilter(p: PacketHeads) -> np.ndarray:
+        """TCP seen to open, the client speaking first, with at least the AEAD floor of a first segment and
+        none of the `exemption`s its first bytes alone show (printable prefix, zeroed header fields, a
+        length field); the exemptions that need the whole segment are the dissector's."""
+        n = p.length
+        head = p.head[:, :HEADER]
+        printable = (p.head[:, :PRINTABLE_PREFIX] >= 0x20) & (p.head[:, :PRINTABLE_PREFIX] <= 0x7E)
+        length_field = np.zeros(len(p), bool)
+        for off in LENGTH_OFFSETS:
+            for value in (p.be(off, 2), p.u8(off) | (p.u8(off + 1) << 8)):
+                length_field |= (n - LENGTH_SLACK <= value) & (value <= n)
+        visible = printable.all(axis=1) | ((head == 0).sum(axis=1) >= 3) | length_field
+        return (p.proto == IPPROTO_TCP) & p.opened & (p.direction == 0) & (n >= MIN_CLIENT_FIRST) & ~visible
 
     def __init__(self) -> None:
         super().__init__()

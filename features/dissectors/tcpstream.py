@@ -8,6 +8,8 @@ quiet for good rather than guess.
 
 from __future__ import annotations
 
+from typing import ClassVar
+
 SEQ_MOD = 1 << 32  # TCP sequence numbers wrap (RFC 9293 section 3.4)
 
 
@@ -36,3 +38,29 @@ class InOrderStream:
         self.next_seq = (seq + len(data)) % SEQ_MOD
         self.buf += data
         return True
+
+
+class LengthFramed(InOrderStream):
+    """A stream of messages that each start with a 16-bit big-endian length. `LENGTH_IS_TOTAL`: the length
+    counts the whole message, itself included (PPTP); else it counts the bytes after it, which are the
+    message (OpenVPN over TCP). A length below `MIN_LENGTH` means the stream is out of step: nothing more
+    is cut from it."""
+
+    __slots__ = ()
+    LENGTH_IS_TOTAL: ClassVar[bool] = False
+    MIN_LENGTH: ClassVar[int] = 0
+
+    def push(self, seq: int, data: bytes) -> list[bytes]:
+        """Add one segment; returns the messages it completed."""
+        if not self.append(seq, data):
+            return []
+        skip = 0 if self.LENGTH_IS_TOTAL else 2
+        out = []
+        while len(self.buf) >= 2:
+            size = int.from_bytes(self.buf[:2], "big")
+            end = skip + size
+            if size < self.MIN_LENGTH or len(self.buf) < end:
+                break
+            out.append(bytes(self.buf[skip:end]))
+            del self.buf[:end]
+        return out

@@ -17,7 +17,9 @@ from __future__ import annotations
 
 from typing import ClassVar
 
-from vpnid.features.dissectors.base import Dissector, FlowPacket, State
+import numpy as np
+
+from vpnid.features.dissectors.base import Dissector, FlowPacket, PacketHeads, State
 from vpnid.features.dissectors.seqtrack import CounterTrack
 from vpnid.features.families import WIREGUARD
 from vpnid.features.packets import IPPROTO_UDP
@@ -68,6 +70,16 @@ class WireGuard(Dissector):
     family: ClassVar[str] = WIREGUARD
     transports: ClassVar[frozenset[int]] = frozenset({IPPROTO_UDP})
     budget: ClassVar[int] = 32
+
+    @staticmethod
+    def prefilter(p: PacketHeads) -> np.ndarray:
+        """A message header: type byte, three zero reserved bytes, and a handshake message's exact size
+        or at least a keepalive's for transport data (anything else is rejected as a first packet)."""
+        n, kind = p.length, p.u8(0)
+        sized = np.zeros(len(p), bool)
+        for k, sizes in HANDSHAKE_SIZES.items():
+            sized |= (kind == k) & np.isin(n, list(sizes))
+        return (p.proto == IPPROTO_UDP) & (n >= KEEPALIVE_SIZE) & p.zero(1, 3) & (sized | (kind == TRANSPORT_DATA))
 
     def __init__(self) -> None:
         super().__init__()
