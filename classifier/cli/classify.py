@@ -37,14 +37,14 @@ from vpnid.classifier.running.pipeline import (
     end_carry_batch,
 )
 from vpnid.classifier.running.records import FlowRecord, output_fields
-from vpnid.features.families import NONE
+from vpnid.features.families import NONE, TUNNEL_FAMILIES
 from vpnid.features.packets import CaptureError
 
 T = TypeVar("T")
 
-CLASSIFY_HELP = """\
+CLASSIFY_HELP = f"""\
 Read capture files, group packets into bidirectional flows, and label each flow as a tunnel
-(openvpn, wireguard, ipsec, openconnect, shadowsocks) or none, with a confidence and the evidence that
+({", ".join(TUNNEL_FAMILIES)}) or none, with a confidence and the evidence that
 decided it, plus the flow's risks (properties such as fully_encrypted that name no protocol).
 
 Captures may be pcap (µs or ns), pcapng (several interfaces/link types) or gzip-compressed either;

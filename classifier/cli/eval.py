@@ -9,12 +9,13 @@ import sys
 from vpnid.classifier.cli.common import FORMATTER, add_flow_options, console, error, options, warn
 from vpnid.classifier.labelling.evaluate import LabelsError, print_report, read_labels, score
 from vpnid.classifier.running.pipeline import classify_capture
+from vpnid.features.families import TUNNEL_FAMILIES
 
-EVAL_HELP = """\
+EVAL_HELP = f"""\
 Classify every capture named in a labelled-flows CSV and score vpnid's labels against it.
 
-The CSV needs columns pcap, transport, a_ip, a_port, b_ip, b_port, family (openvpn, wireguard, ipsec,
-openconnect, shadowsocks, other_vpn, none, unknown) and may have confidence. Pcap paths are relative
+The CSV needs columns pcap, transport, a_ip, a_port, b_ip, b_port, family ({", ".join(TUNNEL_FAMILIES)},
+other_vpn, none, unknown) and may have confidence. Pcap paths are relative
 to the CSV's folder; endpoints are in no particular order. A row whose transport and a_ip are '*' labels every flow of its
 capture that no other row names. Rows whose confidence does not start with --trust are not scored;
 neither are rows of family 'unknown'.

@@ -27,10 +27,11 @@ from vpnid.classifier.audit.registry.registration import (
 from vpnid.classifier.audit.registry.store import ENV, RegistryStore, StoreError, db_location, open_store
 from vpnid.classifier.audit.text import printable, shown
 from vpnid.classifier.cli.common import FORMATTER, console, error, warn
+from vpnid.features.families import TUNNEL_FAMILIES
 
 REGISTRY_HELP = f"""\
 The registry lists the tunnels organisations have declared: who (registration_id, organization,
-category), which tunnel (protocol: openvpn, wireguard, ipsec, openconnect, shadowsocks or any), from
+category), which tunnel (protocol: {", ".join(TUNNEL_FAMILIES)} or any), from
 where (client_networks: one or more CIDRs) to where (server_endpoints: CIDR, CIDR:port or
 [IPv6-CIDR]:port; none means anywhere), when (valid_from, valid_until; an empty until is open-ended)
 and its status (active, suspended, revoked).
