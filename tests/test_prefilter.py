@@ -21,8 +21,7 @@ from vpnid.features.flows import FlowTableConfig
 
 ROOT = Path(__file__).resolve().parents[1]
 CORPUS = sorted(glob.glob(str(ROOT / "pcaps" / "corpus" / "*.pcap")))
-EXTERNAL = ROOT.parent.parent / "shared" / "corpus" / "external"
-EXTERNAL = Path(os.environ.get("VPNID_EXTERNAL", EXTERNAL if EXTERNAL.is_dir() else "/work/shared/corpus/external"))
+EXTERNAL = Path(os.environ.get("VPNID_EXTERNAL", ROOT.parent / "shared" / "corpus" / "external"))  # shared/ beside the checkout
 DEV = sorted(glob.glob(str(EXTERNAL / "ndpi" / "pcap" / "*")))
 FUZZ = ROOT / "tests" / "fuzz" / "corpus"
 SEEDS = sorted(str(p) for d in ("capture", "pipeline") for p in (FUZZ / d).glob("*"))

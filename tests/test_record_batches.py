@@ -18,7 +18,7 @@ from vpnid.features.capture import CaptureError
 from vpnid.features.flows import Flow, flow_id
 
 ROOT = Path(__file__).resolve().parents[1]
-EXTERNAL = Path(os.environ.get("VPNID_EXTERNAL", "/work/shared/corpus/external"))
+EXTERNAL = Path(os.environ.get("VPNID_EXTERNAL", ROOT.parent / "shared" / "corpus" / "external"))  # shared/ beside the checkout
 PATHS = sorted(glob.glob(str(ROOT / "pcaps" / "corpus" / "*.pcap"))) + sorted(
     glob.glob(str(EXTERNAL / "ndpi" / "pcap" / "*")))[:60]
 
