@@ -21,3 +21,8 @@ BLOCKED_ATTEMPT = "blocked_attempt"
 ~5 s, retransmitted PPTP Start-Control-Connection-Requests or L2TP SCCRQs with no reply in the capture.
 The attempt is still labelled with its protocol; the risk says the tunnel never came up (blocked, or
 the server is gone)."""
+
+WRAPPED_TUNNEL = "wrapped_tunnel"
+"""A tunnel carried inside another encrypted layer (OpenVPN in stunnel's TLS or in a Shadowsocks-like fully
+encrypted proxy), recognised through the outer layer by its handshake's sizes and directions: the wrapper
+was put there to hide the tunnel, which a registry review should know."""
