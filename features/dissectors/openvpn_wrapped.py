@@ -9,11 +9,15 @@ USENIX Security 2024: the inner handshake's record sizes and directions show thr
 handshake, in inner sizes, after the wrapper's own handshake:
 
 1. client: hard reset, small (below SMALL bytes);
-2. server: hard reset, small (TLS 1.3 session tickets may come before or after it);
+2. server: hard reset, small (TLS 1.3 session tickets may come before or after it); through TLS exactly
+   ACK_ENTRY bytes longer than the client's (it acknowledges the client's reset: one ACK id and the
+   client's session ID), so a tls-crypt-v2 reset (the wrapped key makes it long) is not recognised in TLS;
 3. client: P_CONTROL_V1 carrying the inner TLS ClientHello (HELLO_MIN..HELLO_MAX bytes);
 4. server: the next unit is a full control-channel fragment of F bytes (FRAGMENT_MIN..FRAGMENT_MAX:
    OpenVPN cuts its TLS flight at --tls-mtu, 1250 by default, into packets of one size);
-5. client: the next unit is small (its P_ACK_V1 for that fragment);
+5. client: the next unit is small (its P_ACK_V1 for that fragment); through a fully encrypted proxy,
+   whose first writes hide the resets' sizes behind salt and address, it must also be the size of the
+   server's reset less a salt (both carry the same ACK array: lab OpenVPN 2.6, every control wrapping);
 6. client, within FOLLOW units: a fragment of exactly F bytes (its certificate flight, cut at the same
    tls-mtu by the same rule).
 
@@ -46,6 +50,9 @@ CLIENT_HELLO = 1
 SMALL = 200  # hard resets and P_ACK_V1 (with a few ACK ids) over TCP, under any control-channel wrapping
 HELLO_MIN, HELLO_MAX = 150, 800  # P_CONTROL_V1 + an inner TLS ClientHello (with tls-crypt-v2's key: more)
 FRAGMENT_MIN, FRAGMENT_MAX = 900, 1500  # --tls-mtu fragments (default 1250, less the control header)
+ACK_ENTRY = 4 + 8  # the server's hard reset = the client's + one ACK id and the remote session ID (reliable.h)
+SALTS = (16, 24, 32)  # a fully encrypted proxy's first server write also holds its salt (SIP004 key sizes)
+MAX_SALT = max(SALTS)
 FOLLOW = 6  # units after the client's ACK within which the client's own fragment must come
 UNITS = 24  # inner units looked at before giving up
 TLS_WRAPPER, FULLY_ENCRYPTED_WRAPPER = "tls", "fully_encrypted"
@@ -149,7 +156,12 @@ class OpenVPNWrapped(Dissector):
         if len(client) < 2:
             return
         c1, c2 = client[0], client[1]
-        if not any(d == 1 and n < SMALL for d, n in u[c1 + 1 : c2]):
+        resets = [n for d, n in u[c1 + 1 : c2] if d == 1 and n < SMALL + MAX_SALT]
+        if self._wrapper == TLS_WRAPPER and u[c1][1] + ACK_ENTRY not in resets:
+            self.reject(f"no server unit of the client's first unit + {ACK_ENTRY} bytes (a hard reset that "
+                        "acknowledges the client's) before the client's second unit")
+            return
+        if not resets:
             self.reject("no small server unit (hard reset) before the client's second unit")
             return
         if not HELLO_MIN <= u[c2][1] <= HELLO_MAX:
@@ -161,6 +173,9 @@ class OpenVPNWrapped(Dissector):
         (ds, frag), (da, ack) = u[c2 + 1], u[c2 + 2]
         if ds != 1 or not FRAGMENT_MIN <= frag <= FRAGMENT_MAX or da != 0 or ack >= SMALL:
             self.reject("the ClientHello is not answered by a full control fragment and a small client ACK")
+            return
+        if self._wrapper == FULLY_ENCRYPTED_WRAPPER and not any(ack + CHUNK_OVERHEAD + salt in resets for salt in SALTS):
+            self.reject(f"the client's ACK ({ack} B) is not the size of the server's hard reset (less its salt)")
             return
         later = u[c2 + 3 : c2 + 3 + FOLLOW]
         if (0, frag) in later:
