@@ -30,10 +30,10 @@ def drive(lab: Lab, pki: Pki, v: Variant, scale: int) -> None:
 VARIANTS = [
     Variant(name="shadowsocks-chacha-8388", family="shadowsocks", package="shadowsocks-libev", transport="tcp",
             server_port=8388, config="ss-server/ss-local chacha20-ietf-poly1305, SOCKS5 client", drive=drive,
-            opts=dict(method="chacha20-ietf-poly1305", plan="keepalive:8,idle:3,keepalive:6,keepalive:12,keepalive:7"), seconds=25,
+            opts=dict(method="chacha20-ietf-poly1305", plan="keepalive:8,idle:3,keepalive:9,keepalive:12,keepalive:8"), seconds=25,
             needs=("shadowsocks-libev",)),
     Variant(name="shadowsocks-aes256gcm-443", family="shadowsocks", package="shadowsocks-libev", transport="tcp",
             server_port=443, config="ss-server/ss-local aes-256-gcm on tcp/443, SOCKS5 client", drive=drive,
-            opts=dict(method="aes-256-gcm", plan="keepalive:10,idle:8,keepalive:6,keepalive:9"), seconds=25,
+            opts=dict(method="aes-256-gcm", plan="keepalive:10,idle:8,keepalive:8,keepalive:9"), seconds=25,
             needs=("shadowsocks-libev",)),
 ]
