@@ -39,8 +39,14 @@ from typing import ClassVar
 import numpy as np
 
 from vpnid.features.dissectors.base import Dissector, FlowPacket, PacketHeads, State
-from vpnid.features.dissectors.cstp import (CONTENT_APPLICATION_DATA, CONTENT_HANDSHAKE, TLS13_SUITES, RecordWalker,
-                                            record_overhead, server_hello_suite)
+from vpnid.features.dissectors.cstp import (
+    CONTENT_APPLICATION_DATA,
+    CONTENT_HANDSHAKE,
+    TLS13_SUITES,
+    RecordWalker,
+    record_overhead,
+    server_hello_suite,
+)
 from vpnid.features.dissectors.shadowsocks import CHUNK_OVERHEAD, FULL_SEGMENT, MIN_CLIENT_FIRST, Shadowsocks, exemption
 from vpnid.features.families import OPENVPN
 from vpnid.features.packets import IPPROTO_TCP

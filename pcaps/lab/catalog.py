@@ -1,8 +1,17 @@
 """All variants, in the order a full lab run makes them."""
 from __future__ import annotations
 
-from vpnid.pcaps.lab.families import (ipsec, l2tp, negatives, openconnect, openvpn, openvpn_wrapped, pptp, shadowsocks,
-                                      wireguard)
+from vpnid.pcaps.lab.families import (
+    ipsec,
+    l2tp,
+    negatives,
+    openconnect,
+    openvpn,
+    openvpn_wrapped,
+    pptp,
+    shadowsocks,
+    wireguard,
+)
 from vpnid.pcaps.lab.variant import Variant
 
 VARIANTS: list[Variant] = [

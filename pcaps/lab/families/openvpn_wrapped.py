@@ -13,11 +13,12 @@ from __future__ import annotations
 
 import re
 from pathlib import Path
+from typing import Callable
 
 from vpnid.pcaps.lab.families import openvpn, shadowsocks
 from vpnid.pcaps.lab.netns import SERVER_IP, Lab
 from vpnid.pcaps.lab.pki import Pki
-from vpnid.pcaps.lab.variant import Variant, scaled
+from vpnid.pcaps.lab.variant import Variant
 
 INNER_PORT = 1194  # the OpenVPN server behind each wrapper, on loopback of namespace b (and a, for stunnel)
 LOOPBACK = "127.0.0.1"
@@ -79,8 +80,8 @@ def over_shadowsocks(lab: Lab, pki: Pki, v: Variant, scale: int) -> None:
     openvpn.run(lab, pki, v, scale, INNER, INNER, f"socks-proxy {LOOPBACK} {SOCKS_PORT}")  # ss-server dials b's INNER
 
 
-def _variant(wrapper: str, port: int, drive, tls: str, cipher: str, plan: str, package: str, needs: tuple[str, ...],
-             config: str, **opts: object) -> Variant:
+def _variant(wrapper: str, port: int, drive: Callable[[Lab, Pki, Variant, int], None], tls: str, cipher: str,
+             plan: str, package: str, needs: tuple[str, ...], config: str, **opts: object) -> Variant:
     tag = "high" if port == openvpn.HIGH_PORT else str(port)
     return Variant(
         name=f"openvpn-tcp-{wrapper}-{tag}", family="openvpn", package=package, transport="tcp", server_port=port,
