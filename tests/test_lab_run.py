@@ -12,6 +12,7 @@ import pytest
 from vpnid.classifier.labelling.loading import DEFAULT_MODEL
 from vpnid.classifier.labelling.model import load
 from vpnid.classifier.running.pipeline import Options, classify_capture
+from vpnid.features.risks import WRAPPED_TUNNEL
 from vpnid.pcaps.lab import catalog, manifest, pcapfile, system
 from vpnid.pcaps.lab.cli import capture
 from vpnid.pcaps.lab.pki import Pki
@@ -59,3 +60,15 @@ def test_regenerated_capture_matches_corpus(variant, pki, tmp_path):
     labels = [r.label for r in records]
     misses = labels.count("none") if variant.family != "none" else 0
     assert labels and set(labels) <= {variant.family, "none"} and not misses, labels
+
+
+WRAPPED = catalog.select("openvpn-tcp-stunnel-443,openvpn-tcp-shadowsocks-8388")
+
+
+@pytest.mark.parametrize("variant", WRAPPED, ids=[v.name for v in WRAPPED])
+def test_regenerated_wrapped_openvpn_is_labelled_through_its_wrapper(variant, pki, tmp_path):
+    """A fresh run (new keys, new timing) of OpenVPN inside stunnel and inside Shadowsocks."""
+    raw = tmp_path / f"{variant.name}.pcap"
+    capture(variant, pki, tmp_path, raw, scale=1)
+    records = list(classify_capture(str(raw), Options(model=load(DEFAULT_MODEL))))
+    assert [r.label for r in records] == ["openvpn"] and WRAPPED_TUNNEL in records[0].risks, records
