@@ -40,13 +40,23 @@ def cmd_lookalike(args: argparse.Namespace) -> int:
     return 0
 
 
+def _ports(text: str) -> tuple[int, ...]:
+    try:
+        ports = tuple(int(p) for p in text.split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a comma-separated list of ports: {text!r}") from None
+    if not all(0 < p < 65536 for p in ports):
+        raise argparse.ArgumentTypeError(f"ports are 1-65535: {text!r}")
+    return ports
+
+
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("lookalike", help="build look-alike negatives: ordinary flows moved onto VPN ports",
                        description=LOOKALIKE_HELP, formatter_class=FORMATTER)
     p.add_argument("labels", nargs="+", metavar="LABELS.csv", help="labelled-flows CSVs (vpnid eval's format)")
     p.add_argument("-o", "--output", required=True, metavar="DIR", help="folder for the captures and labels.csv")
-    p.add_argument("--ports", type=int, nargs="+", default=list(VPN_PORTS), metavar="PORT",
-                   help="server ports to move every flow onto (default: %(default)s)")
+    p.add_argument("--ports", type=_ports, default=VPN_PORTS, metavar="PORT[,...]",
+                   help=f"server ports to move every flow onto (default: {','.join(map(str, VPN_PORTS))})")
     p.add_argument("--trust", default=TRUSTED, metavar="PREFIX",
                    help="use rows whose confidence starts with PREFIX, as vpnid eval scores them (default: %(default)s)")
     p.set_defaults(func=cmd_lookalike)
