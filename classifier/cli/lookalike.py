@@ -33,7 +33,7 @@ def cmd_lookalike(args: argparse.Namespace) -> int:
     per_port = ", ".join(f"{port}: {n}" for port, n in sorted(summary.flows.items()))
     out.print(f"{summary.captures} captures, flows per port: {per_port or 'none'}")
     if summary.collisions:
-        out.print(f"{summary.collisions} flows left out: their rewritten 5-tuple was another flow's")
+        out.print(f"{summary.collisions} look-alikes left out (over all ports): their rewritten 5-tuple was another flow's")
     if summary.rows_without_packets:
         out.print(f"{len(summary.rows_without_packets)} rows named flows not found in their capture "
                   f"(inside a tunnel, or not TCP/UDP at the outer header)")
