@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import csv
 import ipaddress
+import itertools
 import re
 import struct
 from collections import Counter, defaultdict
@@ -188,6 +189,7 @@ def build(labels: Iterable[Path], out: Path, ports: Iterable[int] = VPN_PORTS, t
     out.mkdir(parents=True, exist_ok=True)
     summary = Summary()
     rows_out: list[dict] = []
+    stems: set[str] = set()
     for csv_path in labels:
         csv_path = Path(csv_path)
         every, _problems = read_labels(csv_path)
@@ -196,7 +198,12 @@ def build(labels: Iterable[Path], out: Path, ports: Iterable[int] = VPN_PORTS, t
             if row.ends:
                 all_named[row.path].add((row.transport, row.ends))
         for capture, rows in negative_rows(every, trust).items():
-            stem = _safe_name(csv_path, capture)
+            stem = base = _safe_name(csv_path, capture)
+            for n in itertools.count(2):  # two captures whose names differ only in replaced characters
+                if stem not in stems:
+                    break
+                stem = f"{base}-{n}"
+            stems.add(stem)
             found = _rewrite(capture, rows, all_named[capture], ports, out, stem, summary, rows_out)
             summary.rows_without_packets += [f"{csv_path}:{r.line}" for r in rows if r.ends and r.line not in found]
     with (out / "labels.csv").open("w", newline="", encoding="utf-8") as f:
@@ -241,8 +248,8 @@ def _rewrite(capture: Path, rows: list[LabelRow], named: set, ports: tuple[int, 
             host, old = server[key]
             client = next(iter(key[1] - {(host, old)}), (host, old))
             new_key = (key[0], frozenset((client, (host, port))))
-            if seen.setdefault(new_key, key) != key:
-                continue
+            if len(new_key[1]) < 2 or seen.setdefault(new_key, key) != key:
+                continue  # the client already is (host, port), or another flow took the 5-tuple
             if p.l4 < 0:
                 records.append((p.ts_ns, p.wirelen, p.ip))
             else:

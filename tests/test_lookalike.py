@@ -94,3 +94,15 @@ def test_dev_set_negatives_on_vpn_ports_get_no_tunnel_label(tmp_path):
     report = evaluate(tmp_path / "labels.csv")
     assert not report.errors and not report.missing
     assert report.false_positives == [], report.false_positives[:20]
+
+
+def test_captures_whose_names_differ_only_in_replaced_characters_get_their_own_files(tmp_path):
+    (tmp_path / "src" / "a").mkdir(parents=True)
+    for name in ("a/b.pcap", "a_b.pcap"):
+        (tmp_path / "src" / name).symlink_to(CORPUS / "neg-dns-53.pcap")
+    labels = tmp_path / "src" / "labels.csv"
+    labels.write_text("pcap,transport,a_ip,a_port,b_ip,b_port,family\na/b.pcap,*,*,,,,none\na_b.pcap,*,*,,,,none\n")
+    summary = build([labels], tmp_path / "out", ports=(1194,))
+    assert sorted(p.name for p in (tmp_path / "out" / "1194").iterdir()) == ["a_b-2.pcap", "a_b.pcap"]
+    report = evaluate(tmp_path / "out" / "labels.csv")
+    assert report.families[NONE].rows == report.families[NONE].correct == summary.flows[1194] > 2
