@@ -5,7 +5,9 @@ rate and packet size that should look human, web- or media-like is made here by
 sleeping. Stdlib only: it is run as a script inside the network namespaces.
 
 Plan syntax (client): comma-separated SHAPE:ARG items, e.g.
-``interactive:8,bulk:300000,web:3,voice:6,idle:20`` (seconds, bytes or pages).
+``interactive:8,bulk:300000,web:3,voice:6,idle:20`` (seconds, bytes or pages);
+``mtu:1280`` lowers the MTU of the client's route to the server (the tunnel's
+inner interface, or the underlay for a proxy) to at most 1280 for what follows.
 """
 from __future__ import annotations
 
@@ -15,6 +17,7 @@ import random
 import socket
 import socketserver
 import struct
+import subprocess
 import threading
 import time
 
@@ -145,10 +148,22 @@ class Client:
             time.sleep(0.2)
             _drain_udp(s)
 
+    def lower_mtu(self, mtu: int) -> None:
+        """New connections then negotiate a smaller MSS, so both directions carry smaller packets."""
+        route = subprocess.run(["ip", "-o", "route", "get", self.server], capture_output=True, text=True,
+                               check=True).stdout.split()
+        dev = route[route.index("dev") + 1]
+        with open(f"/sys/class/net/{dev}/mtu") as f:
+            current = int(f.read())
+        if mtu < current:
+            subprocess.run(["ip", "link", "set", "dev", dev, "mtu", str(mtu)], check=True)
+
     def run(self, plan: str) -> None:
         for item in plan.split(","):
             shape, _, arg = item.partition(":")
-            if shape == "bulk":
+            if shape == "mtu":
+                self.lower_mtu(int(arg))
+            elif shape == "bulk":
                 self.fetch(int(arg), self.bulk_rate)
             elif shape == "idle":
                 time.sleep(float(arg))
