@@ -328,20 +328,40 @@ def _fits(first: np.ndarray, size: np.ndarray) -> np.ndarray:
     return (size > 0) & np.isin(opcode, list(OPCODE_NAMES)) & ~(reset & (key_id != 0)) & sized
 
 
+def _same_sender(b: bytes, x: int, y: int) -> bool:
+    """Packets at x and y (their first byte) could come from one sender in a row: one data key and peer-id
+    (P_DATA_V1: its clear packet-id a little higher), or one control session ID."""
+    if b[x] != b[y] and not (b[x] >> P_OPCODE_SHIFT not in DATA_OPCODES and b[y] >> P_OPCODE_SHIFT not in DATA_OPCODES):
+        return False
+    opcode = b[x] >> P_OPCODE_SHIFT
+    if opcode == P_DATA_V2:
+        return b[x + 1 : x + 1 + PEER_ID_SIZE] == b[y + 1 : y + 1 + PEER_ID_SIZE]
+    if opcode == P_DATA_V1:
+        return 0 < _u32(b, y + 1) - _u32(b, x + 1) <= MAX_COUNTER_STEP
+    return len(b) >= y + HEADER_SIZE and b[x + 1 : x + HEADER_SIZE] == b[y + 1 : y + HEADER_SIZE]
+
+
 def _chain_start(b: bytes) -> int | None:
-    """First offset of `b` from which length-prefixed OpenVPN packets follow each other: a header that
-    fits, then either another where its packet ends or the end of `b` right there (`b` ends a segment),
-    and every further header inside `b` fits too."""
+    """First offset of `b` from which length-prefixed OpenVPN packets follow each other: `b` is exactly
+    one packet, or a header fits and so does another where its packet ends, from the same sender
+    (`_same_sender`: random bytes fit the length and first byte of one header about once in 50 offsets,
+    a second one of the same key and peer-id or session almost never), and every further header inside
+    `b` fits too."""
     if len(b) < 3:
         return None
     a = np.frombuffer(b, np.uint8).astype(np.int64)
     size = a[:-2] << 8 | a[1:-1]
     fit = _fits(a[2:], size) & (size <= MAX_TCP_PACKET)
     nxt = np.arange(len(size)) + 2 + size
-    inside = nxt < len(size)
-    chained = fit & (nxt == len(b))
-    chained[inside] |= fit[inside] & fit[nxt[inside]]
+    # the second header's first bytes (peer-id, packet-id or session ID) must be inside `b` too
+    inside = nxt + 2 + HEADER_SIZE <= len(b)
+    if fit[0] and nxt[0] == len(b):  # exactly one packet: the segment(s) start and end on its bounds
+        return 0
+    chained = fit & inside
+    chained[chained] = fit[nxt[chained]]
     for at in np.flatnonzero(chained).tolist():
+        if not _same_sender(b, at + 2, int(nxt[at]) + 2):
+            continue
         pos = at
         while pos < len(size) and fit[pos]:
             pos = int(nxt[pos])
