@@ -118,3 +118,34 @@ def test_mid_flow_dtls_that_is_no_tunnel_is_not_confirmed(packets, reason):
     assert d.state is not State.CONFIRMED
     assert reason in (d.evidence[-1] if d.evidence else "undecided")
 
+
+
+def call_then(tail: list[tuple[int, bytes]], calls: int = 300, seq: tuple[int, int] = (100, 300)) -> list[tuple[int, bytes]]:
+    """Mid-flow: `calls` voice packets each way (inner 200 bytes: IP + UDP + RTP + 160-byte G.711 frame),
+    then `tail` with its sequence numbers moved on behind them."""
+    out, nxt = [], list(seq)
+    for _ in range(calls):
+        for direction in (0, 1):
+            out.append((direction, app_data(nxt[direction], 200)))
+            nxt[direction] += 1
+    for direction, p in tail:
+        out.append((direction, app_data(nxt[direction], int.from_bytes(p[11:13], "big") - 25)))
+        nxt[direction] += 1
+    return out
+
+
+def test_mid_flow_tunnel_carrying_a_call_first_is_confirmed_once_acks_fill_the_window():
+    """A capture joined during a call through the tunnel: its pure ACKs show only in the download after
+    it, too few to make 60 % of all the direction's records, but all of its last 16."""
+    d = run(call_then(download(n=12)))
+    assert d.state is State.CONFIRMED and "of the last 16 of" in d.evidence[-1]
+    assert d.verdict_packet > 600
+
+
+def test_mid_flow_dtls_with_sporadic_small_records_is_not_confirmed():
+    """A long DTLS application session (media, then a data channel) where records of ACK-like sizes turn up
+    now and then among others: never most of 16 in a row."""
+    sizes = [52, 40, 1200, 300, 27, 800, 52, 1400, 90, 0, 640, 500]
+    tail = [(i % 2, app_data(0, sizes[i % len(sizes)])) for i in range(600)]
+    d = run(call_then(tail, calls=150))
+    assert d.state is not State.CONFIRMED

@@ -115,7 +115,10 @@ class OpenConnect(Dissector):
 
     family: ClassVar[str] = OPENCONNECT
     transports: ClassVar[frozenset[int]] = frozenset({IPPROTO_UDP})
-    budget: ClassVar[int] = 48  # mid-flow; a handshake decides within HANDSHAKE_BUDGET datagrams
+    # Mid-flow: a tunnel's pure ACKs show once it carries TCP, which a call's media in front of it may
+    # put off for hundreds of datagrams; only records with steady sequence numbers get this far. A
+    # handshake decides within HANDSHAKE_BUDGET datagrams.
+    budget: ClassVar[int] = 1024
     sibling_transport: ClassVar[int | None] = IPPROTO_TCP  # the CSTP (TLS) connection that handed over the keys
 
     @staticmethod
