@@ -149,3 +149,31 @@ def test_mid_flow_dtls_with_sporadic_small_records_is_not_confirmed():
     tail = [(i % 2, app_data(0, sizes[i % len(sizes)])) for i in range(600)]
     d = run(call_then(tail, calls=150))
     assert d.state is not State.CONFIRMED
+
+
+def finish(packets: list[tuple[int, bytes]]) -> OpenConnect:
+    """`run`, then the flow's end (where a one-direction verdict is taken)."""
+    d = run(packets)
+    if d.state is State.CANDIDATE:
+        d.on_end()
+    return d
+
+
+def test_client_side_only_data_channel_is_confirmed_at_the_flows_end():
+    """An asymmetric tap that sees only the client: its PSK ClientHello, then the pure ACKs it sends during a
+    download, sequence numbers stepping by one, the server never seen."""
+    acks = [(0, app_data(1 + i, 52)) for i in range(20)]
+    assert run([(0, client_hello(PSK, SID))] + acks).state is State.CANDIDATE  # not before the end
+    d = finish([(0, client_hello(PSK, SID))] + acks)
+    assert d.state is State.CONFIRMED and d.confidence == 0.6 and d.attributes["one_way"] == "true"
+    assert "one direction only" in d.evidence[-1]
+
+
+@pytest.mark.parametrize("packets", [
+    [(0, app_data(1 + i, 52)) for i in range(12)],  # too few steps for one direction alone
+    [(0, app_data(1 + 3 * i, 52)) for i in range(30)],  # sequence numbers that jump
+    [(0, app_data(1 + i, [52, 300, 1200, 27, 640][i % 5])) for i in range(60)],  # sizes of no tunnel
+    [(0, client_hello(PSK, SID))] + [(0, app_data(1 + i, 52)) for i in range(20)] + [(1, os.urandom(60))],
+])
+def test_one_direction_without_a_tunnels_structure_is_not_confirmed(packets):
+    assert finish(packets).state is not State.CONFIRMED
