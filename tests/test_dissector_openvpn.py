@@ -228,6 +228,15 @@ def test_mid_flow_bulk_with_a_quiet_direction() -> None:
     assert run(udp_packets(items[:6] + items[7:])).state is State.REJECTED  # one packet back: not enough
 
 
+@pytest.mark.parametrize("back_peer, confirmed", [(0x21, True), (0x22, False)])
+def test_mid_flow_long_bulk_run_needs_one_packet_back(back_peer: int, confirmed: bool) -> None:
+    """A UDP download seen mid-flow whose client acknowledged once within the budget: ten server packets
+    stepping by one, and one client packet under the same key and peer-id (not another peer's)."""
+    rng = random.Random(6)
+    items = [(1, data_v2(0x21, 900 + i, 1400, rng)) for i in range(10)] + [(0, data_v2(back_peer, 40, 60, rng))]
+    assert (run(udp_packets(items)).state is State.CONFIRMED) is confirmed
+
+
 def test_mid_flow_data_v2_client_v1_server() -> None:
     d = run(_data_flow(server_v1=True))
     assert d.state is State.CONFIRMED and d.attributes["data"] == "P_DATA_V1+P_DATA_V2"

@@ -15,7 +15,8 @@ facts that random bytes and look-alike protocols (QUIC, DTLS, STUN, DNS) do not 
 * one-way handshake: a hard reset, a control packet whose payload is a TLS record at the derived offset,
   and ACKs naming one constant peer session, all from one side (0.9; asymmetric captures);
 * mid-flow data: data packets both ways with the same key_id, the same peer-id when both use P_DATA_V2,
-  and clear AEAD packet-id counters increasing in each direction (0.9);
+  and clear AEAD packet-id counters increasing in each direction (0.9); a bulk direction whose counter
+  stepped by one MIN_ONE_WAY_DATA times needs only one such packet back;
 * mid-flow CBC data (tls-auth era: --cipher *-CBC --auth SHA*): the packet-id is encrypted, so instead
   every packet of both directions fits one HMAC + IV + whole-cipher-block layout, sizes vary, the first
   byte (and peer-id) is constant and the body looks encrypted (0.8);
@@ -598,7 +599,8 @@ class OpenVPN(Dissector):
                 return
             if a.peer_id is not None and b.peer_id is not None and a.peer_id != b.peer_id:
                 return
-        if not (a.counting() and b.counting(MIN_DATA_QUIET)) and not (b.counting() and a.counting(MIN_DATA_QUIET)):
+        if not any(x.counting() and y.counting(MIN_DATA_QUIET) or x.one_way() and y.counting(1)
+                   for x, y in ((a, b), (b, a))):
             # one-way only on the last packet the budget allows: a bulk transfer seen mid-flow may show
             # many packets of one side before the first of the other (which would make it two-way, 0.9)
             if not self._check_cbc_data(pkt) and self.seen >= self.budget:
