@@ -149,14 +149,19 @@ class Client:
             _drain_udp(s)
 
     def lower_mtu(self, mtu: int) -> None:
-        """New connections then negotiate a smaller MSS, so both directions carry smaller packets."""
-        route = subprocess.run(["ip", "-o", "route", "get", self.server], capture_output=True, text=True,
-                               check=True).stdout.split()
-        dev = route[route.index("dev") + 1]
-        with open(f"/sys/class/net/{dev}/mtu") as f:
-            current = int(f.read())
-        if mtu < current:
-            subprocess.run(["ip", "link", "set", "dev", dev, "mtu", str(mtu)], check=True)
+        """New connections then negotiate a smaller MSS, so both directions carry smaller packets. Through
+        the proxy the server is not routed from here: the namespace's own links are lowered instead."""
+        if self.socks is None:
+            route = subprocess.run(["ip", "-o", "route", "get", self.server], capture_output=True, text=True,
+                                   check=True).stdout.split()
+            devs = [route[route.index("dev") + 1]]
+        else:
+            devs = [d for d in os.listdir("/sys/class/net") if d != "lo"]
+        for dev in devs:
+            with open(f"/sys/class/net/{dev}/mtu") as f:
+                current = int(f.read())
+            if mtu < current:
+                subprocess.run(["ip", "link", "set", "dev", dev, "mtu", str(mtu)], check=True)
 
     def run(self, plan: str) -> None:
         for item in plan.split(","):
