@@ -144,3 +144,21 @@ def test_lab_capture_of_cstp_without_dtls_is_labelled_and_https_is_not():
     assert "CSTP" in cstp[0].evidence[-1]
     for name in ("neg-https-tls12-8443.pcap", "neg-https-tls13-443.pcap"):
         assert {r.label for r in classify_capture(str(ROOT / "pcaps/corpus" / name), opts)} == {"none"}
+
+
+def test_client_side_only_is_confirmed_at_a_lower_confidence():
+    """An asymmetric tap that sees only the client: its hello, its HTTP requests, then the pure-ACK records
+    it sends during a download."""
+    client = [p for p in handshake(GCM) + http_phase(24) + tunnel(24) if p[0] == 0]
+    d = run(client)
+    assert d.state is State.CONFIRMED and d.confidence == 0.6 and d.attributes["one_way"] == "true"
+    assert "one direction only" in d.evidence[-1]
+
+
+@pytest.mark.parametrize("sizes", [
+    [13, 1400, 13, 13, 700, 13, 1400] * 6,  # HTTP/2 client: window updates among request bodies
+    [60, 300, 411, 60, 290, 60, 515, 60, 333, 60, 612, 60, 250, 60, 410] * 3,  # chat app uploads
+])
+def test_client_side_only_of_other_tls_is_not_cstp(sizes):
+    d = run([(0, client_hello())] + [(0, app(s, 24)) for s in sizes])
+    assert d.state is not State.CONFIRMED

@@ -118,3 +118,62 @@ def test_mid_flow_dtls_that_is_no_tunnel_is_not_confirmed(packets, reason):
     assert d.state is not State.CONFIRMED
     assert reason in (d.evidence[-1] if d.evidence else "undecided")
 
+
+
+def call_then(tail: list[tuple[int, bytes]], calls: int = 300, seq: tuple[int, int] = (100, 300)) -> list[tuple[int, bytes]]:
+    """Mid-flow: `calls` voice packets each way (inner 200 bytes: IP + UDP + RTP + 160-byte G.711 frame),
+    then `tail` with its sequence numbers moved on behind them."""
+    out, nxt = [], list(seq)
+    for _ in range(calls):
+        for direction in (0, 1):
+            out.append((direction, app_data(nxt[direction], 200)))
+            nxt[direction] += 1
+    for direction, p in tail:
+        out.append((direction, app_data(nxt[direction], int.from_bytes(p[11:13], "big") - 25)))
+        nxt[direction] += 1
+    return out
+
+
+def test_mid_flow_tunnel_carrying_a_call_first_is_confirmed_once_acks_fill_the_window():
+    """A capture joined during a call through the tunnel: its pure ACKs show only in the download after
+    it, too few to make 60 % of all the direction's records, but all of its last 16."""
+    d = run(call_then(download(n=12)))
+    assert d.state is State.CONFIRMED and "of the last 16 of" in d.evidence[-1]
+    assert d.verdict_packet > 600
+
+
+def test_mid_flow_dtls_with_sporadic_small_records_is_not_confirmed():
+    """A long DTLS application session (media, then a data channel) where records of ACK-like sizes turn up
+    now and then among others: never most of 16 in a row."""
+    sizes = [52, 40, 1200, 300, 27, 800, 52, 1400, 90, 0, 640, 500]
+    tail = [(i % 2, app_data(0, sizes[i % len(sizes)])) for i in range(600)]
+    d = run(call_then(tail, calls=150))
+    assert d.state is not State.CONFIRMED
+
+
+def finish(packets: list[tuple[int, bytes]]) -> OpenConnect:
+    """`run`, then the flow's end (where a one-direction verdict is taken)."""
+    d = run(packets)
+    if d.state is State.CANDIDATE:
+        d.on_end()
+    return d
+
+
+def test_client_side_only_data_channel_is_confirmed_at_the_flows_end():
+    """An asymmetric tap that sees only the client: its PSK ClientHello, then the pure ACKs it sends during a
+    download, sequence numbers stepping by one, the server never seen."""
+    acks = [(0, app_data(1 + i, 52)) for i in range(20)]
+    assert run([(0, client_hello(PSK, SID))] + acks).state is State.CANDIDATE  # not before the end
+    d = finish([(0, client_hello(PSK, SID))] + acks)
+    assert d.state is State.CONFIRMED and d.confidence == 0.6 and d.attributes["one_way"] == "true"
+    assert "one direction only" in d.evidence[-1]
+
+
+@pytest.mark.parametrize("packets", [
+    [(0, app_data(1 + i, 52)) for i in range(12)],  # too few steps for one direction alone
+    [(0, app_data(1 + 3 * i, 52)) for i in range(30)],  # sequence numbers that jump
+    [(0, app_data(1 + i, [52, 300, 1200, 27, 640][i % 5])) for i in range(60)],  # sizes of no tunnel
+    [(0, client_hello(PSK, SID))] + [(0, app_data(1 + i, 52)) for i in range(20)] + [(1, os.urandom(60))],
+])
+def test_one_direction_without_a_tunnels_structure_is_not_confirmed(packets):
+    assert finish(packets).state is not State.CONFIRMED

@@ -152,7 +152,7 @@ def test_session_id_change_rejects() -> None:
 def test_tcp_two_pdus_in_one_segment_and_one_pdu_over_two_segments() -> None:
     s = Session("sha1", seed=23)
     items = s.handshake()
-    t = TcpStreams()
+    t = TcpStreams(opened=True)  # a connection seen from its SYN: its first segment starts a packet
     cr = framed(items[0][1])
     sr = framed(items[1][1])
     packets = [
@@ -228,6 +228,15 @@ def test_mid_flow_bulk_with_a_quiet_direction() -> None:
     assert run(udp_packets(items[:6] + items[7:])).state is State.REJECTED  # one packet back: not enough
 
 
+@pytest.mark.parametrize("back_peer, confirmed", [(0x21, True), (0x22, False)])
+def test_mid_flow_long_bulk_run_needs_one_packet_back(back_peer: int, confirmed: bool) -> None:
+    """A UDP download seen mid-flow whose client acknowledged once within the budget: ten server packets
+    stepping by one, and one client packet under the same key and peer-id (not another peer's)."""
+    rng = random.Random(6)
+    items = [(1, data_v2(0x21, 900 + i, 1400, rng)) for i in range(10)] + [(0, data_v2(back_peer, 40, 60, rng))]
+    assert (run(udp_packets(items)).state is State.CONFIRMED) is confirmed
+
+
 def test_mid_flow_data_v2_client_v1_server() -> None:
     d = run(_data_flow(server_v1=True))
     assert d.state is State.CONFIRMED and d.attributes["data"] == "P_DATA_V1+P_DATA_V2"
@@ -242,6 +251,64 @@ def test_mid_flow_over_tcp() -> None:
     t = TcpStreams()
     d = run([t.segment(p.direction, framed(p.payload)) for p in _data_flow()])
     assert d.state is State.CONFIRMED and d.attributes["transport"] == "tcp"
+
+
+def _bulk_mid_flow(rng: random.Random, mss: int = 1448) -> tuple[bytes, bytes]:
+    """The two byte streams of a TCP tunnel seen from its middle: a download of 1452-byte framed data
+    packets (server), small framed ACK-carrying packets (client), each started inside a packet."""
+    server = b"".join(framed(data_v2(0, 300 + i, 1450 - 5, rng)) for i in range(40))
+    client = b"".join(framed(data_v2(0, 90 + i, 76 - 5, rng)) for i in range(12))
+    return server[rng.randrange(1, 1400):], client[rng.randrange(1, 70):]
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_tcp_joined_mid_flow_resyncs_on_packet_boundaries(seed: int) -> None:
+    """A capture that starts inside a bulk download: no segment of the saturated direction need start
+    a packet; two packets following each other across two segments give the walk its start."""
+    rng = random.Random(seed)
+    server, client = _bulk_mid_flow(rng)
+    t = TcpStreams()
+    down = t.stream(SERVER, server, 1448)
+    up = [t.segment(CLIENT, client[i : i + 78]) for i in range(0, len(client), 78)]
+    packets = [p for pair in zip(down[:12], up) for p in pair] + down[12:]
+    d = run(packets)
+    assert d.state is State.CONFIRMED and d.attributes["mid_flow"] == "true"
+    assert d.evidence[0].startswith("P_DATA_V2 both ways")
+
+
+def test_tcp_seen_to_open_does_not_resync() -> None:
+    """The same bytes on a connection whose SYN was seen: it must start with a packet, so it is not one."""
+    server, client = _bulk_mid_flow(random.Random(3))
+    t = TcpStreams(opened=True)
+    d = run([t.segment(CLIENT, client[:78]), *t.stream(SERVER, server, 1448)])
+    assert d.state is State.REJECTED and d.seen == 1
+
+
+@pytest.mark.parametrize("kind", ["tls", "ssh", "http2", "random"])
+def test_tcp_look_alikes_joined_mid_flow_are_not_openvpn(kind: str) -> None:
+    """Mid-flow streams of other protocols, each direction cut at arbitrary points: never confirmed."""
+    rng = random.Random(kind)
+    streams = []
+    for _ in range(2):
+        if kind == "tls":  # application-data records of varied sizes
+            body = b"".join(b"\x17\x03\x03" + (n := rng.randrange(30, 16401)).to_bytes(2, "big") + rng.randbytes(n)
+                            for _ in range(30))
+        elif kind == "ssh":  # binary packets: 4-byte length, padding length, encrypted body
+            body = b"".join((n := rng.randrange(12, 4000)).to_bytes(4, "big") + rng.randbytes(n) for _ in range(60))
+        elif kind == "http2":  # frames: 3-byte length, type, flags, stream id
+            body = b"".join((n := rng.randrange(0, 16384)).to_bytes(3, "big") + bytes([0, 0]) + (1).to_bytes(4, "big")
+                            + rng.randbytes(n) for _ in range(40))
+        else:
+            body = rng.randbytes(200_000)
+        streams.append(body[rng.randrange(1, 2000):])
+    t = TcpStreams()
+    packets = []
+    for i in range(60):
+        side = i % 2
+        n = rng.choice((1448, 1448, rng.randrange(1, 1448)))
+        packets.append(t.segment(side, streams[side][:n]))
+        streams[side] = streams[side][n:]
+    assert run(packets).state is State.REJECTED
 
 
 # -- look-alikes -----------------------------------------------------------------------------------------
@@ -330,7 +397,7 @@ def test_rtp_rejected() -> None:
     ids=["tls", "ssh", "http"],
 )
 def test_tcp_text_and_tls_rejected_on_first_segment(client: bytes, server: bytes) -> None:
-    t = TcpStreams()
+    t = TcpStreams(opened=True)
     d = run([t.segment(CLIENT, client), t.segment(SERVER, server)])
     assert d.state is State.REJECTED and d.seen == 1
 

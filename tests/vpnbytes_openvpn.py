@@ -162,9 +162,10 @@ def framed(pdu: bytes) -> bytes:
 class TcpStreams:
     """Sequence numbers per direction, so tests can split, merge and repeat segments."""
 
-    def __init__(self) -> None:
+    def __init__(self, opened: bool = False) -> None:
         self.seq = [1_000_000, 4_000_000_000]  # the second one wraps around 2**32
         self.index = 0
+        self.opened = opened  # the connection's SYN was seen (False: the capture joined it mid-flow)
 
     def segment(self, direction: int, data: bytes, seq: int | None = None) -> FlowPacket:
         """Next segment of `direction` (or a repeat at an explicit earlier `seq`)."""
@@ -172,7 +173,12 @@ class TcpStreams:
         if seq is None:
             seq = self.seq[direction]
             self.seq[direction] = (seq + len(data)) & 0xFFFFFFFF
-        return FlowPacket(self.index, direction, 1_700_000_000.0 + self.index / 100, data, seq, TCP_ACK_PSH, 6)
+        return FlowPacket(self.index, direction, 1_700_000_000.0 + self.index / 100, data, seq, TCP_ACK_PSH, 6,
+                          self.opened)
+
+    def stream(self, direction: int, data: bytes, mss: int) -> list[FlowPacket]:
+        """`data` sent as full segments of `mss` bytes (a saturated direction: packets cut anywhere)."""
+        return [self.segment(direction, data[i : i + mss]) for i in range(0, len(data), mss)]
 
     def one_pdu_each(self, items: list[tuple[int, bytes]]) -> list[FlowPacket]:
         return [self.segment(d, framed(p)) for d, p in items]

@@ -57,6 +57,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--strict", action="store_true", help="exit 1 unless every scored row is correct")
     p.add_argument("--drop-first", type=int, default=0, metavar="N",
                    help="withhold each flow's first N packets from dissectors, features and counters, as if "
-                        "the capture had started late (default: %(default)s)")
+                        "the capture had started late; a flow of N packets or fewer is then not in the capture "
+                        "at all: a '*' row does not score it (its rows shrink), a row naming it counts it as "
+                        "missing, a miss (default: %(default)s)")
     add_flow_options(p)
     p.set_defaults(func=cmd_eval)

@@ -126,10 +126,12 @@ class Cstp(Dissector):
         self._mid_flow = False  # no ServerHello: every AEAD overhead is tried
         self._skip = [SKIP_RECORDS, SKIP_RECORDS]
         self._unsynced = [0, 0]
+        self._heard = [False, False]  # a payload packet of each direction seen
         self._sizes: dict[int, InnerSizes] = {}
 
     def on_packet(self, pkt: FlowPacket) -> None:
         d = pkt.direction
+        self._heard[d] = True
         if self.seen == 1 and (d != 0 or pkt.payload[:1] != bytes([CONTENT_HANDSHAKE])):
             if pkt.opened:
                 self.reject("the connection was seen to open, and not with a TLS ClientHello")
@@ -151,6 +153,9 @@ class Cstp(Dissector):
             if not self._sizes:
                 if d == 1 and content == CONTENT_HANDSHAKE:
                     self._server_hello(head)
+                elif d == 0 and content == CONTENT_APPLICATION_DATA and not self._heard[1]:
+                    self._join_mid_flow()  # the client's data unanswered: only its direction is in the capture
+                    self._application(pkt, size)
             elif content == CONTENT_APPLICATION_DATA:
                 self._application(pkt, size)
             if self.state is not State.CANDIDATE:
@@ -183,9 +188,12 @@ class Cstp(Dissector):
         for overhead, sizes in self._sizes.items():
             if run := sizes.add(d, size - overhead - CSTP_HEADER):
                 how = f"a {overhead}-byte AEAD overhead (mid-flow guess)" if self._mid_flow else "the suite's overhead"
-                self.confirm(pkt, 0.7 if self._mid_flow else 0.8,
+                one_way = not all(self._heard)
+                if one_way:
+                    self.attributes["one_way"] = "true"
+                self.confirm(pkt, 0.6 if one_way else 0.7 if self._mid_flow else 0.8,
                              f"TLS records carry one IP packet each behind an 8-byte CSTP header, under {how}: "
-                             f"{run} (AnyConnect CSTP tunnel)")
+                             f"{run} (AnyConnect CSTP tunnel" + (", one direction only)" if one_way else ")"))
                 return
         if sum(next(iter(self._sizes.values())).records) >= MAX_RECORDS:  # every hypothesis counts the same
             self.reject(f"{MAX_RECORDS} application records without a tunnel's inner sizes")

@@ -6,35 +6,47 @@ tunnel carrying TCP is full of pure ACKs (IPv4 40 or 52 bytes with timestamps, I
 keepalives / dead-peer detection are bare headers (inner length 0). In one direction, a run of records
 with those inner lengths making up most of that direction's records marks a tunnel; protocols that
 frame their own messages (HTTP/1 text, HTTP/2's 9-byte frame headers, WebRTC data channels) do not
-produce that run.
+produce that run. A tunnel joined mid-flow may first carry something else (a call's media, a bulk
+download's data), so the run also counts when it fills the last WINDOW records of a direction.
 """
 
 from __future__ import annotations
 
-from collections import Counter
+from collections import Counter, deque
 
 SHAPED = frozenset({0, 40, 52, 60, 72})  # bare tunnel header; pure TCP ACK over IPv4 / IPv6, with or without timestamps
 MIN_SHAPED = 8  # tunnel-shaped records in one direction needed
-MIN_SHARE = 0.6  # ... and at least this share of that direction's records
+MIN_SHARE = 0.6  # ... and at least this share of that direction's records (or of its last WINDOW)
+WINDOW = 2 * MIN_SHAPED
 
 
 class InnerSizes:
-    """Per direction: records counted, and the tunnel-shaped inner lengths among them."""
+    """Per direction: records counted, the tunnel-shaped inner lengths among them, and the inner
+    lengths of the last WINDOW records."""
 
-    __slots__ = ("records", "shaped")
+    __slots__ = ("records", "shaped", "recent")
 
     def __init__(self) -> None:
         self.records = [0, 0]
         self.shaped: list[Counter[int]] = [Counter(), Counter()]
+        self.recent: tuple[deque[int], deque[int]] = (deque(maxlen=WINDOW), deque(maxlen=WINDOW))
 
     def add(self, direction: int, inner: int) -> str | None:
         """Count one record; returns the evidence once `direction` shows the tunnel's run, else None."""
         self.records[direction] += 1
+        self.recent[direction].append(inner)
         if inner in SHAPED:
             self.shaped[direction][inner] += 1
+        side = "initiator" if direction == 0 else "responder"
         shaped = sum(self.shaped[direction].values())
-        if shaped < MIN_SHAPED or shaped < MIN_SHARE * self.records[direction]:
+        if shaped >= MIN_SHAPED and shaped >= MIN_SHARE * self.records[direction]:
+            sizes = ", ".join(f"{n}× {s}" for s, n in self.shaped[direction].most_common())
+            return (f"inner sizes {sizes} bytes (bare tunnel headers and pure TCP ACKs) in {shaped} of "
+                    f"{self.records[direction]} records from the {side}")
+        recent = Counter(n for n in self.recent[direction] if n in SHAPED)
+        run = sum(recent.values())
+        if self.records[direction] <= WINDOW or run < MIN_SHARE * WINDOW:
             return None
-        sizes = ", ".join(f"{n}× {s}" for s, n in self.shaped[direction].most_common())
-        return (f"inner sizes {sizes} bytes (bare tunnel headers and pure TCP ACKs) in {shaped} of "
-                f"{self.records[direction]} records from the {'initiator' if direction == 0 else 'responder'}")
+        sizes = ", ".join(f"{n}× {s}" for s, n in recent.most_common())
+        return (f"inner sizes {sizes} bytes (bare tunnel headers and pure TCP ACKs) in {run} of the last "
+                f"{WINDOW} of {self.records[direction]} records from the {side}")

@@ -15,7 +15,9 @@ session ID, so neither shape occurs there. Both directions are needed.
 A capture that starts after the handshake sees only application-data records. Each datagram is one
 record with a constant epoch and a sequence number that steps by one per direction (RFC 6347 section
 4.1), holding AnyConnect's 1-byte packet type and one IP packet; under an AEAD cipher the record length
-gives that packet's length, and the pure TCP ACKs and keepalives of a tunnel show (see `ipshape`).
+gives that packet's length, and the pure TCP ACKs and keepalives of a tunnel show (see `ipshape`). With
+one direction only in the capture (asymmetric tap), that direction's run and steady sequence decide at
+the flow's end or budget, at a lower confidence.
 """
 
 from __future__ import annotations
@@ -47,6 +49,7 @@ PACKET_TYPE = 1  # AnyConnect DTLS: 1-byte packet type (data, DPD, keepalive) be
 # (RFC 7905). Cisco's 0x0100 DTLS uses CBC, whose padding hides the length.
 MID_FLOW_OVERHEADS = (24, 16)
 MIN_STEADY = 8  # sequence steps of one per direction before a mid-flow verdict
+MIN_STEADY_ONE_WAY = 2 * MIN_STEADY  # ... and in the one direction an asymmetric tap shows
 
 # Plain TLS_PSK_WITH_* suites (RFC 4279, 4785, 5487, 6655, 7905): no certificate, no (EC)DHE.
 PSK_SUITES = frozenset({
@@ -115,7 +118,10 @@ class OpenConnect(Dissector):
 
     family: ClassVar[str] = OPENCONNECT
     transports: ClassVar[frozenset[int]] = frozenset({IPPROTO_UDP})
-    budget: ClassVar[int] = 48  # mid-flow; a handshake decides within HANDSHAKE_BUDGET datagrams
+    # Mid-flow: a tunnel's pure ACKs show once it carries TCP, which a call's media in front of it may
+    # put off for hundreds of datagrams; only records with steady sequence numbers get this far. A
+    # handshake decides within HANDSHAKE_BUDGET datagrams.
+    budget: ClassVar[int] = 1024
     sibling_transport: ClassVar[int | None] = IPPROTO_TCP  # the CSTP (TLS) connection that handed over the keys
 
     @staticmethod
@@ -129,16 +135,21 @@ class OpenConnect(Dissector):
         self._client: tuple[int, Hello] | None = None  # (direction, ClientHello)
         self._tracks: tuple[CounterTrack, CounterTrack] | None = None  # mid-flow: (epoch, sequence) per direction
         self._sizes: dict[int, InnerSizes] = {}
+        self._one_way: tuple[int, int, str] | None = None  # mid-flow: (direction, overhead, run) first seen
+        self._last: FlowPacket | None = None
+
+    def on_end(self) -> None:
+        if self._last is not None:
+            self._check_one_way(self._last)
 
     def on_packet(self, pkt: FlowPacket) -> None:
         if self.seen == 1 and is_record(pkt.payload) and parse_hello(pkt.payload, CLIENT_HELLO) is None:
-            self._tracks = (CounterTrack(), CounterTrack())  # joined after the ClientHello
-            self._sizes = {overhead: InnerSizes() for overhead in MID_FLOW_OVERHEADS}
+            self._join_mid_flow()  # joined after the ClientHello
         if self._tracks is not None:
             self._mid_flow(pkt)
             return
         self._handshake(pkt)
-        if self.state is State.CANDIDATE and self.seen >= HANDSHAKE_BUDGET:
+        if self.state is State.CANDIDATE and self._tracks is None and self.seen >= HANDSHAKE_BUDGET:
             self.reject(f"no ServerHello within {HANDSHAKE_BUDGET} datagrams")
 
     def _handshake(self, pkt: FlowPacket) -> None:
@@ -154,6 +165,10 @@ class OpenConnect(Dissector):
                 self._client = (pkt.direction, hello)
             return
         direction, client = self._client
+        if pkt.direction == direction and app_record(pkt.payload) is not None:
+            self._join_mid_flow()  # the client sends data unanswered: only its direction is in the capture
+            self._mid_flow(pkt)
+            return
         if pkt.direction == direction:
             return  # a retransmitted ClientHello or the client's next flight
         server = parse_hello(pkt.payload, SERVER_HELLO)
@@ -171,7 +186,12 @@ class OpenConnect(Dissector):
         else:
             self.reject("ServerHello neither resumes the session nor picks a PSK suite")
 
+    def _join_mid_flow(self) -> None:
+        self._tracks = (CounterTrack(), CounterTrack())
+        self._sizes = {overhead: InnerSizes() for overhead in MID_FLOW_OVERHEADS}
+
     def _mid_flow(self, pkt: FlowPacket) -> None:
+        self._last = pkt
         if not is_record(pkt.payload):
             self.reject("mid-flow datagram is not a DTLS record")
             return
@@ -195,3 +215,18 @@ class OpenConnect(Dissector):
                                        f"one IP packet each behind a 1-byte type under a {overhead}-byte AEAD "
                                        f"overhead (mid-flow guess): {run} (AnyConnect DTLS data channel)")
                 return
+            if run and self._one_way is None:
+                self._one_way = (pkt.direction, overhead, run)
+        if self.seen >= self.budget:  # the last packet the budget allows: a one-way verdict or none
+            self._check_one_way(pkt)
+
+    def _check_one_way(self, pkt: FlowPacket) -> None:
+        """Asymmetric tap: the run in one direction, whose sequence stayed steady, the other never seen."""
+        if self._one_way is None or self._tracks is None:
+            return
+        d, overhead, run = self._one_way
+        if self._tracks[1 - d].key is None and self._tracks[d].steady(MIN_STEADY_ONE_WAY):
+            self.attributes.update(variant="mid-flow", one_way="true")
+            self.confirm(pkt, 0.6, f"one direction only: DTLS application records with steady epoch and sequence "
+                                   f"carry one IP packet each behind a 1-byte type under a {overhead}-byte AEAD "
+                                   f"overhead (mid-flow guess): {run} (AnyConnect DTLS data channel)")

@@ -15,7 +15,8 @@ facts that random bytes and look-alike protocols (QUIC, DTLS, STUN, DNS) do not 
 * one-way handshake: a hard reset, a control packet whose payload is a TLS record at the derived offset,
   and ACKs naming one constant peer session, all from one side (0.9; asymmetric captures);
 * mid-flow data: data packets both ways with the same key_id, the same peer-id when both use P_DATA_V2,
-  and clear AEAD packet-id counters increasing in each direction (0.9);
+  and clear AEAD packet-id counters increasing in each direction (0.9); a bulk direction whose counter
+  stepped by one MIN_ONE_WAY_DATA times needs only one such packet back;
 * mid-flow CBC data (tls-auth era: --cipher *-CBC --auth SHA*): the packet-id is encrypted, so instead
   every packet of both directions fits one HMAC + IV + whole-cipher-block layout, sizes vary, the first
   byte (and peer-id) is constant and the body looks encrypted (0.8);
@@ -23,7 +24,9 @@ facts that random bytes and look-alike protocols (QUIC, DTLS, STUN, DNS) do not 
   stepping by one, encrypted-looking body (0.7).
 
 Layouts follow OpenVPN's ssl_pkt.h / reliable.h. Over TCP every packet is preceded by a 2-byte
-big-endian length; a per-direction walker follows it across segments.
+big-endian length; a per-direction walker follows it across segments. A connection joined mid-flow (its
+SYN not seen) may start inside a packet: each direction then skips up to MAX_UNSYNCED segments until one
+starts with a length prefix and a packet that fits it, and is walked from there.
 """
 
 from __future__ import annotations
@@ -33,7 +36,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from vpnid.features.dissectors.base import Dissector, FlowPacket, PacketHeads, State
-from vpnid.features.dissectors.tcpstream import LengthFramed
+from vpnid.features.dissectors.tcpstream import SEQ_MOD, LengthFramed
 from vpnid.features.families import OPENVPN
 from vpnid.features.packets import IPPROTO_TCP, IPPROTO_UDP
 
@@ -104,6 +107,10 @@ MIN_ONE_WAY_DATA = 8  # one-direction AEAD data: packets (at the flow's end or b
 # Ciphertext has about 1 zero byte in 256; cleartext headers and records are full of zeros.
 MAX_ZERO_SHARE = 1 / 16
 MAX_TCP_PACKET = 0x4000  # far above tun-mtu 1500; ASCII-led streams (HTTP, SSH) declare more
+# TCP joined mid-flow: segments per direction that may pass before one starts a packet (a saturated bulk
+# direction starts a packet only where a burst begins), and the larger budget such a flow gets.
+MAX_UNSYNCED = 8
+MID_FLOW_TCP_BUDGET = 48
 MIN_DATA_PACKETS = 3  # per direction, for the mid-flow rule ...
 MIN_DATA_QUIET = 2  # ... or this many in the quiet direction of a bulk transfer (its ACKs carry no data)
 STUN_MAGIC_COOKIE = 0x2112A442
@@ -311,6 +318,59 @@ def _min_data_size(opcode: int) -> int:
     return 1 + (PEER_ID_SIZE if opcode == P_DATA_V2 else 0) + PACKET_ID_SIZE + AEAD_TAG_SIZE + 1
 
 
+def _fits(first: np.ndarray, size: np.ndarray) -> np.ndarray:
+    """Vectorised `_bad_start`/`_bad_size` on first byte and packet size (the STUN check aside)."""
+    opcode, key_id = first >> P_OPCODE_SHIFT, first & P_KEY_ID_MASK
+    reset = np.isin(opcode, list(HARD_RESETS))
+    data = np.isin(opcode, list(DATA_OPCODES))
+    min_data = 1 + np.where(opcode == P_DATA_V2, PEER_ID_SIZE, 0) + PACKET_ID_SIZE + AEAD_TAG_SIZE + 1
+    sized = np.where(data, size >= min_data,
+                     (size >= HEADER_SIZE + 1 + PACKET_ID_SIZE) & ~(reset & (size >= MAX_RESET_SIZE)))
+    return (size > 0) & np.isin(opcode, list(OPCODE_NAMES)) & ~(reset & (key_id != 0)) & sized
+
+
+def _same_sender(b: bytes, x: int, y: int) -> bool:
+    """Packets at x and y (their first byte) could come from one sender in a row: one data key and peer-id
+    (P_DATA_V1: its clear packet-id a little higher), or one control session ID."""
+    if b[x] != b[y] and not (b[x] >> P_OPCODE_SHIFT not in DATA_OPCODES and b[y] >> P_OPCODE_SHIFT not in DATA_OPCODES):
+        return False
+    opcode = b[x] >> P_OPCODE_SHIFT
+    if opcode == P_DATA_V2:
+        return b[x + 1 : x + 1 + PEER_ID_SIZE] == b[y + 1 : y + 1 + PEER_ID_SIZE]
+    if opcode == P_DATA_V1:
+        return 0 < _u32(b, y + 1) - _u32(b, x + 1) <= MAX_COUNTER_STEP
+    return len(b) >= y + HEADER_SIZE and b[x + 1 : x + HEADER_SIZE] == b[y + 1 : y + HEADER_SIZE]
+
+
+def _chain_start(b: bytes) -> int | None:
+    """First offset of `b` from which length-prefixed OpenVPN packets follow each other: `b` is exactly
+    one packet, or a header fits and so does another where its packet ends, from the same sender
+    (`_same_sender`: random bytes fit the length and first byte of one header about once in 50 offsets,
+    a second one of the same key and peer-id or session almost never), and every further header inside
+    `b` fits too."""
+    if len(b) < 3:
+        return None
+    a = np.frombuffer(b, np.uint8).astype(np.int64)
+    size = a[:-2] << 8 | a[1:-1]
+    fit = _fits(a[2:], size) & (size <= MAX_TCP_PACKET)
+    nxt = np.arange(len(size)) + 2 + size
+    # the second header's first bytes (peer-id, packet-id or session ID) must be inside `b` too
+    inside = nxt + 2 + HEADER_SIZE <= len(b)
+    if fit[0] and nxt[0] == len(b):  # exactly one packet: the segment(s) start and end on its bounds
+        return 0
+    chained = fit & inside
+    chained[chained] = fit[nxt[chained]]
+    for at in np.flatnonzero(chained).tolist():
+        if not _same_sender(b, at + 2, int(nxt[at]) + 2):
+            continue
+        pos = at
+        while pos < len(size) and fit[pos]:
+            pos = int(nxt[pos])
+        if pos >= len(size):
+            return at
+    return None
+
+
 def _short(sid: bytes) -> str:
     return sid[:4].hex() + "…"
 
@@ -324,25 +384,22 @@ class OpenVPN(Dissector):
     def prefilter(p: PacketHeads) -> np.ndarray:
         """The first OpenVPN packet's opcode/key-id byte and size (`_bad_start`, `_bad_size`): on UDP the
         datagram, on TCP the packet behind the 2-byte length prefix (a segment of under 3 bytes passes:
-        the dissector waits for more)."""
+        the dissector waits for more; so does every segment of a connection joined mid-flow, which may start
+        inside a packet)."""
         udp, tcp = p.proto == IPPROTO_UDP, p.proto == IPPROTO_TCP
         prefix = np.where(tcp, 2, 0)  # where the OpenVPN packet starts
         rows = np.arange(len(p))
         first = p.head[rows, prefix].astype(np.int64)
         size = np.where(tcp, p.be(0, 2), p.length)
-        opcode, key_id = first >> P_OPCODE_SHIFT, first & P_KEY_ID_MASK
-        reset = np.isin(opcode, list(HARD_RESETS))
-        data = np.isin(opcode, list(DATA_OPCODES))
-        min_data = 1 + np.where(opcode == P_DATA_V2, PEER_ID_SIZE, 0) + PACKET_ID_SIZE + AEAD_TAG_SIZE + 1
-        sized = np.where(data, size >= min_data,
-                         (size >= HEADER_SIZE + 1 + PACKET_ID_SIZE) & ~(reset & (size >= MAX_RESET_SIZE)))
-        ok = (size > 0) & np.isin(opcode, list(OPCODE_NAMES)) & ~(reset & (key_id != 0)) & sized
-        return (udp & ok) | (tcp & ((p.length < 3) | (ok & (size <= MAX_TCP_PACKET))))
+        ok = _fits(first, size)
+        return (udp & ok) | (tcp & (~p.opened | (p.length < 3) | (ok & (size <= MAX_TCP_PACKET))))
 
     def __init__(self) -> None:
         super().__init__()
         self._tcp: bool | None = None
-        self._walkers = (PduWalker(), PduWalker())
+        self._walkers: list[PduWalker | None] = [PduWalker(), PduWalker()]
+        self._unsynced = [0, 0]
+        self._held: list[tuple[int, bytes] | None] = [None, None]  # unsynced: the direction's last segment
         self._sids: list[bytes | None] = [None, None]
         self._resets: list[int | None] = [None, None]
         self._parsed: dict[Wrap, list[tuple[int, Control]]] = {w: [] for w in WRAPS}
@@ -359,8 +416,16 @@ class OpenVPN(Dissector):
         if not self._tcp:
             self._packet(pkt, pkt.direction, pkt.payload)
             return
-        walker = self._walkers[pkt.direction]
-        for pdu in walker.push(pkt.tcp_seq, pkt.payload):
+        if self.seen == 1 and not pkt.opened:
+            self._walkers = [None, None]  # joined mid-flow: a segment may start inside a packet
+            self.budget = MID_FLOW_TCP_BUDGET
+        walker, seq, data = self._walkers[pkt.direction], pkt.tcp_seq, pkt.payload
+        if walker is None:
+            synced = self._sync(pkt)
+            if synced is None:
+                return
+            walker, seq, data = synced
+        for pdu in walker.push(seq, data):
             self._packet(pkt, pkt.direction, pdu)
             if self.state is not State.CANDIDATE:
                 return
@@ -370,6 +435,27 @@ class OpenVPN(Dissector):
             problem = self._bad_size(size, first[0] >> P_OPCODE_SHIFT) or self._bad_start(first)
             if problem:
                 self.reject(problem)
+
+    def _sync(self, pkt: FlowPacket) -> tuple[PduWalker, int, bytes] | None:
+        """Mid-flow TCP: walk a direction from the first place where two OpenVPN packets follow each other
+        (a length prefix and a header that fit, then another right where the first ends), looked for in
+        this segment joined to the direction's previous one when they are contiguous; reject once
+        MAX_UNSYNCED segments of one direction showed none. Returns the walker and what it is to be fed."""
+        d = pkt.direction
+        held, self._held[d] = self._held[d], (pkt.tcp_seq, pkt.payload)
+        seq, b = pkt.tcp_seq, pkt.payload
+        if held is not None and (held[0] + len(held[1])) % SEQ_MOD == seq:
+            seq, b = held[0], held[1] + b
+        at = _chain_start(b)
+        if at is not None:
+            self.attributes["mid_flow"] = "true"
+            self._held[d] = None
+            walker = self._walkers[d] = PduWalker()
+            return walker, (seq + at) % SEQ_MOD, b[at:]
+        self._unsynced[d] += 1
+        if self._unsynced[d] >= MAX_UNSYNCED:
+            self.reject(f"mid-flow, and no two consecutive OpenVPN packets in {MAX_UNSYNCED} segments")
+        return None
 
     def on_end(self) -> None:
         if self._last is not None and self._check_one_way_data(self._last):
@@ -513,7 +599,8 @@ class OpenVPN(Dissector):
                 return
             if a.peer_id is not None and b.peer_id is not None and a.peer_id != b.peer_id:
                 return
-        if not (a.counting() and b.counting(MIN_DATA_QUIET)) and not (b.counting() and a.counting(MIN_DATA_QUIET)):
+        if not any(x.counting() and y.counting(MIN_DATA_QUIET) or x.one_way() and y.counting(1)
+                   for x, y in ((a, b), (b, a))):
             # one-way only on the last packet the budget allows: a bulk transfer seen mid-flow may show
             # many packets of one side before the first of the other (which would make it two-way, 0.9)
             if not self._check_cbc_data(pkt) and self.seen >= self.budget:

@@ -50,7 +50,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--only", metavar="VARIANT[,...]", help="variant names, name prefixes or family names")
     p.add_argument("--list", action="store_true", help="list the variants and exit")
     p.add_argument("--install", action="store_true", help="install missing packages with apt (and pip) first")
-    p.add_argument("--scale", type=int, default=1, metavar="N", help="repeat each variant's traffic plan N times")
+    p.add_argument("--scale", type=int, default=1, metavar="N", help="the variant's traffic plan, then N-1 varied repetitions (order, sizes, one more kind, "
+                   "lower MTU)")
     p.add_argument("--commit-corpus", action="store_true",
                    help=f"also write trimmed copies and their manifest rows to {CORPUS}")
     p.set_defaults(func=run)

@@ -5,7 +5,9 @@ rate and packet size that should look human, web- or media-like is made here by
 sleeping. Stdlib only: it is run as a script inside the network namespaces.
 
 Plan syntax (client): comma-separated SHAPE:ARG items, e.g.
-``interactive:8,bulk:300000,web:3,voice:6,idle:20,keepalive:8`` (seconds, bytes, pages or exchanges).
+``interactive:8,bulk:300000,web:3,voice:6,idle:20,keepalive:8`` (seconds, bytes, pages or exchanges);
+``mtu:1280`` lowers the MTU of the client's route to the server (the tunnel's
+inner interface, or the underlay for a proxy) to at most 1280 for what follows.
 """
 from __future__ import annotations
 
@@ -15,6 +17,7 @@ import random
 import socket
 import socketserver
 import struct
+import subprocess
 import threading
 import time
 
@@ -154,10 +157,27 @@ class Client:
             time.sleep(0.2)
             _drain_udp(s)
 
+    def lower_mtu(self, mtu: int) -> None:
+        """New connections then negotiate a smaller MSS, so both directions carry smaller packets. Through
+        the proxy the server is not routed from here: the namespace's own links are lowered instead."""
+        if self.socks is None:
+            route = subprocess.run(["ip", "-o", "route", "get", self.server], capture_output=True, text=True,
+                                   check=True).stdout.split()
+            devs = [route[route.index("dev") + 1]]
+        else:
+            devs = [d for d in os.listdir("/sys/class/net") if d != "lo"]
+        for dev in devs:
+            with open(f"/sys/class/net/{dev}/mtu") as f:
+                current = int(f.read())
+            if mtu < current:
+                subprocess.run(["ip", "link", "set", "dev", dev, "mtu", str(mtu)], check=True)
+
     def run(self, plan: str) -> None:
         for item in plan.split(","):
             shape, _, arg = item.partition(":")
-            if shape == "bulk":
+            if shape == "mtu":
+                self.lower_mtu(int(arg))
+            elif shape == "bulk":
                 self.fetch(int(arg), self.bulk_rate)
             elif shape == "idle":
                 time.sleep(float(arg))

@@ -1,6 +1,7 @@
 """What one capture is: its label, its software, its configuration, and how to drive it."""
 from __future__ import annotations
 
+import random
 import zlib
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Callable, Mapping
@@ -36,6 +37,28 @@ class Variant:
         return zlib.crc32(self.name.encode())
 
 
+# Plan variety for --scale N > 1 (training captures): every repetition after the first is the plan reshuffled,
+# its durations and sizes stretched or shrunk, one more traffic kind added and the path MTU lowered, so a model
+# trained on a scaled run sees several MTUs, mixes and session lengths per variant, not one plan N times.
+VARIETY_MTUS = (1400, 1360, 1280)
+VARIETY_EXTRA = ("idle:25", "bulk:400000", "interactive:8", "web:2", "idle:45")
+VARIETY_STRETCH = (0.5, 2.0)
+
+
 def scaled(plan: str, scale: int) -> str:
-    """A longer capture for --scale N: the same plan N times, as N successive sessions' worth of traffic."""
-    return ",".join([plan] * scale)
+    """A longer capture for --scale N: the plan, then N-1 varied repetitions of it (scale 1 is the plan as is)."""
+    rng = random.Random(zlib.crc32(plan.encode()))
+    return ",".join([plan, *(_varied(plan, rng) for _ in range(scale - 1))])
+
+
+def _varied(plan: str, rng: random.Random) -> str:
+    items = [_stretched(item, rng) for item in plan.split(",")]
+    items.append(rng.choice(VARIETY_EXTRA))
+    rng.shuffle(items)
+    return ",".join([f"mtu:{rng.choice(VARIETY_MTUS)}", *items])
+
+
+def _stretched(item: str, rng: random.Random) -> str:
+    shape, _, arg = item.partition(":")
+    value = max(1, round(float(arg) * rng.uniform(*VARIETY_STRETCH)))
+    return f"{shape}:{value}"
