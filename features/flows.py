@@ -22,6 +22,7 @@ from typing import Protocol
 import numpy as np
 
 from vpnid.features.dissectors.base import HEAD_BYTES, Dissector, FlowPacket, PacketHeads, State
+from vpnid.features.gather import payload_heads
 from vpnid.features.packets import PORTED, TCP_ACK, TCP_FIN, TCP_RST, TCP_SYN, PacketTable
 
 NS = 1_000_000_000
@@ -467,7 +468,7 @@ class FlowTable:
             proto = np.array([f.proto for f in flows], np.uint8)
             init_lo = np.array([il for _, _, il, _ in fed], bool)
             srows, sseg = rows[screened], seg[screened]
-            heads = PacketHeads(proto[sseg], t.payload_len[srows].astype(np.int64), _heads(t, srows),
+            heads = PacketHeads(proto[sseg], t.payload_len[srows].astype(np.int64), payload_heads(t, srows, HEAD_BYTES),
                                 (lo_s[pos[screened]] != init_lo[sseg]).astype(np.uint8), t.tcp_flags[srows],
                                 opened[sseg])
             passed = np.zeros((len(srows), len(self.dissectors)), bool)
@@ -571,18 +572,6 @@ def _wanted(flow: Flow) -> int:
 def _screen_rows(flow: Flow) -> int:
     """How many of the flow's next payload packets the cheap stage still asks about."""
     return max(c.prefilter_window for c in flow.unscreened) - flow.payloads if flow.unscreened else 0
-
-
-def _heads(t: PacketTable, rows: np.ndarray) -> np.ndarray:
-    """The first HEAD_BYTES payload bytes of `rows`, zero-padded: (len(rows), HEAD_BYTES) uint8."""
-    out = np.zeros((len(rows), HEAD_BYTES), np.uint8)
-    if not len(rows) or not t.byte_count():
-        return out
-    j = np.arange(HEAD_BYTES)
-    inside = j[None, :] < t.payload_len[rows].astype(np.int64)[:, None]
-    idx = t.payload_off[rows][:, None] + j[None, :]
-    out[inside] = t.bytes_at(idx[inside])
-    return out
 
 
 def _observe_from(flow: Flow, t: PacketTable, row: int) -> None:

@@ -134,21 +134,6 @@ class PacketTable:
         """Bytes in `data` and `extra` together."""
         return self.data.size + self.extra.size
 
-    def bytes_at(self, idx: np.ndarray) -> np.ndarray:
-        """The bytes at offsets `idx` of `data` followed by `extra`; an offset past the end reads the
-        last byte. Needs at least one byte."""
-        n, m = self.data.size, self.extra.size
-        if not m:
-            return self.data[np.minimum(idx, n - 1)]
-        idx = np.minimum(idx, n + m - 1)
-        if not n:
-            return self.extra[idx]
-        out = self.data[np.minimum(idx, n - 1)]
-        beyond = idx >= n
-        if beyond.any():
-            out[beyond] = self.extra[idx[beyond] - n]
-        return out
-
 
 def ipv4_mapped(addr4: bytes) -> bytes:
     """16-byte form of an IPv4 address, as stored in `PacketTable.src`/`dst`."""

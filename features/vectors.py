@@ -25,6 +25,7 @@ import numpy as np
 from vpnid.features.dissectors import catalog
 from vpnid.features.families import IPSEC, OPENCONNECT, OPENVPN, WIREGUARD
 from vpnid.features.flows import NS, Flow, FlowTable, FlowTableConfig, Segments, flow_id
+from vpnid.features.gather import byte_histograms, payload_heads
 from vpnid.features.packets import (
     IPPROTO_TCP,
     IPPROTO_UDP,
@@ -352,12 +353,7 @@ class FeaturePlugin:
         sel = np.flatnonzero(has & (rank < ENTROPY_PACKETS))
         if not len(sel):
             return None
-        r = rows[sel]
-        take = np.minimum(t.payload_len[r], ENTROPY_BYTES).astype(np.int64)
-        total = int(take.sum())
-        idx = np.repeat(t.payload_off[r] - np.r_[0, np.cumsum(take)[:-1]], take) + np.arange(total)
-        owner = np.repeat(sid[sel], take)
-        return np.bincount(owner * 256 + t.bytes_at(idx), minlength=n_seg * 256).reshape(n_seg, 256)
+        return byte_histograms(t, rows[sel], ENTROPY_BYTES, sid[sel], n_seg)
 
     # ------------------------------------------------------------------ per flow
     def on_end(self, flow: Flow) -> None:
@@ -457,12 +453,7 @@ def _matrix(flows: Sequence[Flow], states: Sequence[_State], n_first: int) -> np
 # ---------------------------------------------------------------------------------------------- helpers
 def _header_bytes(t, rows: np.ndarray, width: int) -> tuple[np.ndarray, np.ndarray]:
     """The first `width` payload bytes of each row (zero-padded) and how many are real."""
-    hlen = np.minimum(t.payload_len[rows], width).astype(np.int64)
-    if not len(rows) or not t.byte_count():
-        return np.zeros((len(rows), width), np.uint8), hlen
-    out = t.bytes_at(t.payload_off[rows][:, None] + np.arange(width))
-    out[np.arange(width) >= hlen[:, None]] = 0
-    return out, hlen
+    return payload_heads(t, rows, width), np.minimum(t.payload_len[rows], width).astype(np.int64)
 
 
 def _uint32(b: np.ndarray, big: bool) -> np.ndarray:
