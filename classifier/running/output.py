@@ -9,7 +9,7 @@ from __future__ import annotations
 import csv
 import json
 import typing
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable
 from dataclasses import fields
 from typing import IO
 
@@ -61,41 +61,66 @@ def to_arrow(records: list[FlowRecord]) -> pa.Table:
 
 
 # ---------------------------------------------------------------------------------------------- batches
-def _encoder(type_: pa.DataType) -> Callable[[list], list[str]]:
-    """Column values -> their JSON text, exactly as `json.dumps(..., ensure_ascii=False)` writes them inside
-    a record (floats through `float.__repr__`, as json does; strings through a per-batch cache, as most
-    repeat: captures, transports, addresses, labels)."""
+def _plain(texts: list[str]) -> bool:
+    """Whether every one of `texts` is printable ASCII without a quote or backslash: JSON writes such a
+    string as it is, between quotes (checked once per column, on all values joined)."""
+    joined = "".join(texts)
+    return joined.isascii() and joined.isprintable() and '"' not in joined and "\\" not in joined
+
+
+def _strings(values: list) -> list[str]:
+    present = [v for v in values if v is not None]
+    if _plain(present):
+        return ["null" if v is None else f'"{v}"' for v in values]
+    cache: dict[str | None, str] = {None: "null"}  # most values repeat: captures, transports, labels
+    out = []
+    for v in values:
+        s = cache.get(v)
+        if s is None:
+            s = cache[v] = json.dumps(v, ensure_ascii=False)
+        out.append(s)
+    return out
+
+
+def _string_lists(values: list) -> list[str]:
+    if _plain([s for v in values if v for s in v]):
+        return ['["' + '", "'.join(v) + '"]' if v else "[]" for v in values]
+    return ["[]" if not v else "null" if v is None else json.dumps(v, ensure_ascii=False) for v in values]
+
+
+def _encode(column: pa.Array) -> list[str]:
+    """A column's values as their JSON text, exactly as `json.dumps(..., ensure_ascii=False)` writes them
+    inside a record (floats through `float.__repr__`, as json does)."""
+    type_ = column.type
     if pa.types.is_string(type_):
-        def strings(values: list) -> list[str]:
-            cache: dict[str | None, str] = {None: "null"}
-            out = []
-            for v in values:
-                s = cache.get(v)
-                if s is None:
-                    s = cache[v] = json.dumps(v, ensure_ascii=False)
-                out.append(s)
-            return out
-        return strings
-    if pa.types.is_integer(type_):
-        return lambda values: ["null" if v is None else str(v) for v in values]
-    if pa.types.is_floating(type_):
-        return lambda values: ["null" if v is None else float.__repr__(v) for v in values]
-    return lambda values: ["[]" if not v else "null" if v is None else json.dumps(v, ensure_ascii=False)
-                           for v in values]
+        return _strings(column.to_pylist())
+    if pa.types.is_integer(type_) or pa.types.is_floating(type_):
+        text = str if pa.types.is_integer(type_) else float.__repr__
+        if not column.null_count:
+            return list(map(text, column.to_numpy().tolist()))
+        return ["null" if v is None else text(v) for v in column.to_pylist()]
+    return _string_lists(column.to_pylist())
 
 
-def jsonl_lines(batch: pa.RecordBatch, fields: tuple[str, ...]) -> list[str]:
-    """One JSON line per row of `batch`, byte for byte what `json_line` writes for the same record."""
-    if not batch.num_rows:
-        return []
-    fmt = "{" + ", ".join(f"{json.dumps(k)}: %s" for k in fields) + "}\n"
-    cols = [_encoder(batch.schema.field(k).type)(batch.column(k).to_pylist()) for k in fields]
-    return [fmt % row for row in zip(*cols)]
+def jsonl_text(batch: pa.RecordBatch, fields: tuple[str, ...]) -> str:
+    """One JSON line per row of `batch`, byte for byte what `json_line` writes for the same record: each
+    column is encoded on its own, then every row's keys and values are laid out in one list and joined
+    once (no per-row formatting)."""
+    n = batch.num_rows
+    if not n:
+        return ""
+    step = 2 * len(fields) + 1
+    pieces: list[str | None] = [None] * (n * step)
+    for j, k in enumerate(fields):
+        pieces[2 * j::step] = [("{" if j == 0 else ", ") + json.dumps(k) + ": "] * n
+        pieces[2 * j + 1::step] = _encode(batch.column(k))
+    pieces[step - 1::step] = ["}\n"] * n
+    return "".join(typing.cast(list[str], pieces))
 
 
 def write_jsonl_batches(batches: Iterable[pa.RecordBatch], out: IO[str], fields: tuple[str, ...]) -> None:
     for batch in batches:
-        out.write("".join(jsonl_lines(batch, fields)))
+        out.write(jsonl_text(batch, fields))
 
 
 def write_csv_batches(batches: Iterable[pa.RecordBatch], out: IO[str], fields: tuple[str, ...]) -> None:
