@@ -306,8 +306,9 @@ class FlowTable:
         seg_flows: list[Flow] = []
         seg_keys: list[bytes] = []
         replaced: list[tuple[Flow, int]] = []  # and the successor's start; ended after plugins saw the chunk
-        for s0, c, k, t_first in zip(starts.tolist(), cont.tolist(), inv_s[starts].tolist(),
-                                     np.minimum.reduceat(t.ts_ns[order], starts).tolist()):
+        openings = iter(_openings(t, order[starts[~cont]]))
+        for c, k, t_first in zip(cont.tolist(), inv_s[starts].tolist(),
+                                 np.minimum.reduceat(t.ts_ns[order], starts).tolist()):
             kb = ukey_bytes[k]
             if c:
                 flow = open_flows[k]
@@ -316,7 +317,7 @@ class FlowTable:
                 old = self.open.pop(kb, None)
                 if old is not None:
                     replaced.append((old, t_first))
-                flow = self._new_flow(t, int(order[s0]))
+                flow = self._new_flow(next(openings))
                 self.open[kb] = flow
                 open_flows[k] = flow
             seg_flows.append(flow)
@@ -395,20 +396,17 @@ class FlowTable:
     def _initiator_is_lo(flow: Flow, key: bytes) -> bool:
         return flow.src == key[1:17] and flow.sport == int.from_bytes(key[33:35], "big")
 
-    def _new_flow(self, t: PacketTable, row: int) -> Flow:
-        """Start a flow at `row`."""
-        proto = int(t.proto[row])
+    def _new_flow(self, opening: Opening) -> Flow:
+        """Start a flow at a packet (`_openings`)."""
+        proto = opening[0]
         self.stats["flows"] += 1
         classes = self._by_proto.get(proto)
         if classes is None:
             classes = self._by_proto[proto] = tuple(d for d in self.dissectors if proto in d.transports)
         if self.config.prefilter:
-            flow = Flow(proto=proto, src=b"", sport=0, dst=b"", dport=0, first_ns=0, last_ns=0, first_frame=0,
-                        unscreened=classes)
+            flow = Flow(*opening, unscreened=classes)
         else:
-            flow = Flow(proto=proto, src=b"", sport=0, dst=b"", dport=0, first_ns=0, last_ns=0, first_frame=0,
-                        pending=[d() for d in classes])
-        _observe_from(flow, t, row)
+            flow = Flow(*opening, pending=[d() for d in classes])
         return flow
 
     def _withhold(self, t: PacketTable, order: np.ndarray, starts: np.ndarray, count: np.ndarray,
@@ -430,9 +428,10 @@ class FlowTable:
         count = count[keep] - hide[keep]
         starts = np.r_[0, np.cumsum(count)[:-1]].astype(starts.dtype)
         seg_flows = [f for f, k in zip(seg_flows, keep.tolist()) if k]
-        for f, s0 in zip(seg_flows, starts.tolist()):
-            if f.total_packets == 0:
-                _observe_from(f, t, int(order[s0]))
+        unseen = [i for i, f in enumerate(seg_flows) if f.total_packets == 0]
+        for i, opening in zip(unseen, _openings(t, order[starts[unseen]])):
+            f = seg_flows[i]
+            f.src, f.sport, f.dst, f.dport, f.first_ns, f.last_ns, f.first_frame = opening[1:]
         return order, starts, count, seg_flows, [kb for kb, k in zip(seg_keys, keep.tolist()) if k]
 
     def _feed(self, fed: list[tuple[Flow, int, bool, int]], t: PacketTable, order: np.ndarray, lo_s: np.ndarray,
@@ -574,15 +573,21 @@ def _screen_rows(flow: Flow) -> int:
     return max(c.prefilter_window for c in flow.unscreened) - flow.payloads if flow.unscreened else 0
 
 
-def _observe_from(flow: Flow, t: PacketTable, row: int) -> None:
-    """Set the flow's endpoints and start from `row`: its sender is the initiator unless it is a TCP
-    SYN-ACK."""
-    src, sport, dst, dport = t.src[row].tobytes(), int(t.sport[row]), t.dst[row].tobytes(), int(t.dport[row])
-    if flow.proto == 6 and int(t.tcp_flags[row]) & (TCP_SYN | TCP_ACK) == TCP_SYN | TCP_ACK:
-        src, sport, dst, dport = dst, dport, src, sport
-    flow.src, flow.sport, flow.dst, flow.dport = src, sport, dst, dport
-    flow.first_ns = flow.last_ns = int(t.ts_ns[row])
-    flow.first_frame = int(t.frame[row])
+# A flow's fields from the packet that starts it: proto, src, sport, dst, dport, first_ns, last_ns, first_frame.
+Opening = tuple[int, bytes, int, bytes, int, int, int, int]
+
+
+def _openings(t: PacketTable, rows: np.ndarray) -> list[Opening]:
+    """The opening fields of flows starting at `rows`, read for all of them at once: a packet's sender is
+    the initiator unless it is a TCP SYN-ACK."""
+    proto, flags = t.proto[rows], t.tcp_flags[rows]
+    synack = (proto == 6) & ((flags & (TCP_SYN | TCP_ACK)) == TCP_SYN | TCP_ACK)
+    src, dst = np.where(synack, t.dst[rows], t.src[rows]), np.where(synack, t.src[rows], t.dst[rows])
+    sport = np.where(synack, t.dport[rows], t.sport[rows])
+    dport = np.where(synack, t.sport[rows], t.dport[rows])
+    ts = t.ts_ns[rows].tolist()
+    return list(zip(proto.tolist(), src.tolist(), sport.tolist(), dst.tolist(), dport.tolist(), ts, ts,
+                    t.frame[rows].tolist()))
 
 
 def _flow_order(f: Flow) -> tuple[int, int, bytes, int, bytes, int, int]:

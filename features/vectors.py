@@ -15,6 +15,7 @@ flow segment only to fold those into the flow's state. A flow's first `HEAD` pay
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -399,13 +400,18 @@ def _head_features(states: Sequence[_State], hists: np.ndarray, n_first: int) ->
         st.head, st.head_features = [], row
 
 
+@functools.cache
+def _families_run(proto: int) -> tuple[bool, ...]:
+    """Per family in SIG_FAMILIES: whether a dissector of its feature state runs on this transport."""
+    return tuple(any(fam == dis.family and proto in dis.transports and dis.feature_state for dis in catalog.ALL)
+                 for fam in SIG_FAMILIES)
+
+
 def _sig_states(flow: Flow, st: _State) -> list[int]:
     """Per family in SIG_FAMILIES: what its dissectors made of the flow."""
     verdict = flow.verdict.family if flow.verdict else None
     sig = []
-    for fam in SIG_FAMILIES:
-        ran = any(fam == dis.family and flow.proto in dis.transports and dis.feature_state
-                  for dis in catalog.ALL)
+    for fam, ran in zip(SIG_FAMILIES, _families_run(flow.proto)):
         state = ("confirmed" if verdict == fam else "undecided" if fam in st.undecided
                  else "rejected" if ran else "not_run")
         sig.append(SIG_STATE[state])

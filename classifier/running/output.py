@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import csv
 import json
+import re
 import typing
 from collections.abc import Iterable
 from dataclasses import fields
@@ -61,11 +62,14 @@ def to_arrow(records: list[FlowRecord]) -> pa.Table:
 
 
 # ---------------------------------------------------------------------------------------------- batches
+# What json.dumps(..., ensure_ascii=False) escapes in a string (json.encoder's ESCAPE set); nothing else.
+_ESCAPED = re.compile(r'[\x00-\x1f\\"]')
+
+
 def _plain(texts: list[str]) -> bool:
-    """Whether every one of `texts` is printable ASCII without a quote or backslash: JSON writes such a
-    string as it is, between quotes (checked once per column, on all values joined)."""
-    joined = "".join(texts)
-    return joined.isascii() and joined.isprintable() and '"' not in joined and "\\" not in joined
+    """Whether none of `texts` holds a character JSON escapes, so each is written as it is between
+    quotes (checked once per column, on all its values joined)."""
+    return _ESCAPED.search("".join(texts)) is None
 
 
 def _strings(values: list) -> list[str]:
