@@ -467,7 +467,8 @@ class FlowTable:
             proto = np.array([f.proto for f in flows], np.uint8)
             init_lo = np.array([il for _, _, il, _ in fed], bool)
             srows, sseg = rows[screened], seg[screened]
-            heads = PacketHeads(proto[sseg], t.payload_len[srows].astype(np.int64), payload_heads(t, srows, HEAD_BYTES),
+            heads = PacketHeads(proto[sseg], t.payload_len[srows].astype(np.int64),
+                                payload_heads(t, srows, HEAD_BYTES),
                                 (lo_s[pos[screened]] != init_lo[sseg]).astype(np.uint8), t.tcp_flags[srows],
                                 opened[sseg])
             passed = np.zeros((len(srows), len(self.dissectors)), bool)
@@ -490,7 +491,9 @@ class FlowTable:
             return
         off = t.payload_off[rows]
         data, extra, n = memoryview(t.data), memoryview(t.extra), t.data.size
+        answers = passed.tolist()
         col = {cls: j for j, cls in enumerate(self.dissectors)}
+        columns: dict[tuple[type[Dissector], ...], list[int]] = {}  # answer columns of each `unscreened`
         rank_of = self._rank
         flow = None
         current = -1
@@ -514,8 +517,11 @@ class FlowTable:
             pkt = FlowPacket(before + i + 1, 0 if is_lo == init_lo else 1, ts / NS, payload, seq, flags, proto,
                              opened)
             flow.payloads += 1
-            ok = passed[j]
-            flow.screen(pkt, [bool(ok[col[c]]) for c in flow.unscreened], rank_of)
+            ok = answers[j]
+            cols = columns.get(flow.unscreened)
+            if cols is None:
+                cols = columns[flow.unscreened] = [col[c] for c in flow.unscreened]
+            flow.screen(pkt, [ok[k] for k in cols], rank_of)
             if flow.pending:
                 flow.feed(pkt)
 

@@ -26,27 +26,6 @@ def json_line(row: dict) -> str:
     return json.dumps(row, ensure_ascii=False) + "\n"
 
 
-def write_jsonl(records: Iterable[FlowRecord], out: IO[str], fields: tuple[str, ...]) -> None:
-    for r in records:
-        d = r.as_dict()
-        out.write(json_line({k: d[k] for k in fields}))
-
-
-def write_csv(records: Iterable[FlowRecord], out: IO[str], fields: tuple[str, ...]) -> None:
-    """Every column of the records; the free-text ones (`TEXT_FIELDS`) go through `csv_cell`, the others
-    hold vpnid's own vocabulary, numbers and addresses, which never start like a formula."""
-    w = csv.writer(out, lineterminator="\n")
-    w.writerow(fields)
-    text = [i for i, k in enumerate(fields) if k in TEXT_FIELDS]
-    for r in records:
-        d = r.as_dict()
-        d["evidence"], d["risks"] = " | ".join(d["evidence"]), " | ".join(d["risks"])
-        row = ["" if d[k] is None else d[k] for k in fields]
-        for i in text:
-            row[i] = csv_cell(row[i])
-        w.writerow(row)
-
-
 def arrow_schema() -> pa.Schema:
     """FlowRecord's fields as Arrow columns (annotations are strings: `from __future__ import annotations`)."""
     cols = []
@@ -128,7 +107,9 @@ def write_jsonl_batches(batches: Iterable[pa.RecordBatch], out: IO[str], fields:
 
 
 def write_csv_batches(batches: Iterable[pa.RecordBatch], out: IO[str], fields: tuple[str, ...]) -> None:
-    """`write_csv` from record batches: the same rows, column by column (free text through `csv_cell`)."""
+    """Every column of the batches, column by column; evidence and risks joined with ' | '. The free-text
+    columns (`TEXT_FIELDS`) go through `csv_cell`; the others hold vpnid's own vocabulary, numbers and
+    addresses, which never start like a formula."""
     w = csv.writer(out, lineterminator="\n")
     w.writerow(fields)
     for batch in batches:
