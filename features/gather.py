@@ -26,15 +26,13 @@ def _heads(data: np.ndarray, extra: np.ndarray, off: np.ndarray, length: np.ndar
 
 
 @njit(cache=True, nogil=True)
-def _histograms(data: np.ndarray, extra: np.ndarray, off: np.ndarray, take: np.ndarray, owner: np.ndarray,
-                n_owners: int) -> np.ndarray:
+def _count_bytes(data: np.ndarray, extra: np.ndarray, off: np.ndarray, take: np.ndarray, at: np.ndarray,
+                 into: np.ndarray) -> None:
     split = len(data)
-    out = np.zeros((n_owners, 256), np.int64)
     for i in range(len(off)):
-        a, o = off[i], owner[i]
+        a, o = off[i], at[i]
         for k in range(a, a + take[i]):
-            out[o, data[k] if k < split else extra[k - split]] += 1
-    return out
+            into[o, data[k] if k < split else extra[k - split]] += 1
 
 
 def payload_heads(t: PacketTable, rows: np.ndarray, width: int) -> np.ndarray:
@@ -43,9 +41,8 @@ def payload_heads(t: PacketTable, rows: np.ndarray, width: int) -> np.ndarray:
                   t.payload_len[rows].astype(np.int64), width)
 
 
-def byte_histograms(t: PacketTable, rows: np.ndarray, max_bytes: int, owner: np.ndarray, n_owners: int) -> np.ndarray:
-    """Counts of each byte value over the first `max_bytes` payload bytes of `rows`, summed per `owner`
-    (one id per row, 0 <= id < n_owners): (n_owners, 256) int64."""
+def count_bytes(t: PacketTable, rows: np.ndarray, max_bytes: int, into: np.ndarray, at: np.ndarray) -> None:
+    """Add to `into[at[i]]` (a row of 256 counters) the byte values of the first `max_bytes` payload bytes
+    of `rows[i]`, for every i."""
     take = np.minimum(t.payload_len[rows].astype(np.int64), max_bytes)
-    return _histograms(t.data, t.extra, t.payload_off[rows].astype(np.int64), take, owner.astype(np.int64),
-                       n_owners)
+    _count_bytes(t.data, t.extra, t.payload_off[rows].astype(np.int64), take, at.astype(np.int64), into)

@@ -135,15 +135,19 @@ class PacketTable:
         return self.data.size + self.extra.size
 
 
+_V4_MAPPED = b"\x00" * 10 + b"\xff\xff"  # the leading bytes of an IPv4-mapped IPv6 address
+
+
 def ipv4_mapped(addr4: bytes) -> bytes:
     """16-byte form of an IPv4 address, as stored in `PacketTable.src`/`dst`."""
-    return b"\x00" * 10 + b"\xff\xff" + addr4
+    return _V4_MAPPED + addr4
 
 
 def address_text(addr16: bytes) -> str:
     """Printable address: dotted quad for IPv4-mapped values, compressed IPv6 otherwise."""
+    if addr16[:12] == _V4_MAPPED:
+        return "%d.%d.%d.%d" % tuple(addr16[12:])  # as str(ipaddress.IPv4Address(...)), without building one
     import ipaddress
 
-    if addr16[:12] == b"\x00" * 10 + b"\xff\xff":
-        return str(ipaddress.IPv4Address(addr16[12:]))
     return str(ipaddress.IPv6Address(addr16))
+

@@ -26,7 +26,7 @@ import numpy as np
 from vpnid.features.dissectors import catalog
 from vpnid.features.families import IPSEC, OPENCONNECT, OPENVPN, WIREGUARD
 from vpnid.features.flows import NS, Flow, FlowTable, FlowTableConfig, Segments, flow_id
-from vpnid.features.gather import byte_histograms, payload_heads
+from vpnid.features.gather import count_bytes, payload_heads
 from vpnid.features.packets import (
     IPPROTO_TCP,
     IPPROTO_UDP,
@@ -307,7 +307,8 @@ class FeaturePlugin:
         cum = np.cumsum(has)
         rank = np.zeros(len(rows), np.int64)
         rank[has] = (cum - 1 - (cum[starts] - has[starts])[sid])[has] + payloads_before[sid[has]]
-        hist = self._entropy_bytes(t, rows, has, rank, sid, n_seg)
+        lead = np.flatnonzero(has & (rank < ENTROPY_PACKETS))  # bytes of the leading payloads: the entropy
+        count_bytes(t, rows[lead], ENTROPY_BYTES, T.hist, slot[sid[lead]])
         young = np.flatnonzero(has & (rank < self.head_len))
         opcode_at = np.where(t.proto[rows[young]] == IPPROTO_TCP, 2, 0)
         ohdr, olen = _header_bytes(t, rows[young], 3)
@@ -322,8 +323,6 @@ class FeaturePlugin:
         T.mins[slot] = np.minimum(T.mins[slot], mins)
         T.maxs[slot] = np.maximum(T.maxs[slot], maxs)
         T.payloads[slot] += np.bincount(sid[has], minlength=n_seg)
-        if hist is not None:
-            T.hist[slot] += hist
         full = []
         payloads = T.payloads[slot].tolist()
         # One array for the chunk's head packets; each flow keeps a copy of its columns (a view would keep
@@ -346,15 +345,6 @@ class FeaturePlugin:
                 st.undecided = _NO_FAMILIES
         # Now, so the kept head packets can go.
         _head_features([states[i] for i in full], T.hist[slot[full]], self.n_first)
-
-    @staticmethod
-    def _entropy_bytes(t, rows: np.ndarray, has: np.ndarray, rank: np.ndarray, sid: np.ndarray,
-                       n_seg: int) -> np.ndarray | None:
-        """Byte histograms of the leading payloads, per segment (None when no segment has any)."""
-        sel = np.flatnonzero(has & (rank < ENTROPY_PACKETS))
-        if not len(sel):
-            return None
-        return byte_histograms(t, rows[sel], ENTROPY_BYTES, sid[sel], n_seg)
 
     # ------------------------------------------------------------------ per flow
     def on_end(self, flow: Flow) -> None:
