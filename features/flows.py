@@ -14,6 +14,7 @@ per packet only for the first payload packets of flows whose dissectors are stil
 from __future__ import annotations
 
 import base64
+import functools
 import hashlib
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -568,15 +569,22 @@ def flow_id(flow: Flow) -> str:
     return "F" + base64.b32encode(h.digest()).decode().lower()
 
 
+@functools.cache
+def _limits(classes: tuple[type[Dissector], ...]) -> tuple[int, int]:
+    """The largest budget and prefilter window among `classes` (a flow's `unscreened`; few distinct)."""
+    return max(c.budget for c in classes), max(c.prefilter_window for c in classes)
+
+
 def _wanted(flow: Flow) -> int:
     """Payload packets the flow's undecided dissectors may still look at (each gives up at its budget),
     counting those the cheap stage has not ruled out yet."""
-    return max([d.budget - d.seen for d in flow.pending] + [c.budget - flow.payloads for c in flow.unscreened])
+    screening = [_limits(flow.unscreened)[0] - flow.payloads] if flow.unscreened else []
+    return max([d.budget - d.seen for d in flow.pending] + screening)
 
 
 def _screen_rows(flow: Flow) -> int:
     """How many of the flow's next payload packets the cheap stage still asks about."""
-    return max(c.prefilter_window for c in flow.unscreened) - flow.payloads if flow.unscreened else 0
+    return _limits(flow.unscreened)[1] - flow.payloads if flow.unscreened else 0
 
 
 # A flow's fields from the packet that starts it: proto, src, sport, dst, dport, first_ns, last_ns, first_frame.

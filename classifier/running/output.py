@@ -14,6 +14,7 @@ from collections.abc import Iterable
 from dataclasses import fields
 from typing import IO
 
+import numpy as np
 import pyarrow as pa
 
 from vpnid.classifier.audit.text import csv_cell
@@ -79,8 +80,9 @@ def _encode(column: pa.Array) -> list[str]:
         return _strings(column.to_pylist())
     if pa.types.is_integer(type_) or pa.types.is_floating(type_):
         text = str if pa.types.is_integer(type_) else float.__repr__
-        if not column.null_count:
-            return list(map(text, column.to_numpy().tolist()))
+        if not column.null_count and type_ in (pa.int64(), pa.float64()):  # the values, read in place
+            values = np.frombuffer(column.buffers()[1], np.int64 if type_ == pa.int64() else np.float64)
+            return list(map(text, values[column.offset:column.offset + len(column)].tolist()))
         return ["null" if v is None else text(v) for v in column.to_pylist()]
     return _string_lists(column.to_pylist())
 
