@@ -8,6 +8,8 @@ import glob
 import io
 import json
 import os
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -20,6 +22,7 @@ from vpnid.classifier.running.pipeline import Options, classify_batches, classif
 from vpnid.classifier.running.records import (
     TEXT_FIELDS,
     FlowRecord,
+    arrow_array,
     community_ids,
     flow_ids,
     output_fields,
@@ -106,3 +109,25 @@ def test_jsonl_escapes_exactly_what_json_dumps_escapes() -> None:
                         out, fields)
     assert out.getvalue() == "".join(json.dumps({k: r.as_dict()[k] for k in fields}, ensure_ascii=False) + "\n"
                                      for r in plain)
+
+
+def test_arrow_columns_from_buffers_equal_pa_array() -> None:
+    cases = [([], pa.string()), (["a", None, "é≥", ""], pa.string()), (["a", "b"], pa.string()), ([None] * 9, pa.string()),
+             ([[], ["a", "b"], ["c"]], pa.list_(pa.string())), ([["é"], ["x", None]], pa.list_(pa.string())),
+             ([[], None], pa.list_(pa.string())), ([1, None, 3], pa.int64()), (np.arange(5, dtype=np.uint16), pa.int64()),
+             ([0.1, 1e-05, None], pa.float64()), ([], pa.int64()), ([None] * 20, pa.int64())]
+    for values, type_ in cases:
+        built = arrow_array(values, type_)
+        built.validate(full=True)
+        assert built.type == type_ and built.equals(pa.array(values, type_)), values
+
+
+def test_classify_does_not_import_pandas(tmp_path: Path) -> None:
+    """pandas costs ~47 MB resident; only feature extraction, training and a model's first load (its audit
+    through scikit-learn, before the compiled model is cached) need it."""
+    code = ("import sys; from vpnid.classifier.cli.main import main; "
+            f"main(['classify', '--format', 'jsonl', '-o', {str(tmp_path / 'o.jsonl')!r}, {PATHS[0]!r}]); "
+            "print('pandas' in sys.modules)")
+    runs = [subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
+                           cwd=ROOT.parent).stdout.strip() for _ in range(2)]  # the first fills the model cache
+    assert runs[1] == "False" and (tmp_path / "o.jsonl").stat().st_size > 0

@@ -247,12 +247,18 @@ def _validity(valid: np.ndarray) -> pa.Buffer | None:
 
 def _string_array(values: list) -> pa.Array:
     n = len(values)
-    valid = np.fromiter((v is not None for v in values), bool, n)
-    encoded = [b"" if v is None else v.encode() for v in values]
+    valid = np.fromiter((v is not None for v in values), bool, n) if None in values else np.ones(n, bool)
+    texts = values if valid.all() else ["" if v is None else v for v in values]
+    joined = "".join(texts)
+    if joined.isascii():  # one encode for the column; each value's length in bytes is its length
+        data, lengths = joined.encode(), map(len, texts)
+    else:
+        encoded = [v.encode() for v in texts]
+        data, lengths = b"".join(encoded), map(len, encoded)
     offsets = np.zeros(n + 1, np.int32)
-    np.cumsum(np.fromiter(map(len, encoded), np.int64, n), out=offsets[1:])
-    return pa.Array.from_buffers(pa.string(), n, [_validity(valid), pa.py_buffer(offsets),
-                                                  pa.py_buffer(b"".join(encoded))], int(n - valid.sum()))
+    np.cumsum(np.fromiter(lengths, np.int64, n), out=offsets[1:])
+    return pa.Array.from_buffers(pa.string(), n, [_validity(valid), pa.py_buffer(offsets), pa.py_buffer(data)],
+                                 int(n - valid.sum()))
 
 
 def arrow_array(values: list | np.ndarray, type_: pa.DataType) -> pa.Array:
