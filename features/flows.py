@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 from typing import Protocol
 
 import numpy as np
+from numba import njit
 
 from vpnid.features.dissectors.base import HEAD_BYTES, Dissector, FlowPacket, PacketHeads, State
 from vpnid.features.gather import payload_heads
@@ -608,21 +609,43 @@ def _flow_order(f: Flow) -> tuple[int, int, bytes, int, bytes, int, int]:
     return (f.first_ns, f.proto, f.src, f.sport, f.dst, f.dport, f.first_frame)
 
 
+@njit(cache=True, nogil=True)
+def _key_hashes(buf: np.ndarray) -> np.ndarray:  # pragma: no cover - compiled
+    """A 64-bit hash of each row of `buf` (n, KEY_BYTES): its bytes as little-endian words, mixed."""
+    n, width = buf.shape
+    out = np.empty(n, np.uint64)
+    for i in range(n):
+        h = np.uint64(0)
+        for w in range(0, width, 8):
+            word = np.uint64(0)
+            for b in range(min(8, width - w)):
+                word |= np.uint64(buf[i, w + b]) << np.uint64(8 * b)
+            h = word if w == 0 else (h * np.uint64(0x9E3779B97F4A7C15)) ^ word
+        out[i] = h
+    return out
+
+
+@njit(cache=True, nogil=True)
+def _rows_equal(buf: np.ndarray, other: np.ndarray) -> bool:  # pragma: no cover - compiled
+    """Whether row i of `buf` equals row other[i], for every i."""
+    for i in range(buf.shape[0]):
+        j = other[i]
+        for b in range(buf.shape[1]):
+            if buf[i, b] != buf[j, b]:
+                return False
+    return True
+
+
 def _unique_keys(keys: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """`np.unique(keys, return_inverse=True)` for flow keys, without sorting 37-byte values per packet
     (a memcmp sort, ~0.4 s per million packets): packets are grouped by a 64-bit hash of their key, and
     only the few distinct keys are sorted. A hash collision (checked) falls back to the plain sort."""
     n = len(keys)
-    padded = np.zeros((n, 40), np.uint8)
-    padded[:, :KEY_BYTES] = keys.view(np.uint8).reshape(n, KEY_BYTES)
-    words = padded.view("<u8")
-    h = words[:, 0].copy()
-    for j in range(1, words.shape[1]):
-        h = (h * np.uint64(0x9E3779B97F4A7C15)) ^ words[:, j]
-    uh, inv_h = np.unique(h, return_inverse=True)
+    buf = keys.view(np.uint8).reshape(n, KEY_BYTES)
+    uh, inv_h = np.unique(_key_hashes(buf), return_inverse=True)
     rep = np.empty(len(uh), np.int64)
     rep[inv_h] = np.arange(n)  # one packet per hash value
-    if not np.array_equal(words, words[rep][inv_h]):
+    if not _rows_equal(buf, rep[inv_h]):
         return np.unique(keys, return_inverse=True)
     reps = keys[rep]
     order = np.argsort(reps)  # byte order of the distinct keys, as np.unique gives them
@@ -631,30 +654,41 @@ def _unique_keys(keys: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return reps[order], rank[inv_h]
 
 
+@njit(cache=True, nogil=True)
+def _key_rows(src: np.ndarray, dst: np.ndarray, sport: np.ndarray, dport: np.ndarray, proto: np.ndarray,
+              ported: np.ndarray) -> tuple[np.ndarray, np.ndarray]:  # pragma: no cover - compiled
+    n = len(proto)
+    buf = np.empty((n, KEY_BYTES), np.uint8)
+    src_is_lo = np.empty(n, np.bool_)
+    for i in range(n):
+        sp = sport[i] if ported[proto[i]] else 0
+        dp = dport[i] if ported[proto[i]] else 0
+        lo = sp <= dp  # the addresses decide first, byte by byte (big-endian: numeric order)
+        for b in range(16):
+            if src[i, b] != dst[i, b]:
+                lo = src[i, b] < dst[i, b]
+                break
+        src_is_lo[i] = lo
+        a, z = (src, dst) if lo else (dst, src)
+        lp, hp = (sp, dp) if lo else (dp, sp)
+        buf[i, 0] = proto[i]
+        for b in range(16):
+            buf[i, 1 + b] = a[i, b]
+            buf[i, 17 + b] = z[i, b]
+        buf[i, 33], buf[i, 34] = lp >> 8, lp & 0xFF
+        buf[i, 35], buf[i, 36] = hp >> 8, hp & 0xFF
+    return buf, src_is_lo
+
+
+_PORTED_TABLE = np.array([p in PORTED for p in range(256)])
+
+
 def _flow_keys(t: PacketTable) -> tuple[np.ndarray, np.ndarray]:
     """Direction-free key per packet (big-endian bytes, so byte order is numeric order) and whether
     the packet's sender is the key's low endpoint."""
     n = len(t)
     src = np.ascontiguousarray(t.src).view(np.uint8).reshape(n, 16)
     dst = np.ascontiguousarray(t.dst).view(np.uint8).reshape(n, 16)
-    s64 = src.view(">u8")
-    d64 = dst.view(">u8")
-    ported = np.isin(t.proto, list(PORTED))
-    sport = np.where(ported, t.sport, 0).astype(np.uint16)
-    dport = np.where(ported, t.dport, 0).astype(np.uint16)
-    src_is_lo = (s64[:, 0] < d64[:, 0]) | (
-        (s64[:, 0] == d64[:, 0]) & ((s64[:, 1] < d64[:, 1]) | ((s64[:, 1] == d64[:, 1]) & (sport <= dport)))
-    )
-    lo_addr = np.where(src_is_lo[:, None], src, dst)
-    hi_addr = np.where(src_is_lo[:, None], dst, src)
-    lo_port = np.where(src_is_lo, sport, dport)
-    hi_port = np.where(src_is_lo, dport, sport)
-    buf = np.empty((n, KEY_BYTES), np.uint8)
-    buf[:, 0] = t.proto
-    buf[:, 1:17] = lo_addr
-    buf[:, 17:33] = hi_addr
-    buf[:, 33] = lo_port >> 8
-    buf[:, 34] = lo_port & 0xFF
-    buf[:, 35] = hi_port >> 8
-    buf[:, 36] = hi_port & 0xFF
+    buf, src_is_lo = _key_rows(src, dst, t.sport.astype(np.int64), t.dport.astype(np.int64),
+                               t.proto.astype(np.int64), _PORTED_TABLE)
     return buf.view(f"V{KEY_BYTES}").ravel(), src_is_lo
