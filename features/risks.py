@@ -21,3 +21,18 @@ BLOCKED_ATTEMPT = "blocked_attempt"
 ~5 s, retransmitted PPTP Start-Control-Connection-Requests or L2TP SCCRQs with no reply in the capture.
 The attempt is still labelled with its protocol; the risk says the tunnel never came up (blocked, or
 the server is gone)."""
+
+MALFORMED_HEADER = "malformed_header"
+"""A packet whose header claims a tunnel protocol beyond chance but breaks that protocol's rules: an IKE
+message whose exact length field and version byte say IKE but whose header or payload chain is wrong
+(nDPI's malformed IPsec), or whose length field ends a well-formed message before the datagram does;
+raw ESP/AH (IP protocol 50/51) shorter than its fixed header (8 / 12 B), or AH with a non-zero reserved
+field or no room for an ICV; an L2TP control message followed by bytes its Length field leaves out.
+Raised by the dissector that saw it, which labels nothing on that packet. A length field larger than the
+bytes captured is left alone: a snaplen cuts packets that were whole on the wire (only a snaplen below
+42 B could cut an ESP/AH header)."""
+
+
+def known() -> tuple[str, ...]:
+    """Every risk name this module defines, sorted (what `--risk` accepts)."""
+    return tuple(sorted(v for k, v in globals().items() if k.isupper() and isinstance(v, str)))

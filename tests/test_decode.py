@@ -506,6 +506,18 @@ def test_five_tuples_match_tshark(tmp_path) -> None:
     t = decode(chunk(frames), Reassembler())
     ours = {int(t.frame[i]): row(t, i)[:5] for i in range(len(t))}
 
+    try:
+        theirs = _tshark_tuples(pyshark, path)
+    except pyshark.capture.capture.TSharkCrashException:
+        # tshark once exited 255 while loading on a fresh CI machine (not reproduced here): a crash of the
+        # oracle is retried once; a second crash fails the test, and so does any disagreement below.
+        theirs = _tshark_tuples(pyshark, path)
+    assert len(theirs) == len(oracle_frames()) - 1  # every frame but the ARP one
+    assert ours == theirs
+
+
+def _tshark_tuples(pyshark, path) -> dict[int, tuple]:
+    """Frame number -> (src, dst, proto, sport, dport) of the innermost IP layer, as tshark dissects it."""
     theirs = {}
     with pyshark.FileCapture(str(path), keep_packets=False) as cap:
         for pkt in cap:
@@ -520,5 +532,4 @@ def test_five_tuples_match_tshark(tmp_path) -> None:
             else:  # ipv6.nxt would be the first extension header, so only IPv4 here in practice
                 proto, ports = int(ip.proto if ip.layer_name == "ip" else ip.nxt), (0, 0)
             theirs[int(pkt.number)] = (ip.src, ip.dst, proto, *ports)
-    assert len(theirs) == len(oracle_frames()) - 1  # every frame but the ARP one
-    assert ours == theirs
+    return theirs

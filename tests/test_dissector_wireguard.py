@@ -3,13 +3,14 @@ look-alikes, all built from the message layout of the whitepaper (§5.4)."""
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from scapy.layers.dns import DNS, DNSQR, DNSRR
 
 from tests import vpnbytes_wg_ipsec as b
-from vpnid.features.dissectors.base import FlowPacket, State
+from vpnid.features.dissectors.base import HEAD_BYTES, FlowPacket, PacketHeads, State
 from vpnid.features.dissectors.wireguard import WireGuard
 
 INIT, RESP = 0x30D037D8, 0xAB7DF406
@@ -234,3 +235,68 @@ def test_one_way_look_alikes_are_not_wireguard() -> None:
     ]
     for packets in flows:
         assert b.run(WireGuard(), packets) is not State.CONFIRMED
+
+
+# -- Cloudflare WARP: types 0xC1-0xC4, a client id in the reserved bytes (nDPI cloudflare_warp.c) ----------------
+CLIENT_ID = b"\x5a\x17\x03"
+
+
+def warp(message: bytes, client_id: bytes = CLIENT_ID) -> bytes:
+    """`message` (a standard WireGuard message) as WARP sends it: type + 0xC0, the client id in the reserved
+    bytes except in the initiation."""
+    kind = message[0]
+    return bytes([0xC0 + kind]) + (message[1:4] if kind == 1 else client_id) + message[4:]
+
+
+def test_warp_handshake_echo_confirms_as_the_warp_variant() -> None:
+    d = WireGuard()
+    packets = [(0, 0.0, warp(b.wg_initiation(INIT, 180))), (1, 0.01, warp(b.wg_response(RESP, INIT, 120)))]
+    assert b.run(d, packets) is State.CONFIRMED and d.verdict_packet == 2
+    assert d.attributes["variant"] == "cloudflare-warp" and d.confidence == 0.95
+    assert "Cloudflare WARP" in d.evidence[-1]
+
+
+def test_warp_transport_data_mid_flow_confirms() -> None:
+    d = WireGuard()
+    packets = [(direction, ts, warp(payload)) for direction, ts, payload in mid_flow((7000, 9000), 12)]
+    assert b.run(d, packets) is State.CONFIRMED and d.attributes["variant"] == "cloudflare-warp"
+    assert d.attributes["mid_flow"] == "true"
+
+
+def test_warp_types_with_zero_reserved_bytes_or_a_quic_version_are_not_warp() -> None:
+    # 0xC4 with zero reserved bytes is a QUIC v1 long header's start (version 00 00 00 01), not WARP data
+    d = WireGuard()
+    assert b.run(d, [(0, 0.0, b"\xc4\x00\x00\x00" + b.wg_data(RESP, 1, 80)[4:])]) is State.REJECTED
+    # 0xC1 00 00 00 01: a QUIC v1 Initial, however its next bytes look
+    d = WireGuard()
+    assert b.run(d, [(0, 0.0, b"\xc1\x00\x00\x00\x01" + b.rnd(143))]) is State.REJECTED
+
+
+def test_quic_initials_with_warp_like_first_bytes_are_never_wireguard() -> None:
+    """QUIC long headers start 0xC0-0xCF (header protection randomises the low bits): each of 0xC1-0xC4 both
+    ways, then short-header data, as a QUIC handshake on WARP's port would look."""
+    for first in (0xC1, 0xC2, 0xC3, 0xC4):
+        client, server = b.quic_initial(b.rnd(8)), b.quic_initial(b.rnd(8))
+        packets = [(0, 0.0, bytes([first]) + client[1:]), (1, 0.02, bytes([first]) + server[1:])]
+        packets += [(i % 2, 0.05 + 0.01 * i, b.quic_short(b.rnd(8), 1200)) for i in range(20)]
+        d = WireGuard()
+        assert b.run(d, packets) is not State.CONFIRMED
+
+
+def test_warp_lookalike_with_random_counters_is_rejected() -> None:
+    d = WireGuard()
+    packets = [(i % 2, 0.01 * i, b"\xc4" + CLIENT_ID + b.rnd(4) + b.rnd(8) + b.rnd(96)) for i in range(20)]
+    assert b.run(d, packets) is not State.CONFIRMED
+
+
+def test_prefilter_passes_warp_and_refuses_quic_v1_starts() -> None:
+    payloads = [warp(b.wg_initiation(INIT, 180)), warp(b.wg_response(RESP, INIT, 120)), warp(b.wg_data(RESP, 3, 80)),
+                b"\xc3\x00\x00\x00\x01" + b.rnd(1195), b"\xc4\x00\x00\x00\x01" + b.rnd(1195),
+                warp(b.wg_response(RESP, INIT, 60))]
+    n = len(payloads)
+    head = np.zeros((n, HEAD_BYTES), np.uint8)
+    for i, payload in enumerate(payloads):
+        head[i, : min(len(payload), HEAD_BYTES)] = np.frombuffer(payload[:HEAD_BYTES], np.uint8)
+    heads = PacketHeads(np.full(n, 17, np.uint8), np.array([len(x) for x in payloads], np.int64), head,
+                        np.zeros(n, np.uint8), np.zeros(n, np.uint8), np.zeros(n, bool))
+    assert np.asarray(WireGuard.prefilter(heads)).tolist() == [True, True, True, False, False, False]

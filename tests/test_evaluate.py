@@ -5,9 +5,11 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+from rich.console import Console
 
-from vpnid.classifier.labelling.evaluate import LabelsError, read_labels, score
+from vpnid.classifier.labelling.evaluate import LabelsError, print_report, read_labels, score
 from vpnid.classifier.running.records import FlowRecord
+from vpnid.features.families import TUNNEL_FAMILIES
 
 HEADER = "pcap,transport,a_ip,a_port,b_ip,b_port,family,confidence\n"
 
@@ -43,6 +45,25 @@ def test_tunnel_label_on_a_none_row_is_a_false_positive(tmp_path):
     assert [fp["predicted"] for fp in report.false_positives] == ["wireguard"]
     assert report.families["wireguard"].precision == 0.0
     assert not report.perfect
+
+
+@pytest.mark.parametrize("family", TUNNEL_FAMILIES)
+def test_every_tunnel_family_on_a_none_row_is_a_false_positive_and_printed(family, tmp_path):
+    """Every family vpnid knows, the newer ones too (pptp, l2tp, openconnect, shadowsocks), alone or on one
+    of several records of the row's flow."""
+    rows, _ = read_labels(write(tmp_path, "x.pcap,tcp,10.0.0.1,1723,10.0.0.2,40000,none,DPI\n"
+                                          "y.pcap,tcp,10.0.0.1,443,10.0.0.2,40001,none,DPI\n"))
+    records = {tmp_path / "x.pcap": [rec("10.0.0.2", 40000, "10.0.0.1", 1723, family, "tcp")],
+               tmp_path / "y.pcap": [rec("10.0.0.2", 40001, "10.0.0.1", 443, "none", "tcp", "a"),
+                                     rec("10.0.0.2", 40001, "10.0.0.1", 443, family, "tcp", "b")]}
+    report = score(rows, records.__getitem__)
+    assert [(fp["line"], fp["predicted"]) for fp in report.false_positives] == [
+        (2, family), (3, "+".join(sorted(("none", family))))]
+    assert report.families["none"].correct == 0 and report.families[family].precision == 0.0
+    console = Console(record=True, width=200)
+    print_report(report, console)
+    text = console.export_text()
+    assert f"truth none, vpnid {family}" in text and "false positives: 2," in text
 
 
 def test_a_row_is_correct_only_if_every_matching_record_carries_its_family(tmp_path):

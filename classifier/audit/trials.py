@@ -385,6 +385,14 @@ class TrialStore:
         return self.conn.execute(f"SELECT f.label, f.registry, count(*) FROM {self._DONE_FLOWS} "
                                  "GROUP BY f.label, f.registry ORDER BY f.label, f.registry", (name,)).fetchall()
 
+    def risks(self, name: str) -> dict[str, int]:
+        """Flows per risk over the whole trial, tunnels or not (a record lists each of its risks once)."""
+        rows = self.conn.execute(
+            "SELECT r.value, count(*) FROM trial_flows f JOIN trials t ON t.id = f.trial_id, "
+            "json_each(f.record, '$.risks') r WHERE t.name = ? AND t.state = 'done' "
+            "GROUP BY r.value ORDER BY r.value", (name,)).fetchall()
+        return dict(rows)
+
 
 # ------------------------------------------------------------------------------------------ subscribers
 @dataclass(frozen=True, slots=True)

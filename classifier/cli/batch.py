@@ -8,8 +8,9 @@ import time
 
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-from vpnid.classifier.cli.common import FORMATTER, add_flow_options, err, error, options, warn
+from vpnid.classifier.cli.common import FORMATTER, add_flow_options, add_risk_option, err, error, options, warn
 from vpnid.classifier.running.batch import Output, chains, executor, expand, run_chains
+from vpnid.classifier.running.records import with_risks
 
 BATCH_HELP = """\
 Classify many captures in parallel (a local process pool, or a Dask cluster with --dask) and write
@@ -23,6 +24,9 @@ status is then 1.
 --join treats the captures of each directory, in name order, as consecutive rotated files of one
 capture: flows that span files are joined (a task hands its open flows, dissector state included, to
 the task of the next file). The result is the same as `vpnid classify --join` over those files.
+
+--risk NAME (repeatable) writes only the flows carrying any of the named risks; the manifest counts
+the flows written, so a resumed run keeps the filter it was done with (--force redoes it).
 
 examples:
   vpnid batch /data/captures --out flows/ --workers 4
@@ -41,6 +45,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--dask", metavar="tcp://HOST:PORT", help="run the tasks on this Dask scheduler instead")
     p.add_argument("--join", action="store_true", help="join flows across the rotated files of each directory")
     p.add_argument("--force", action="store_true", help="redo captures the manifest lists as done")
+    add_risk_option(p)
     add_flow_options(p)
     p.set_defaults(func=cmd_batch)
 
@@ -57,6 +62,7 @@ def cmd_batch(args: argparse.Namespace) -> int:
     if skipped:
         warn(f"{skipped} capture(s) already done (see {out.manifest.path}); --force redoes them")
     opts = options(args)
+    risks = frozenset(args.risk)
     failed = 0
     with executor(args.workers, args.dask) as pool, _progress() as progress:
         task = progress.add_task("classifying", total=sum(map(len, todo)), pps="")
@@ -69,6 +75,7 @@ def cmd_batch(args: argparse.Namespace) -> int:
                 failed += 1
             else:
                 assert result.table is not None and result.fingerprint is not None
+                result.table = with_risks(result.table, risks)
                 parts = out.write(result)
                 out.manifest.record(result.path, result.fingerprint, result.table.num_rows, result.packets, parts)
             packets += result.packets

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import itertools
 import os
 import sys
 from collections.abc import Callable, Iterator
@@ -19,6 +20,7 @@ from vpnid.classifier.audit.text import printable, shown
 from vpnid.classifier.cli.common import (
     FORMATTER,
     add_flow_options,
+    add_risk_option,
     console,
     err,
     error,
@@ -36,7 +38,7 @@ from vpnid.classifier.running.pipeline import (
     end_carry,
     end_carry_batch,
 )
-from vpnid.classifier.running.records import FlowRecord, output_fields
+from vpnid.classifier.running.records import FlowRecord, output_fields, with_risks
 from vpnid.features.families import NONE, TUNNEL_FAMILIES
 from vpnid.features.packets import CaptureError
 
@@ -60,6 +62,7 @@ examples:
   vpnid classify pcaps/corpus/*.pcap
   vpnid classify --format jsonl -o flows.jsonl capture.pcapng.gz
   tcpdump -w - -i eth0 | vpnid classify --format jsonl -
+  vpnid classify --risk malformed_header --risk blocked_attempt capture.pcap
 """
 
 
@@ -79,29 +82,34 @@ def _each_capture(captures: list[str], stats: dict[str, CaptureStats], failed: l
 
 
 def _records(captures: list[str], opts: Options, stats: dict[str, CaptureStats],
-             failed: list[str], join: bool = False) -> Iterator[FlowRecord]:
+             failed: list[str], join: bool = False, risks: frozenset[str] = frozenset()) -> Iterator[FlowRecord]:
+    """The flows of the captures; with `risks`, only those carrying any of them."""
     carry = Carry() if join else None
-    yield from _each_capture(captures, stats, failed,
-                             lambda p, st: classify_capture(p, opts, warn=warn, stats=st, carry=carry))
+    records = _each_capture(captures, stats, failed,
+                            lambda p, st: classify_capture(p, opts, warn=warn, stats=st, carry=carry))
     if carry is not None:
-        yield from end_carry(carry, opts)
+        records = itertools.chain(records, end_carry(carry, opts))
+    yield from (r for r in records if not risks or risks.intersection(r.risks))
 
 
 def _batches(captures: list[str], opts: Options, stats: dict[str, CaptureStats],
-             failed: list[str], join: bool = False) -> Iterator[pa.RecordBatch]:
+             failed: list[str], join: bool = False, risks: frozenset[str] = frozenset()) -> Iterator[pa.RecordBatch]:
     """`_records` as Arrow record batches (for the JSONL and CSV writers)."""
     carry = Carry() if join else None
-    yield from _each_capture(captures, stats, failed,
-                             lambda p, st: classify_batches(p, opts, warn=warn, stats=st, carry=carry))
+    batches = _each_capture(captures, stats, failed,
+                            lambda p, st: classify_batches(p, opts, warn=warn, stats=st, carry=carry))
+    for batch in batches:
+        yield with_risks(batch, risks)
     if carry is not None and (last := end_carry_batch(carry, opts)) is not None:
-        yield last
+        yield with_risks(last, risks)
 
 
 def write_table(records: Iterator[FlowRecord], out: IO[str], show_all: bool, stats: dict[str, CaptureStats],
                 with_registry: bool = False) -> None:
     table_out = console(file=out, width=None if out is sys.stdout else 200)
     table = Table(title="flows" if show_all else "tunnel flows", show_lines=False)
-    cols = ("capture", "transport", "initiator", "responder", "packets", "label", "conf", "registry", "evidence")
+    cols = ("capture", "transport", "initiator", "responder", "packets", "label", "conf", "registry", "evidence",
+            "risks")
     for col in cols if with_registry else tuple(c for c in cols if c != "registry"):
         table.add_column(col, overflow="fold")
     labels: dict[str, int] = {}
@@ -111,7 +119,7 @@ def write_table(records: Iterator[FlowRecord], out: IO[str], show_all: bool, sta
             verdict = [" ".join(filter(None, (r.registry, r.registration_id)))] if with_registry else []
             table.add_row(shown(r.pcap), r.transport, f"{r.src_ip}:{r.src_port}", f"{r.dst_ip}:{r.dst_port}",
                           f"{r.src2dst_packets}/{r.dst2src_packets}", r.label, f"{r.confidence:.2f}",
-                          *verdict, shown("; ".join(r.evidence)))
+                          *verdict, shown("; ".join(r.evidence)), ", ".join(r.risks))
     table_out.print(table)
     frames = sum(s.frames for s in stats.values())
     mix = ", ".join(f"{k}: {v}" for k, v in sorted(labels.items()))
@@ -137,14 +145,15 @@ def cmd_classify(args: argparse.Namespace) -> int:
             error(str(e))
             return 2
     fields = output_fields(opts.matcher is not None)
+    risks = frozenset(args.risk)
     with (open(args.output, "w", encoding="utf-8", newline="") if args.output else contextlib.nullcontext(sys.stdout)) as out:
         if fmt == "jsonl":
-            write_jsonl_batches(_batches(args.captures, opts, stats, failed, args.join), out, fields)
+            write_jsonl_batches(_batches(args.captures, opts, stats, failed, args.join, risks), out, fields)
         elif fmt == "csv":
-            write_csv_batches(_batches(args.captures, opts, stats, failed, args.join), out, fields)
+            write_csv_batches(_batches(args.captures, opts, stats, failed, args.join, risks), out, fields)
         else:
-            write_table(_records(args.captures, opts, stats, failed, args.join), out, args.all, stats,
-                        opts.matcher is not None)
+            write_table(_records(args.captures, opts, stats, failed, args.join, risks), out,
+                        args.all or bool(risks), stats, opts.matcher is not None)
     return 1 if failed else 0
 
 
@@ -161,5 +170,6 @@ def register(sub: argparse._SubParsersAction) -> None:
                         "flows that span files are joined (a joined flow names the file it started in)")
     p.add_argument("--db", metavar="DB", help=f"cross-check tunnel flows against this registry database "
                                                f"(default: ${ENV} if set); adds registry, registration_id")
+    add_risk_option(p)
     add_flow_options(p)
     p.set_defaults(func=cmd_classify)

@@ -53,6 +53,22 @@ def add_flow_options(p: argparse.ArgumentParser) -> None:
     add_model_options(p)
 
 
+def _risk_name(name: str) -> str:
+    from vpnid.features.risks import known
+
+    if name not in known():
+        raise argparse.ArgumentTypeError(f"unknown risk {shown(name)!r}; known risks: {', '.join(known())}")
+    return name
+
+
+def add_risk_option(p: argparse.ArgumentParser) -> None:
+    """`--risk NAME` (repeatable): keep only flows that carry any of the named risks."""
+    from vpnid.features.risks import known
+
+    p.add_argument("--risk", action="append", type=_risk_name, default=[], metavar="NAME",
+                   help=f"write only flows carrying this risk (repeatable: any of them); one of {', '.join(known())}")
+
+
 def add_model_options(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("model options").add_mutually_exclusive_group()
     g.add_argument("--model", metavar="PATH", help="trained model for flows signatures leave undecided "

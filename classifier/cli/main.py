@@ -16,7 +16,7 @@ _CLI = "vpnid.classifier.cli."
 COMMANDS = {
     "classify": _CLI + "classify", "eval": _CLI + "eval", "features": _CLI + "train", "train": _CLI + "train",
     "registry": _CLI + "registry", "leases": _CLI + "leases", "trial": _CLI + "trial", "demo": _CLI + "trial", "explain": _CLI + "explain",
-    "batch": _CLI + "batch", "live": _CLI + "live",
+    "batch": _CLI + "batch", "live": _CLI + "live", "lookalike": _CLI + "lookalike",
     "lab": "vpnid.pcaps.lab.cli",  # the lab stands apart: its own CLI module adds its subcommand
 }
 

@@ -10,6 +10,7 @@ from dataclasses import dataclass, field, fields
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 
 from vpnid.classifier.running.community import ICMP_PROTOS, PORT_PROTOS, community_id
 from vpnid.features.flows import NS, Flow, flow_id
@@ -302,3 +303,17 @@ def records_schema(with_registry: bool = True) -> pa.Schema:
 def batch_records(batch: pa.RecordBatch) -> list[FlowRecord]:
     """FlowRecords of a record batch (for the consumers that work record by record)."""
     return [FlowRecord(**row) for row in batch.to_pylist()]
+
+
+def with_risks(data: pa.RecordBatch | pa.Table, risks: frozenset[str]) -> pa.RecordBatch | pa.Table:
+    """The rows of `data` whose `risks` list holds any of `risks` (all rows when `risks` is empty):
+    one vectorised pass over the flattened lists, whatever the number of rows."""
+    if not risks:
+        return data
+    col = data.column("risks")
+    lists = col.combine_chunks() if isinstance(col, pa.ChunkedArray) else col
+    hit = pc.is_in(pc.list_flatten(lists), value_set=pa.array(sorted(risks), pa.string()))
+    rows = pc.list_parent_indices(lists).to_numpy()[hit.to_numpy(zero_copy_only=False)]
+    keep = np.zeros(data.num_rows, bool)
+    keep[rows] = True
+    return data.filter(pa.array(keep))

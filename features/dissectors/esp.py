@@ -19,7 +19,7 @@ from vpnid.features.dissectors.base import Dissector, FlowPacket, PacketHeads
 from vpnid.features.dissectors.seqtrack import CounterTrack
 from vpnid.features.families import IPSEC
 from vpnid.features.packets import IPPROTO_AH, IPPROTO_ESP, IPPROTO_UDP
-from vpnid.features.risks import RESERVED_SPI
+from vpnid.features.risks import MALFORMED_HEADER, RESERVED_SPI
 
 ESP_HEADER = 8  # SPI (4) + sequence number (4), RFC 4303 §2
 SPI_RESERVED_MAX = 255  # SPIs 1-255 are reserved by IANA, 0 is local-only (RFC 4303 §2.1)
@@ -88,6 +88,7 @@ class ESP(Dissector):
         single exchange shows one packet per direction, each under its own SPI."""
         p = pkt.payload
         if len(p) < ESP_HEADER:
+            self.raise_risk(MALFORMED_HEADER)
             self.reject(f"ESP header cut short ({len(p)} B)")
             return
         spi, seq = int.from_bytes(p[:4], "big"), int.from_bytes(p[4:8], "big")
@@ -190,15 +191,18 @@ class AH(Dissector):
     def on_packet(self, pkt: FlowPacket) -> None:
         p = pkt.payload
         if len(p) < AH_FIXED:
+            self.raise_risk(MALFORMED_HEADER)
             self.reject(f"AH header cut short ({len(p)} B)")
             return
         ah_len = (p[1] + 2) * 4  # Payload Len is in 32-bit words, minus 2 (RFC 4302 §2.2)
         spi, seq = int.from_bytes(p[4:8], "big"), int.from_bytes(p[8:12], "big")
         if p[2:4] != b"\x00\x00":
+            self.raise_risk(MALFORMED_HEADER)
             self.reject("AH reserved field not zero")
         elif spi <= SPI_RESERVED_MAX:
             self.reject(f"reserved AH SPI {spi}")
         elif ah_len < AH_FIXED + AH_MIN_ICV:
+            self.raise_risk(MALFORMED_HEADER)
             self.reject(f"AH length {ah_len} B leaves no room for an ICV")
         else:
             self.attributes["spi"] = f"{spi:08x}"

@@ -24,6 +24,7 @@ from vpnid.features.dissectors.esp import (
 )
 from vpnid.features.families import IPSEC
 from vpnid.features.packets import IPPROTO_TCP, IPPROTO_UDP
+from vpnid.features.risks import MALFORMED_HEADER
 
 ISAKMP_HEADER = 28  # RFC 2408 §3.1, RFC 7296 §3.1
 GENERIC_PAYLOAD_HEADER = 4  # next payload, flags/reserved, length (RFC 7296 §3.2)
@@ -124,6 +125,13 @@ def identified(head: bytes, size: int) -> bool:
         and head[17] in (IKEV1, IKEV2)
         and int.from_bytes(head[24:28], "big") == size
     )
+
+
+def ends_early(msg: bytes) -> bool:
+    """The length field ends a well-formed IKE message before `msg` (the datagram) does: trailing bytes
+    no snaplen can add."""
+    size = int.from_bytes(msg[24:28], "big") if len(msg) >= ISAKMP_HEADER else 0
+    return ISAKMP_HEADER + GENERIC_PAYLOAD_HEADER <= size < len(msg) and isinstance(parse_ike(msg[:size]), IKEMessage)
 
 
 def header_problem(msg: bytes) -> str | None:
@@ -232,8 +240,10 @@ class IKE(Dissector):
             length = np.zeros(len(p), np.int64)
             for j in range(24, 28):
                 length = (length << 8) | p.head[rows, np.minimum(off + j, HEAD_BYTES - 1)]
+            # length < size: a message with trailing bytes, judged for `malformed_header`
             return ((size >= ISAKMP_HEADER + GENERIC_PAYLOAD_HEADER) & (n >= off + ISAKMP_HEADER)
-                    & ((ver == IKEV1) | (ver == IKEV2)) & (length == size))
+                    & ((ver == IKEV1) | (ver == IKEV2)) & (length <= size)
+                    & (length >= ISAKMP_HEADER + GENERIC_PAYLOAD_HEADER))
 
         def esp_at(off: np.ndarray, size: np.ndarray) -> np.ndarray:
             spi = np.zeros(len(p), np.int64)
@@ -303,6 +313,8 @@ class IKE(Dissector):
         if identified(msg, len(msg)):
             self.attributes["malformed"] = result
             return MALFORMED
+        if ends_early(msg):
+            self.raise_risk(MALFORMED_HEADER)
         if not marked and esp_shaped(p[:4], len(p)):
             return ESP_PACKET
         return "not IKE: " + result
@@ -318,6 +330,8 @@ class IKE(Dissector):
             if self._first is None:
                 self._first = (pkt, unit)
                 return
+        elif unit == MALFORMED:
+            self.raise_risk(MALFORMED_HEADER)
         elif unit not in NEUTRAL:
             if self._first:
                 self._settle_single()  # the first message's own consistency still stands

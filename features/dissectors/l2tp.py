@@ -25,7 +25,7 @@ import numpy as np
 from vpnid.features.dissectors.base import Dissector, FlowPacket
 from vpnid.features.families import L2TP as L2TP_FAMILY
 from vpnid.features.packets import IPPROTO_UDP
-from vpnid.features.risks import BLOCKED_ATTEMPT
+from vpnid.features.risks import BLOCKED_ATTEMPT, MALFORMED_HEADER
 
 # Header flags (RFC 2661 §3.1, RFC 3931 §3.2.1)
 FLAG_T, FLAG_L, FLAG_S, FLAG_O, FLAG_P = 0x8000, 0x4000, 0x0800, 0x0200, 0x0100
@@ -70,6 +70,26 @@ def avps(b: bytes) -> list[tuple[int, int, bytes]] | None:
         out.append((_u16(b, pos + 2), _u16(b, pos + 4), b[pos + AVP_HEADER : pos + size]))
         pos += size
     return out
+
+
+def _ends_early(p: bytes, version: int) -> bool:
+    """A control message whose Length field ends it before the datagram does, the part it delimits being
+    a well-formed message (AVPs tiling it, Message Type first): trailing bytes no snaplen can add."""
+    size = _u16(p, 2) if len(p) >= 4 else 0
+    header = V2_CONTROL_HEADER if version == L2TP_V2 else V3_CONTROL_HEADER
+    if not header < size < len(p):
+        return False
+    return _message_type(avps(p[header:size])) is not None
+
+
+def _message_type(items: list[tuple[int, int, bytes]] | None) -> int | None:
+    """The defined Message Type the first AVP carries, or None (RFC 2661 §4.4.1, RFC 3931 §5.4.1)."""
+    if not items:
+        return None
+    vendor, attr, value = items[0]
+    if vendor or attr != MESSAGE_TYPE_AVP or len(value) != 2 or _u16(value, 0) not in MESSAGE_TYPES:
+        return None
+    return _u16(value, 0)
 
 
 def _ppp(frame: bytes) -> bool:
@@ -122,6 +142,8 @@ class L2TP(Dissector):
             self.reject(f"control flags 0x{word:04x}: RFC requires T, L, S set and O, P clear")
             return
         if len(p) < V2_CONTROL_HEADER or _u16(p, 2) != len(p):
+            if _ends_early(p, version):
+                self.raise_risk(MALFORMED_HEADER)
             self.reject(f"L2TP Length field {_u16(p, 2) if len(p) >= 4 else '?'} but datagram of {len(p)} B")
             return
         if len(p) == V2_CONTROL_HEADER:
@@ -130,11 +152,10 @@ class L2TP(Dissector):
         if not items:
             self.reject("L2TP control message whose AVPs do not tile the message")
             return
-        vendor, attr, value = items[0]
-        if vendor or attr != MESSAGE_TYPE_AVP or len(value) != 2 or _u16(value, 0) not in MESSAGE_TYPES:
+        kind = _message_type(items)
+        if kind is None:
             self.reject("L2TP control message without a Message Type AVP first")
             return
-        kind = _u16(value, 0)
         name = MESSAGE_TYPES[kind]
         for v, a, val in items:
             wanted = (ASSIGNED_TUNNEL_ID_AVP, 2) if version == L2TP_V2 else (ASSIGNED_CONTROL_CONNECTION_ID_AVP, 4)

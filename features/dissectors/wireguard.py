@@ -8,6 +8,14 @@ only one direction of it when the capture holds no other (asymmetric tap: 0.7, a
 budget). A run of unanswered initiations retried every 5 s is the mark of a blocked tunnel (0.8, risk
 `blocked_attempt`).
 
+Cloudflare WARP runs a WireGuard of its own (observed by nDPI, `cloudflare_warp.c`; there is no spec): message
+types 0xC1-0xC4 for 1-4, the reserved bytes zero only in the first message (0xC1) and carrying a client id in
+the others, handshake messages of other sizes, transport data with the standard receiver index and counter.
+The same relations decide it (variant `cloudflare-warp`); handshake sizes are only bounded below. QUIC long
+headers also start with 0xC0-0xCF, but their next bytes are a version: zero reserved bytes are refused on
+0xC2-0xC4, and an 0xC1 whose reserved bytes and next byte read as QUIC version 1 (or version negotiation) is
+not taken for WARP (a WARP initiation whose sender index starts so is missed: 2 in 256).
+
 Tailscale sends its "disco" messages (magic `TS` + U+1F4AC, the sender's 32-byte disco key, a 24-byte
 nonce, a NaCl box; tailscale.com/disco) on the same UDP port as its WireGuard packets. They are neutral
 here, not a reason to reject, and name the variant `tailscale` when the flow is confirmed.
@@ -31,6 +39,9 @@ COOKIE_REPLY = 3
 TRANSPORT_DATA = 4
 MESSAGE_NAMES = {1: "initiation", 2: "response", 3: "cookie reply", 4: "transport data"}
 RESERVED = b"\x00\x00\x00"
+WARP_TYPE_BASE = 0xC0  # WARP's message type = 0xC0 + WireGuard's (nDPI cloudflare_warp.c)
+WARP_VARIANT = "cloudflare-warp"
+QUIC_V1_OR_NEGOTIATION = (0x00, 0x01)  # byte 4 of a long header whose version starts 00 00 00 (RFC 9000 §15)
 # Exact sizes per handshake type (whitepaper §5.4.2-5.4.7); TunnelBear's build sends 204/100.
 HANDSHAKE_SIZES = {
     HANDSHAKE_INITIATION: {148: "standard", 204: "tunnelbear"},
@@ -48,6 +59,10 @@ REKEY_TIMEOUT = 5.0  # an unanswered initiation is retried after Rekey-Timeout (
 REKEY_JITTER = 0.333  # ... plus up to 333 ms of jitter
 SPACING_SLACK = 0.25  # capture timestamp noise around that window
 
+# WARP handshakes are not the standard sizes (nDPI): at least the standard message's fields must fit.
+WARP_MIN_SIZES = {HANDSHAKE_INITIATION: 148, HANDSHAKE_RESPONSE: 92, COOKIE_REPLY: 64}
+WARP_ECHO_CONFIDENCE = 0.95  # the index echo holds, but no exact size backs it
+
 MIN_DATA_PER_DIRECTION = 3
 MIN_DATA_ONE_WAY = 8  # one direction only: transport packets under one receiver index
 # Tailscale disco (tailscale.com/disco/disco.go): magic, sender disco public key, nonce, then a NaCl box
@@ -64,6 +79,17 @@ def _u32le(p: bytes, offset: int) -> int:
     return int.from_bytes(p[offset : offset + 4], "little")
 
 
+def warp_kind(p: bytes) -> int:
+    """WireGuard's message type (1-4) of a Cloudflare WARP message, or 0: type 0xC1 with zero reserved bytes
+    and no QUIC version behind them, or 0xC2-0xC4 with a non-zero client id in the reserved bytes."""
+    if len(p) < KEEPALIVE_SIZE or not WARP_TYPE_BASE < p[0] <= WARP_TYPE_BASE + TRANSPORT_DATA:
+        return 0
+    kind = p[0] - WARP_TYPE_BASE
+    if kind == HANDSHAKE_INITIATION:
+        return kind if p[1:4] == RESERVED and p[4] not in QUIC_V1_OR_NEGOTIATION else 0
+    return kind if p[1:4] != RESERVED else 0
+
+
 class WireGuard(Dissector):
     """WireGuard over UDP: handshake index echo, mid-flow transport data, or blocked initiations."""
 
@@ -74,12 +100,20 @@ class WireGuard(Dissector):
     @staticmethod
     def prefilter(p: PacketHeads) -> np.ndarray:
         """A message header: type byte, three zero reserved bytes, and a handshake message's exact size
-        or at least a keepalive's for transport data (anything else is rejected as a first packet)."""
+        or at least a keepalive's for transport data; or WARP's (`warp_kind`). Anything else is rejected as
+        a first packet."""
         n, kind = p.length, p.u8(0)
         sized = np.zeros(len(p), bool)
         for k, sizes in HANDSHAKE_SIZES.items():
             sized |= (kind == k) & np.isin(n, list(sizes))
-        return (p.proto == IPPROTO_UDP) & (n >= KEEPALIVE_SIZE) & p.zero(1, 3) & (sized | (kind == TRANSPORT_DATA))
+        standard = p.zero(1, 3) & (sized | (kind == TRANSPORT_DATA))
+        warp = kind - WARP_TYPE_BASE
+        warp_sized = warp == TRANSPORT_DATA
+        for k, least in WARP_MIN_SIZES.items():
+            warp_sized |= (warp == k) & (n >= least)
+        warp_header = np.where(warp == HANDSHAKE_INITIATION, p.zero(1, 3) & ~np.isin(p.u8(4), QUIC_V1_OR_NEGOTIATION),
+                               ~p.zero(1, 3))
+        return (p.proto == IPPROTO_UDP) & (n >= KEEPALIVE_SIZE) & (standard | (warp_sized & warp_header))
 
     def __init__(self) -> None:
         super().__init__()
@@ -101,12 +135,18 @@ class WireGuard(Dissector):
         if p[:len(DISCO_MAGIC)] == DISCO_MAGIC:
             self._disco_message(pkt)
             return
-        kind = p[0] if len(p) >= KEEPALIVE_SIZE and p[1:4] == RESERVED else 0
+        warp = warp_kind(p)
+        kind = warp or (p[0] if len(p) >= KEEPALIVE_SIZE and p[1:4] == RESERVED else 0)
+        if warp:
+            self.attributes["variant"] = WARP_VARIANT
         if kind == TRANSPORT_DATA:
             self._only_initiations = False
             self._transport(pkt)
             return
-        variant = HANDSHAKE_SIZES.get(kind, {}).get(len(p))
+        if warp:
+            variant = WARP_VARIANT if len(p) >= WARP_MIN_SIZES[kind] else None
+        else:
+            variant = HANDSHAKE_SIZES.get(kind, {}).get(len(p))
         if variant is None:
             self.reject(f"not a WireGuard message: type byte {p[:1].hex() or 'none'}, {len(p)} B")
             return
@@ -140,6 +180,8 @@ class WireGuard(Dissector):
         self.seen -= 1  # disco datagrams do not use up the budget of WireGuard packets
 
     def confirm(self, pkt: FlowPacket, confidence: float, *evidence: str) -> None:
+        if self.attributes.get("variant") == WARP_VARIANT:
+            evidence += ("message types 0xC1-0xC4, reserved bytes carrying a client id: Cloudflare WARP",)
         if self._disco:
             self.attributes["variant"] = "tailscale"
             evidence += (f"{self._disco} Tailscale disco datagrams (magic TS + U+1F4AC, sender disco key "
@@ -167,7 +209,7 @@ class WireGuard(Dissector):
             self.attributes["handshake"] = "seen"
             self.confirm(
                 pkt,
-                0.99,
+                WARP_ECHO_CONFIDENCE if self.attributes.get("variant") == WARP_VARIANT else 0.99,
                 f"WireGuard handshake {size} B (packet {earlier.index}) answered by {MESSAGE_NAMES[kind]} "
                 f"{len(pkt.payload)} B in the other direction, receiver index {receiver:08x} matches",
             )

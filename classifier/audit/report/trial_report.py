@@ -80,7 +80,7 @@ def _networks(flagged: Sequence[FlowResult]) -> list[dict]:
 
 
 def _summary(trial: Trial, mix: Sequence[tuple[str, str | None, int]], flagged: Sequence[FlowResult],
-             written: dict) -> dict:
+             written: dict, risks: dict[str, int]) -> dict:
     by_label: Counter[str] = Counter()
     by_verdict: Counter[str] = Counter()
     for label, verdict, n in mix:
@@ -88,7 +88,9 @@ def _summary(trial: Trial, mix: Sequence[tuple[str, str | None, int]], flagged: 
         if verdict is not None:
             by_verdict[verdict] += n
     view = subscriber_view(flagged)
+    flagged_risks = Counter(risk for res in flagged for risk in res.record.get("risks", ()))
     return {"trial": asdict(trial), "flows_by_label": dict(by_label), "tunnels_by_verdict": dict(by_verdict),
+            "flows_by_risk": risks, "flagged_by_risk": dict(sorted(flagged_risks.items())),
             "top_unregistered_endpoints": _endpoints(flagged), "flagged_by_network": _networks(flagged),
             "subscribers": [asdict(u) for u in view.uses],
             "unattributed_flagged": {"flows": view.unattributed, "gaps": view.gaps, "overlaps": view.overlaps},
@@ -181,6 +183,7 @@ def write_report(trials: TrialStore, name: str, out: Path, warn: Warn = lambda _
     with trials.reading():  # one consistent view, even if the trial is being re-run meanwhile
         trial = trials.require(name)
         mix = trials.mix(name)
+        risks = trials.risks(name)
         flagged = list(trials.results(name, flagged_only=True))
         read = trials.captures(name)
     private_dir(out)
@@ -190,7 +193,7 @@ def write_report(trials: TrialStore, name: str, out: Path, warn: Warn = lambda _
         pcap_files = [out / p.name for p in pcaps]
         files = [out / "report.html", out / "flagged.csv", out / "summary.json", *pcap_files]
         summary = _summary(trial, mix, flagged, {"files": [p.name for p in files], "flagged_pcap_frames": frames,
-                                                 "missing_captures": missing})
+                                                 "missing_captures": missing}, risks)
         _csv(flagged, tmp / "flagged.csv")
         (tmp / "summary.json").write_text(json.dumps(summary, indent=2) + "\n", encoding="utf-8")
         (tmp / "report.html").write_text(_html(trial, summary, mix, flagged), encoding="utf-8")
