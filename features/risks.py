@@ -22,6 +22,11 @@ BLOCKED_ATTEMPT = "blocked_attempt"
 The attempt is still labelled with its protocol; the risk says the tunnel never came up (blocked, or
 the server is gone)."""
 
+WRAPPED_TUNNEL = "wrapped_tunnel"
+"""A tunnel carried inside another encrypted layer (OpenVPN in stunnel's TLS or in a Shadowsocks-like fully
+encrypted proxy), recognised through the outer layer by its handshake's sizes and directions: the wrapper
+was put there to hide the tunnel, which a registry review should know."""
+
 MALFORMED_HEADER = "malformed_header"
 """A packet whose header claims a tunnel protocol beyond chance but breaks that protocol's rules: an IKE
 message whose exact length field and version byte say IKE but whose header or payload chain is wrong

@@ -1,5 +1,5 @@
 """Shadowsocks AEAD: real SIP004/SIP022 ciphertext confirmed when it shows enough writes each way; fully
-encrypted flows with nothing more (the lab's downloads) and fully encrypted ordinary protocols (compressed
+encrypted flows with nothing more (one-request downloads) and fully encrypted ordinary protocols (compressed
 agents, TLS 1.3, SSH, games, MTProto, RLPx, BitTorrent MSE) get the `fully_encrypted` risk and no label.
 
 Every negative used here (built in tests/negbytes.py; tests/test_negatives.py runs them and more through
@@ -237,13 +237,13 @@ def test_other_streams_are_rejected(packets, opened, reason):
     assert reason in d.evidence[-1], d.evidence
 
 
-def test_lab_connections_carry_the_risk_and_no_label():
-    """The lab's proxied connections (one request then a download, or keystrokes) show nothing beyond
-    randomness: each gets the risk, none a label; the lab's other TCP services get neither."""
+def test_lab_connections_carry_the_risk_and_the_label():
+    """The lab's proxied connections are kept alive for several exchanges (small requests and answers,
+    then a larger object): each gets the risk and the label; the lab's other TCP services get neither."""
     opts = Options()
     for name in ("shadowsocks-chacha-8388.pcap", "shadowsocks-aes256gcm-443.pcap"):
         records = list(classify_capture(str(ROOT / "pcaps/corpus" / name), opts))
-        assert records and {(r.label, tuple(r.risks)) for r in records} == {("none", (FULLY_ENCRYPTED,))}
+        assert records and {(r.label, tuple(r.risks)) for r in records} == {("shadowsocks", (FULLY_ENCRYPTED,))}
     for name in ("neg-ssh-22.pcap", "neg-https-tls13-443.pcap", "neg-http-80.pcap"):
         assert {(r.label, tuple(r.risks)) for r in classify_capture(str(ROOT / "pcaps/corpus" / name), opts)} == {
             ("none", ())}

@@ -1,12 +1,22 @@
 """All variants, in the order a full lab run makes them."""
 from __future__ import annotations
 
-from vpnid.pcaps.lab.families import ipsec, negatives, openconnect, openvpn, shadowsocks, wireguard
+from vpnid.pcaps.lab.families import (
+    ipsec,
+    l2tp,
+    negatives,
+    openconnect,
+    openvpn,
+    openvpn_wrapped,
+    pptp,
+    shadowsocks,
+    wireguard,
+)
 from vpnid.pcaps.lab.variant import Variant
 
 VARIANTS: list[Variant] = [
-    *openvpn.VARIANTS, *wireguard.VARIANTS, *ipsec.VARIANTS, *openconnect.VARIANTS, *shadowsocks.VARIANTS,
-    *negatives.VARIANTS,
+    *openvpn.VARIANTS, *openvpn_wrapped.VARIANTS, *wireguard.VARIANTS, *ipsec.VARIANTS, *openconnect.VARIANTS,
+    *shadowsocks.VARIANTS, *pptp.VARIANTS, *l2tp.VARIANTS, *negatives.VARIANTS,
 ]
 
 

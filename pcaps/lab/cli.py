@@ -19,14 +19,15 @@ from vpnid.pcaps.lab.variant import Variant
 DEFAULT_OUT = Path("pcaps/generated")  # relative to where the lab runs (a checkout: ignored by git)
 
 DESCRIPTION = """\
-Run real VPN daemons (OpenVPN 2.6, wireguard-go, strongSwan, ocserv/openconnect,
-shadowsocks-libev) and non-VPN services between two network namespaces on
+Run real VPN daemons (OpenVPN 2.6, also inside stunnel, obfs4proxy and Shadowsocks,
+wireguard-go, strongSwan, ocserv/openconnect, shadowsocks-libev, and the control
+exchange of pptpd/pptp-linux and xl2tpd) and non-VPN services between two network namespaces on
 198.18.0.0/15 (no route out, IPv6 off), drive paced traffic through each tunnel
 (typing, bulk download, web bursts, 50 pps voice, idle gaps) and capture the
 underlay with tcpdump: one labelled pcap per variant plus manifest.csv.
 
 Needs root (namespaces, tcpdump, TUN devices). A full run at --scale 1 takes
-about 12 minutes; one variant 7-140 s. Only processes the lab started are ended,
+about 14 minutes; one variant 7-140 s. Only processes the lab started are ended,
 and its namespaces are removed even on error or Ctrl-C.
 """
 

@@ -5,7 +5,7 @@ rate and packet size that should look human, web- or media-like is made here by
 sleeping. Stdlib only: it is run as a script inside the network namespaces.
 
 Plan syntax (client): comma-separated SHAPE:ARG items, e.g.
-``interactive:8,bulk:300000,web:3,voice:6,idle:20`` (seconds, bytes or pages).
+``interactive:8,bulk:300000,web:3,voice:6,idle:20,keepalive:8`` (seconds, bytes, pages or exchanges).
 """
 from __future__ import annotations
 
@@ -37,13 +37,13 @@ def send_paced(sock: socket.socket, nbytes: int, rate_bps: int) -> None:
 
 
 class _Handler(socketserver.StreamRequestHandler):
-    """``GET <bytes> <rate>`` streams bytes; ``TTY`` echoes keystrokes and answers each Enter."""
+    """``GET <bytes> <rate> [padding]`` streams bytes, and the connection stays open for the next request
+    (HTTP keep-alive); ``TTY`` echoes keystrokes and answers each Enter."""
 
     def handle(self) -> None:
-        words = self.rfile.readline().split()
-        if words[:1] == [b"GET"]:
+        while (words := self.rfile.readline().split())[:1] == [b"GET"]:
             send_paced(self.connection, int(words[1]), int(words[2]))
-        elif words[:1] == [b"TTY"]:
+        if words[:1] == [b"TTY"]:
             rng = random.Random(self.client_address[1])
             while ch := self.rfile.read(1):
                 self.connection.sendall(ch)
@@ -92,12 +92,21 @@ class Client:
     def fetch(self, nbytes: int, rate: int) -> None:
         with self.connect() as s:
             s.sendall(f"GET {nbytes} {rate}\n".encode())
-            got = 0
-            while got < nbytes:
-                chunk = s.recv(65536)
-                if not chunk:
-                    raise ConnectionError(f"short read: {got} of {nbytes} bytes")
-                got += len(chunk)
+            _read_exactly(s, nbytes)
+
+    def keepalive(self, exchanges: int) -> None:
+        """One kept-alive connection carrying several request/response exchanges, as a browser or an app
+        polling an API through a proxy does: requests of varying length (headers, cookies), small answers
+        (JSON, 304 Not Modified) a short think time apart, then one larger object on the same connection."""
+        with self.connect() as s:
+            for i in range(exchanges):
+                last = i == exchanges - 1
+                size = self.rng.randint(20_000, 120_000) if last else self.rng.randint(60, 460)
+                pad = "x" * self.rng.randint(20, 400)
+                s.sendall(f"GET {size} {WEB_RATE_BPS} {pad}\n".encode())
+                _read_exactly(s, size)
+                if not last:
+                    time.sleep(self.rng.uniform(0.1, 1.2))
 
     def interactive(self, seconds: float) -> None:
         """Typing: a few keys 80-350 ms apart, Enter, output burst, think time."""
@@ -154,11 +163,22 @@ class Client:
                 time.sleep(float(arg))
             elif shape == "web":
                 self.web(int(arg))
+            elif shape == "keepalive":
+                self.keepalive(int(arg))
             elif shape in ("interactive", "voice"):
                 getattr(self, shape)(float(arg))
             else:
                 raise ValueError(f"unknown shape {shape!r} in plan {plan!r}")
             print("done", item, flush=True)
+
+
+def _read_exactly(s: socket.socket, nbytes: int) -> None:
+    got = 0
+    while got < nbytes:
+        chunk = s.recv(min(65536, nbytes - got))
+        if not chunk:
+            raise ConnectionError(f"short read: {got} of {nbytes} bytes")
+        got += len(chunk)
 
 
 def _drain(s: socket.socket) -> None:

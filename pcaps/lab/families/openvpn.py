@@ -35,14 +35,23 @@ def _keys(d: Path) -> dict[str, tuple[str, str]]:
 
 
 def drive(lab: Lab, pki: Pki, v: Variant, scale: int) -> None:
+    run(lab, pki, v, scale, (SERVER_IP, v.server_port), (SERVER_IP, v.server_port))
+
+
+def run(lab: Lab, pki: Pki, v: Variant, scale: int, listen: tuple[str, int], remote: tuple[str, int],
+        *client_lines: str) -> None:
+    """Server on ``listen`` in namespace b, client (with extra config lines) to ``remote`` from namespace a,
+    the plan through the tunnel. A wrapper may sit in between (openvpn_wrapped)."""
     d = lab.workdir / v.name
     server_tls, client_tls = _keys(d)[v.opts["tls"]]
-    common = dict(server_ip=SERVER_IP, port=v.server_port, ca=pki.crt("ca"), cipher=v.opts["cipher"])
+    common = dict(ca=pki.crt("ca"), cipher=v.opts["cipher"])
     proto = v.transport
     srv = render("openvpn-server.conf", d / "server.conf", proto="tcp-server" if proto == "tcp" else "udp",
-                 cert=pki.crt("server"), key=pki.key("server"), tls=server_tls, **common)
+                 server_ip=listen[0], port=listen[1], cert=pki.crt("server"), key=pki.key("server"), tls=server_tls,
+                 **common)
     cli = render("openvpn-client.conf", d / "client.conf", proto="tcp-client" if proto == "tcp" else "udp",
-                 cert=pki.crt("client"), key=pki.key("client"), tls=client_tls, **common)
+                 server_ip=remote[0], port=remote[1], cert=pki.crt("client"), key=pki.key("client"),
+                 tls="\n".join((client_tls, *client_lines)), **common)
     lab.spawn("b", f"{v.name}-server", "openvpn", "--config", str(srv))
     lab.wait_log(f"{v.name}-server", READY)
     lab.traffic_server(INNER_SERVER)
