@@ -14,14 +14,17 @@ per packet only for the first payload packets of flows whose dissectors are stil
 from __future__ import annotations
 
 import base64
+import functools
 import hashlib
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Protocol
 
 import numpy as np
+from numba import njit
 
 from vpnid.features.dissectors.base import HEAD_BYTES, Dissector, FlowPacket, PacketHeads, State
+from vpnid.features.gather import payload_heads
 from vpnid.features.packets import PORTED, TCP_ACK, TCP_FIN, TCP_RST, TCP_SYN, PacketTable
 
 NS = 1_000_000_000
@@ -305,8 +308,9 @@ class FlowTable:
         seg_flows: list[Flow] = []
         seg_keys: list[bytes] = []
         replaced: list[tuple[Flow, int]] = []  # and the successor's start; ended after plugins saw the chunk
-        for s0, c, k, t_first in zip(starts.tolist(), cont.tolist(), inv_s[starts].tolist(),
-                                     np.minimum.reduceat(t.ts_ns[order], starts).tolist()):
+        openings = iter(_openings(t, order[starts[~cont]]))
+        for c, k, t_first in zip(cont.tolist(), inv_s[starts].tolist(),
+                                 np.minimum.reduceat(t.ts_ns[order], starts).tolist()):
             kb = ukey_bytes[k]
             if c:
                 flow = open_flows[k]
@@ -315,7 +319,7 @@ class FlowTable:
                 old = self.open.pop(kb, None)
                 if old is not None:
                     replaced.append((old, t_first))
-                flow = self._new_flow(t, int(order[s0]))
+                flow = self._new_flow(next(openings))
                 self.open[kb] = flow
                 open_flows[k] = flow
             seg_flows.append(flow)
@@ -394,20 +398,17 @@ class FlowTable:
     def _initiator_is_lo(flow: Flow, key: bytes) -> bool:
         return flow.src == key[1:17] and flow.sport == int.from_bytes(key[33:35], "big")
 
-    def _new_flow(self, t: PacketTable, row: int) -> Flow:
-        """Start a flow at `row`."""
-        proto = int(t.proto[row])
+    def _new_flow(self, opening: Opening) -> Flow:
+        """Start a flow at a packet (`_openings`)."""
+        proto = opening[0]
         self.stats["flows"] += 1
         classes = self._by_proto.get(proto)
         if classes is None:
             classes = self._by_proto[proto] = tuple(d for d in self.dissectors if proto in d.transports)
         if self.config.prefilter:
-            flow = Flow(proto=proto, src=b"", sport=0, dst=b"", dport=0, first_ns=0, last_ns=0, first_frame=0,
-                        unscreened=classes)
+            flow = Flow(*opening, unscreened=classes)
         else:
-            flow = Flow(proto=proto, src=b"", sport=0, dst=b"", dport=0, first_ns=0, last_ns=0, first_frame=0,
-                        pending=[d() for d in classes])
-        _observe_from(flow, t, row)
+            flow = Flow(*opening, pending=[d() for d in classes])
         return flow
 
     def _withhold(self, t: PacketTable, order: np.ndarray, starts: np.ndarray, count: np.ndarray,
@@ -429,9 +430,10 @@ class FlowTable:
         count = count[keep] - hide[keep]
         starts = np.r_[0, np.cumsum(count)[:-1]].astype(starts.dtype)
         seg_flows = [f for f, k in zip(seg_flows, keep.tolist()) if k]
-        for f, s0 in zip(seg_flows, starts.tolist()):
-            if f.total_packets == 0:
-                _observe_from(f, t, int(order[s0]))
+        unseen = [i for i, f in enumerate(seg_flows) if f.total_packets == 0]
+        for i, opening in zip(unseen, _openings(t, order[starts[unseen]])):
+            f = seg_flows[i]
+            f.src, f.sport, f.dst, f.dport, f.first_ns, f.last_ns, f.first_frame = opening[1:]
         return order, starts, count, seg_flows, [kb for kb, k in zip(seg_keys, keep.tolist()) if k]
 
     def _feed(self, fed: list[tuple[Flow, int, bool, int]], t: PacketTable, order: np.ndarray, lo_s: np.ndarray,
@@ -467,7 +469,8 @@ class FlowTable:
             proto = np.array([f.proto for f in flows], np.uint8)
             init_lo = np.array([il for _, _, il, _ in fed], bool)
             srows, sseg = rows[screened], seg[screened]
-            heads = PacketHeads(proto[sseg], t.payload_len[srows].astype(np.int64), _heads(t, srows),
+            heads = PacketHeads(proto[sseg], t.payload_len[srows].astype(np.int64),
+                                payload_heads(t, srows, HEAD_BYTES),
                                 (lo_s[pos[screened]] != init_lo[sseg]).astype(np.uint8), t.tcp_flags[srows],
                                 opened[sseg])
             passed = np.zeros((len(srows), len(self.dissectors)), bool)
@@ -490,7 +493,9 @@ class FlowTable:
             return
         off = t.payload_off[rows]
         data, extra, n = memoryview(t.data), memoryview(t.extra), t.data.size
+        answers = passed.tolist()
         col = {cls: j for j, cls in enumerate(self.dissectors)}
+        columns: dict[tuple[type[Dissector], ...], list[int]] = {}  # answer columns of each `unscreened`
         rank_of = self._rank
         flow = None
         current = -1
@@ -514,8 +519,11 @@ class FlowTable:
             pkt = FlowPacket(before + i + 1, 0 if is_lo == init_lo else 1, ts / NS, payload, seq, flags, proto,
                              opened)
             flow.payloads += 1
-            ok = passed[j]
-            flow.screen(pkt, [bool(ok[col[c]]) for c in flow.unscreened], rank_of)
+            ok = answers[j]
+            cols = columns.get(flow.unscreened)
+            if cols is None:
+                cols = columns[flow.unscreened] = [col[c] for c in flow.unscreened]
+            flow.screen(pkt, [ok[k] for k in cols], rank_of)
             if flow.pending:
                 flow.feed(pkt)
 
@@ -562,42 +570,70 @@ def flow_id(flow: Flow) -> str:
     return "F" + base64.b32encode(h.digest()).decode().lower()
 
 
+@functools.cache
+def _limits(classes: tuple[type[Dissector], ...]) -> tuple[int, int]:
+    """The largest budget and prefilter window among `classes` (a flow's `unscreened`; few distinct)."""
+    return max(c.budget for c in classes), max(c.prefilter_window for c in classes)
+
+
 def _wanted(flow: Flow) -> int:
     """Payload packets the flow's undecided dissectors may still look at (each gives up at its budget),
     counting those the cheap stage has not ruled out yet."""
-    return max([d.budget - d.seen for d in flow.pending] + [c.budget - flow.payloads for c in flow.unscreened])
+    screening = [_limits(flow.unscreened)[0] - flow.payloads] if flow.unscreened else []
+    return max([d.budget - d.seen for d in flow.pending] + screening)
 
 
 def _screen_rows(flow: Flow) -> int:
     """How many of the flow's next payload packets the cheap stage still asks about."""
-    return max(c.prefilter_window for c in flow.unscreened) - flow.payloads if flow.unscreened else 0
+    return _limits(flow.unscreened)[1] - flow.payloads if flow.unscreened else 0
 
 
-def _heads(t: PacketTable, rows: np.ndarray) -> np.ndarray:
-    """The first HEAD_BYTES payload bytes of `rows`, zero-padded: (len(rows), HEAD_BYTES) uint8."""
-    out = np.zeros((len(rows), HEAD_BYTES), np.uint8)
-    if not len(rows) or not t.byte_count():
-        return out
-    j = np.arange(HEAD_BYTES)
-    inside = j[None, :] < t.payload_len[rows].astype(np.int64)[:, None]
-    idx = t.payload_off[rows][:, None] + j[None, :]
-    out[inside] = t.bytes_at(idx[inside])
-    return out
+# A flow's fields from the packet that starts it: proto, src, sport, dst, dport, first_ns, last_ns, first_frame.
+Opening = tuple[int, bytes, int, bytes, int, int, int, int]
 
 
-def _observe_from(flow: Flow, t: PacketTable, row: int) -> None:
-    """Set the flow's endpoints and start from `row`: its sender is the initiator unless it is a TCP
-    SYN-ACK."""
-    src, sport, dst, dport = t.src[row].tobytes(), int(t.sport[row]), t.dst[row].tobytes(), int(t.dport[row])
-    if flow.proto == 6 and int(t.tcp_flags[row]) & (TCP_SYN | TCP_ACK) == TCP_SYN | TCP_ACK:
-        src, sport, dst, dport = dst, dport, src, sport
-    flow.src, flow.sport, flow.dst, flow.dport = src, sport, dst, dport
-    flow.first_ns = flow.last_ns = int(t.ts_ns[row])
-    flow.first_frame = int(t.frame[row])
+def _openings(t: PacketTable, rows: np.ndarray) -> list[Opening]:
+    """The opening fields of flows starting at `rows`, read for all of them at once: a packet's sender is
+    the initiator unless it is a TCP SYN-ACK."""
+    proto, flags = t.proto[rows], t.tcp_flags[rows]
+    synack = (proto == 6) & ((flags & (TCP_SYN | TCP_ACK)) == TCP_SYN | TCP_ACK)
+    src, dst = np.where(synack, t.dst[rows], t.src[rows]), np.where(synack, t.src[rows], t.dst[rows])
+    sport = np.where(synack, t.dport[rows], t.sport[rows])
+    dport = np.where(synack, t.sport[rows], t.dport[rows])
+    ts = t.ts_ns[rows].tolist()
+    return list(zip(proto.tolist(), src.tolist(), sport.tolist(), dst.tolist(), dport.tolist(), ts, ts,
+                    t.frame[rows].tolist()))
 
 
 def _flow_order(f: Flow) -> tuple[int, int, bytes, int, bytes, int, int]:
     return (f.first_ns, f.proto, f.src, f.sport, f.dst, f.dport, f.first_frame)
+
+
+@njit(cache=True, nogil=True)
+def _key_hashes(buf: np.ndarray) -> np.ndarray:  # pragma: no cover - compiled
+    """A 64-bit hash of each row of `buf` (n, KEY_BYTES): its bytes as little-endian words, mixed."""
+    n, width = buf.shape
+    out = np.empty(n, np.uint64)
+    for i in range(n):
+        h = np.uint64(0)
+        for w in range(0, width, 8):
+            word = np.uint64(0)
+            for b in range(min(8, width - w)):
+                word |= np.uint64(buf[i, w + b]) << np.uint64(8 * b)
+            h = word if w == 0 else (h * np.uint64(0x9E3779B97F4A7C15)) ^ word
+        out[i] = h
+    return out
+
+
+@njit(cache=True, nogil=True)
+def _rows_equal(buf: np.ndarray, other: np.ndarray) -> bool:  # pragma: no cover - compiled
+    """Whether row i of `buf` equals row other[i], for every i."""
+    for i in range(buf.shape[0]):
+        j = other[i]
+        for b in range(buf.shape[1]):
+            if buf[i, b] != buf[j, b]:
+                return False
+    return True
 
 
 def _unique_keys(keys: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -605,16 +641,11 @@ def _unique_keys(keys: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     (a memcmp sort, ~0.4 s per million packets): packets are grouped by a 64-bit hash of their key, and
     only the few distinct keys are sorted. A hash collision (checked) falls back to the plain sort."""
     n = len(keys)
-    padded = np.zeros((n, 40), np.uint8)
-    padded[:, :KEY_BYTES] = keys.view(np.uint8).reshape(n, KEY_BYTES)
-    words = padded.view("<u8")
-    h = words[:, 0].copy()
-    for j in range(1, words.shape[1]):
-        h = (h * np.uint64(0x9E3779B97F4A7C15)) ^ words[:, j]
-    uh, inv_h = np.unique(h, return_inverse=True)
+    buf = keys.view(np.uint8).reshape(n, KEY_BYTES)
+    uh, inv_h = np.unique(_key_hashes(buf), return_inverse=True)
     rep = np.empty(len(uh), np.int64)
     rep[inv_h] = np.arange(n)  # one packet per hash value
-    if not np.array_equal(words, words[rep][inv_h]):
+    if not _rows_equal(buf, rep[inv_h]):
         return np.unique(keys, return_inverse=True)
     reps = keys[rep]
     order = np.argsort(reps)  # byte order of the distinct keys, as np.unique gives them
@@ -623,30 +654,41 @@ def _unique_keys(keys: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return reps[order], rank[inv_h]
 
 
+@njit(cache=True, nogil=True)
+def _key_rows(src: np.ndarray, dst: np.ndarray, sport: np.ndarray, dport: np.ndarray, proto: np.ndarray,
+              ported: np.ndarray) -> tuple[np.ndarray, np.ndarray]:  # pragma: no cover - compiled
+    n = len(proto)
+    buf = np.empty((n, KEY_BYTES), np.uint8)
+    src_is_lo = np.empty(n, np.bool_)
+    for i in range(n):
+        sp = sport[i] if ported[proto[i]] else 0
+        dp = dport[i] if ported[proto[i]] else 0
+        lo = sp <= dp  # the addresses decide first, byte by byte (big-endian: numeric order)
+        for b in range(16):
+            if src[i, b] != dst[i, b]:
+                lo = src[i, b] < dst[i, b]
+                break
+        src_is_lo[i] = lo
+        a, z = (src, dst) if lo else (dst, src)
+        lp, hp = (sp, dp) if lo else (dp, sp)
+        buf[i, 0] = proto[i]
+        for b in range(16):
+            buf[i, 1 + b] = a[i, b]
+            buf[i, 17 + b] = z[i, b]
+        buf[i, 33], buf[i, 34] = lp >> 8, lp & 0xFF
+        buf[i, 35], buf[i, 36] = hp >> 8, hp & 0xFF
+    return buf, src_is_lo
+
+
+_PORTED_TABLE = np.array([p in PORTED for p in range(256)])
+
+
 def _flow_keys(t: PacketTable) -> tuple[np.ndarray, np.ndarray]:
     """Direction-free key per packet (big-endian bytes, so byte order is numeric order) and whether
     the packet's sender is the key's low endpoint."""
     n = len(t)
     src = np.ascontiguousarray(t.src).view(np.uint8).reshape(n, 16)
     dst = np.ascontiguousarray(t.dst).view(np.uint8).reshape(n, 16)
-    s64 = src.view(">u8")
-    d64 = dst.view(">u8")
-    ported = np.isin(t.proto, list(PORTED))
-    sport = np.where(ported, t.sport, 0).astype(np.uint16)
-    dport = np.where(ported, t.dport, 0).astype(np.uint16)
-    src_is_lo = (s64[:, 0] < d64[:, 0]) | (
-        (s64[:, 0] == d64[:, 0]) & ((s64[:, 1] < d64[:, 1]) | ((s64[:, 1] == d64[:, 1]) & (sport <= dport)))
-    )
-    lo_addr = np.where(src_is_lo[:, None], src, dst)
-    hi_addr = np.where(src_is_lo[:, None], dst, src)
-    lo_port = np.where(src_is_lo, sport, dport)
-    hi_port = np.where(src_is_lo, dport, sport)
-    buf = np.empty((n, KEY_BYTES), np.uint8)
-    buf[:, 0] = t.proto
-    buf[:, 1:17] = lo_addr
-    buf[:, 17:33] = hi_addr
-    buf[:, 33] = lo_port >> 8
-    buf[:, 34] = lo_port & 0xFF
-    buf[:, 35] = hi_port >> 8
-    buf[:, 36] = hi_port & 0xFF
+    buf, src_is_lo = _key_rows(src, dst, t.sport.astype(np.int64), t.dport.astype(np.int64),
+                               t.proto.astype(np.int64), _PORTED_TABLE)
     return buf.view(f"V{KEY_BYTES}").ravel(), src_is_lo

@@ -134,31 +134,20 @@ class PacketTable:
         """Bytes in `data` and `extra` together."""
         return self.data.size + self.extra.size
 
-    def bytes_at(self, idx: np.ndarray) -> np.ndarray:
-        """The bytes at offsets `idx` of `data` followed by `extra`; an offset past the end reads the
-        last byte. Needs at least one byte."""
-        n, m = self.data.size, self.extra.size
-        if not m:
-            return self.data[np.minimum(idx, n - 1)]
-        idx = np.minimum(idx, n + m - 1)
-        if not n:
-            return self.extra[idx]
-        out = self.data[np.minimum(idx, n - 1)]
-        beyond = idx >= n
-        if beyond.any():
-            out[beyond] = self.extra[idx[beyond] - n]
-        return out
+
+_V4_MAPPED = b"\x00" * 10 + b"\xff\xff"  # the leading bytes of an IPv4-mapped IPv6 address
 
 
 def ipv4_mapped(addr4: bytes) -> bytes:
     """16-byte form of an IPv4 address, as stored in `PacketTable.src`/`dst`."""
-    return b"\x00" * 10 + b"\xff\xff" + addr4
+    return _V4_MAPPED + addr4
 
 
 def address_text(addr16: bytes) -> str:
     """Printable address: dotted quad for IPv4-mapped values, compressed IPv6 otherwise."""
+    if addr16[:12] == _V4_MAPPED:
+        return "%d.%d.%d.%d" % tuple(addr16[12:])  # as str(ipaddress.IPv4Address(...)), without building one
     import ipaddress
 
-    if addr16[:12] == b"\x00" * 10 + b"\xff\xff":
-        return str(ipaddress.IPv4Address(addr16[12:]))
     return str(ipaddress.IPv6Address(addr16))
+

@@ -15,6 +15,7 @@ flow segment only to fold those into the flow's state. A flow's first `HEAD` pay
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -25,6 +26,7 @@ import numpy as np
 from vpnid.features.dissectors import catalog
 from vpnid.features.families import IPSEC, OPENCONNECT, OPENVPN, WIREGUARD
 from vpnid.features.flows import NS, Flow, FlowTable, FlowTableConfig, Segments, flow_id
+from vpnid.features.gather import count_bytes, payload_heads
 from vpnid.features.packets import (
     IPPROTO_TCP,
     IPPROTO_UDP,
@@ -305,7 +307,8 @@ class FeaturePlugin:
         cum = np.cumsum(has)
         rank = np.zeros(len(rows), np.int64)
         rank[has] = (cum - 1 - (cum[starts] - has[starts])[sid])[has] + payloads_before[sid[has]]
-        hist = self._entropy_bytes(t, rows, has, rank, sid, n_seg)
+        lead = np.flatnonzero(has & (rank < ENTROPY_PACKETS))  # bytes of the leading payloads: the entropy
+        count_bytes(t, rows[lead], ENTROPY_BYTES, T.hist, slot[sid[lead]])
         young = np.flatnonzero(has & (rank < self.head_len))
         opcode_at = np.where(t.proto[rows[young]] == IPPROTO_TCP, 2, 0)
         ohdr, olen = _header_bytes(t, rows[young], 3)
@@ -320,8 +323,6 @@ class FeaturePlugin:
         T.mins[slot] = np.minimum(T.mins[slot], mins)
         T.maxs[slot] = np.maximum(T.maxs[slot], maxs)
         T.payloads[slot] += np.bincount(sid[has], minlength=n_seg)
-        if hist is not None:
-            T.hist[slot] += hist
         full = []
         payloads = T.payloads[slot].tolist()
         # One array for the chunk's head packets; each flow keeps a copy of its columns (a view would keep
@@ -344,20 +345,6 @@ class FeaturePlugin:
                 st.undecided = _NO_FAMILIES
         # Now, so the kept head packets can go.
         _head_features([states[i] for i in full], T.hist[slot[full]], self.n_first)
-
-    @staticmethod
-    def _entropy_bytes(t, rows: np.ndarray, has: np.ndarray, rank: np.ndarray, sid: np.ndarray,
-                       n_seg: int) -> np.ndarray | None:
-        """Byte histograms of the leading payloads, per segment (None when no segment has any)."""
-        sel = np.flatnonzero(has & (rank < ENTROPY_PACKETS))
-        if not len(sel):
-            return None
-        r = rows[sel]
-        take = np.minimum(t.payload_len[r], ENTROPY_BYTES).astype(np.int64)
-        total = int(take.sum())
-        idx = np.repeat(t.payload_off[r] - np.r_[0, np.cumsum(take)[:-1]], take) + np.arange(total)
-        owner = np.repeat(sid[sel], take)
-        return np.bincount(owner * 256 + t.bytes_at(idx), minlength=n_seg * 256).reshape(n_seg, 256)
 
     # ------------------------------------------------------------------ per flow
     def on_end(self, flow: Flow) -> None:
@@ -403,13 +390,18 @@ def _head_features(states: Sequence[_State], hists: np.ndarray, n_first: int) ->
         st.head, st.head_features = [], row
 
 
+@functools.cache
+def _families_run(proto: int) -> tuple[bool, ...]:
+    """Per family in SIG_FAMILIES: whether a dissector of its feature state runs on this transport."""
+    return tuple(any(fam == dis.family and proto in dis.transports and dis.feature_state for dis in catalog.ALL)
+                 for fam in SIG_FAMILIES)
+
+
 def _sig_states(flow: Flow, st: _State) -> list[int]:
     """Per family in SIG_FAMILIES: what its dissectors made of the flow."""
     verdict = flow.verdict.family if flow.verdict else None
     sig = []
-    for fam in SIG_FAMILIES:
-        ran = any(fam == dis.family and flow.proto in dis.transports and dis.feature_state
-                  for dis in catalog.ALL)
+    for fam, ran in zip(SIG_FAMILIES, _families_run(flow.proto)):
         state = ("confirmed" if verdict == fam else "undecided" if fam in st.undecided
                  else "rejected" if ran else "not_run")
         sig.append(SIG_STATE[state])
@@ -457,12 +449,7 @@ def _matrix(flows: Sequence[Flow], states: Sequence[_State], n_first: int) -> np
 # ---------------------------------------------------------------------------------------------- helpers
 def _header_bytes(t, rows: np.ndarray, width: int) -> tuple[np.ndarray, np.ndarray]:
     """The first `width` payload bytes of each row (zero-padded) and how many are real."""
-    hlen = np.minimum(t.payload_len[rows], width).astype(np.int64)
-    if not len(rows) or not t.byte_count():
-        return np.zeros((len(rows), width), np.uint8), hlen
-    out = t.bytes_at(t.payload_off[rows][:, None] + np.arange(width))
-    out[np.arange(width) >= hlen[:, None]] = 0
-    return out, hlen
+    return payload_heads(t, rows, width), np.minimum(t.payload_len[rows], width).astype(np.int64)
 
 
 def _uint32(b: np.ndarray, big: bool) -> np.ndarray:

@@ -9,12 +9,13 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pyarrow as pa
 import pytest
 from scapy.all import DNS, DNSQR, IP, TCP, UDP, Ether, Raw, wrpcap
 
 from tests import tunnelbytes as tb
-from vpnid.classifier.running.output import write_csv, write_jsonl
-from vpnid.classifier.running.records import FlowRecord, output_fields
+from vpnid.classifier.running.output import write_csv_batches, write_jsonl_batches
+from vpnid.classifier.running.records import FlowRecord, output_fields, records_schema
 
 LAB_A, LAB_B, LAB_C = "198.18.0.1", "198.18.0.2", "198.18.0.3"
 
@@ -84,8 +85,9 @@ def test_risks_are_a_list_in_jsonl_and_joined_like_evidence_in_csv():
     rec = FlowRecord("x.pcap", "F1", None, "tcp", LAB_A, 50000, LAB_B, 443, 0.0, 1.0, 9, 9, 900, 900, "none", 0.0,
                      "none", ["a", "b"], None, "fin", risks=["fully_encrypted", "other"])
     jsonl, table = io.StringIO(), io.StringIO()
-    write_jsonl(iter([rec]), jsonl, output_fields(False))
-    write_csv(iter([rec]), table, output_fields(False))
+    batch = pa.RecordBatch.from_pylist([rec.as_dict()], schema=records_schema(False))
+    write_jsonl_batches([batch], jsonl, output_fields(False))
+    write_csv_batches([batch], table, output_fields(False))
     assert json.loads(jsonl.getvalue())["risks"] == ["fully_encrypted", "other"]
     row = dict(zip(*csv.reader(io.StringIO(table.getvalue()))))
     assert (row["evidence"], row["risks"]) == ("a | b", "fully_encrypted | other")

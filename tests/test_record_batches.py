@@ -3,17 +3,31 @@ gives (flow ids, Community IDs, every base field; JSONL and CSV byte for byte)."
 
 from __future__ import annotations
 
+import csv
 import glob
 import io
+import json
 import os
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
+import pyarrow as pa
 
+from vpnid.classifier.audit.text import csv_cell
 from vpnid.classifier.running.community import community_id
-from vpnid.classifier.running.output import write_csv, write_csv_batches, write_jsonl, write_jsonl_batches
+from vpnid.classifier.running.output import write_csv_batches, write_jsonl_batches
 from vpnid.classifier.running.pipeline import Options, classify_batches, classify_capture
-from vpnid.classifier.running.records import community_ids, flow_ids, output_fields
+from vpnid.classifier.running.records import (
+    TEXT_FIELDS,
+    FlowRecord,
+    arrow_array,
+    community_ids,
+    flow_ids,
+    output_fields,
+    records_schema,
+)
 from vpnid.features.capture import CaptureError
 from vpnid.features.flows import Flow, flow_id
 
@@ -46,7 +60,15 @@ def test_ids_match_per_flow_functions() -> None:
         assert cids[i] == community_id(int(proto[i]), s, int(sport[i]), d, int(dport[i]))
 
 
-def test_writers_from_batches_match_record_writers() -> None:
+def _csv_row(record: FlowRecord, fields: tuple[str, ...]) -> list[str]:
+    """The CSV cells a record's row must have: lists joined with ' | ', free text neutralised, None empty."""
+    d = record.as_dict()
+    d["evidence"], d["risks"] = " | ".join(d["evidence"]), " | ".join(d["risks"])
+    cells = ["" if d[k] is None else d[k] for k in fields]
+    return [str(csv_cell(v) if k in TEXT_FIELDS else v) for k, v in zip(fields, cells)]
+
+
+def test_writers_from_batches_write_each_record_as_json_dumps_and_csv_would() -> None:
     fields = output_fields(False)
     for opts in (Options(), Options(drop_first=25)):
         records, batches = [], []
@@ -57,10 +79,55 @@ def test_writers_from_batches_match_record_writers() -> None:
             except CaptureError:
                 continue
         assert records
-        a, b, c, d = io.StringIO(), io.StringIO(), io.StringIO(), io.StringIO()
-        write_jsonl(iter(records), a, fields)
-        write_jsonl_batches(batches, b, fields)
-        write_csv(iter(records), c, fields)
-        write_csv_batches(batches, d, fields)
-        assert a.getvalue() == b.getvalue()
-        assert c.getvalue() == d.getvalue()
+        jsonl, table = io.StringIO(), io.StringIO()
+        write_jsonl_batches(batches, jsonl, fields)
+        write_csv_batches(batches, table, fields)
+        d = [r.as_dict() for r in records]
+        assert jsonl.getvalue() == "".join(json.dumps({k: r[k] for k in fields}, ensure_ascii=False) + "\n"
+                                           for r in d)
+        rows = list(csv.reader(io.StringIO(table.getvalue())))
+        assert rows[0] == list(fields)
+        assert rows[1:] == [_csv_row(r, fields) for r in records]
+
+
+def test_jsonl_escapes_exactly_what_json_dumps_escapes() -> None:
+    """Hostile text (a capture name, evidence quoting a packet) in a column beside plain columns: the
+    column's fast path must not be taken, and every value comes out as json.dumps writes it."""
+    fields = output_fields(False)
+    texts = ['plain.pcap', 'quote".pcap', "back\\slash", "nl\n", "ctl\x01\x1f", "del\x7f", "\u2028 ≥ é", ""]
+    records = [FlowRecord(t, "F1", None if i % 2 else "1:x", "tcp", "10.0.0.1", 1, "10.0.0.2", 2, 0.5, 1e-05, 1, 2,
+                          3, 4, "none", 0.0, "none", [t, "ok"] if i % 3 else [], None, "fin", risks=[t] if i % 2 else [])
+               for i, t in enumerate(texts)]
+    batch = pa.RecordBatch.from_pylist([r.as_dict() for r in records], schema=records_schema(False))
+    out = io.StringIO()
+    write_jsonl_batches([batch], out, fields)
+    assert out.getvalue() == "".join(json.dumps({k: r.as_dict()[k] for k in fields}, ensure_ascii=False) + "\n"
+                                     for r in records)
+    plain = [r for r in records if r.pcap in ("plain.pcap", "")]
+    out = io.StringIO()
+    write_jsonl_batches([pa.RecordBatch.from_pylist([r.as_dict() for r in plain], schema=records_schema(False))],
+                        out, fields)
+    assert out.getvalue() == "".join(json.dumps({k: r.as_dict()[k] for k in fields}, ensure_ascii=False) + "\n"
+                                     for r in plain)
+
+
+def test_arrow_columns_from_buffers_equal_pa_array() -> None:
+    cases = [([], pa.string()), (["a", None, "é≥", ""], pa.string()), (["a", "b"], pa.string()), ([None] * 9, pa.string()),
+             ([[], ["a", "b"], ["c"]], pa.list_(pa.string())), ([["é"], ["x", None]], pa.list_(pa.string())),
+             ([[], None], pa.list_(pa.string())), ([1, None, 3], pa.int64()), (np.arange(5, dtype=np.uint16), pa.int64()),
+             ([0.1, 1e-05, None], pa.float64()), ([], pa.int64()), ([None] * 20, pa.int64())]
+    for values, type_ in cases:
+        built = arrow_array(values, type_)
+        built.validate(full=True)
+        assert built.type == type_ and built.equals(pa.array(values, type_)), values
+
+
+def test_classify_does_not_import_pandas(tmp_path: Path) -> None:
+    """pandas costs ~47 MB resident; only feature extraction, training and a model's first load (its audit
+    through scikit-learn, before the compiled model is cached) need it."""
+    code = ("import sys; from vpnid.classifier.cli.main import main; "
+            f"main(['classify', '--format', 'jsonl', '-o', {str(tmp_path / 'o.jsonl')!r}, {PATHS[0]!r}]); "
+            "print('pandas' in sys.modules)")
+    runs = [subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
+                           cwd=ROOT.parent).stdout.strip() for _ in range(2)]  # the first fills the model cache
+    assert runs[1] == "False" and (tmp_path / "o.jsonl").stat().st_size > 0

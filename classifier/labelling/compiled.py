@@ -49,9 +49,13 @@ def _raw_scores(X: np.ndarray, feature: np.ndarray, threshold: np.ndarray, missi
         for i in range(X.shape[0]):
             for k in range(n_k):
                 out[m, i, k] = 0.0 + baseline[m, k]
-            for it in range(n_iter):
-                for k in range(n_k):
-                    node = roots[m, it, k]
+        # Tree by tree over all rows (one tree's nodes stay in cache); each row's sum still adds its
+        # trees in iteration order.
+        for it in range(n_iter):
+            for k in range(n_k):
+                root = roots[m, it, k]
+                for i in range(X.shape[0]):
+                    node = root
                     while left[node] >= 0:
                         v = X[i, feature[node]]
                         if math.isnan(v):

@@ -28,7 +28,7 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from vpnid.classifier.running.output import arrow_schema, jsonl_lines
+from vpnid.classifier.running.output import arrow_schema, jsonl_text
 from vpnid.classifier.running.pipeline import CaptureStats, Carry, Options, classify_batches, end_carry_batch
 from vpnid.classifier.running.records import output_fields
 from vpnid.classifier.runtime import prepare_process
@@ -206,8 +206,8 @@ class Output:
         parts = [f"{name}.parquet"]
         if not self.single:
             with open(self.dir / f"{name}.jsonl", "w", encoding="utf-8") as f:
-                f.writelines(jsonl_lines(table.combine_chunks().to_batches()[0], tuple(self.columns))
-                             if table.num_rows else [])
+                f.write(jsonl_text(table.combine_chunks().to_batches()[0], tuple(self.columns))
+                        if table.num_rows else "")
             parts.append(f"{name}.jsonl")
         return parts
 

@@ -8,11 +8,13 @@ from __future__ import annotations
 
 import csv
 import json
+import re
 import typing
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable
 from dataclasses import fields
 from typing import IO
 
+import numpy as np
 import pyarrow as pa
 
 from vpnid.classifier.audit.text import csv_cell
@@ -23,27 +25,6 @@ _ARROW_TYPES = {"str": pa.string(), "int": pa.int64(), "float": pa.float64(), "l
 
 def json_line(row: dict) -> str:
     return json.dumps(row, ensure_ascii=False) + "\n"
-
-
-def write_jsonl(records: Iterable[FlowRecord], out: IO[str], fields: tuple[str, ...]) -> None:
-    for r in records:
-        d = r.as_dict()
-        out.write(json_line({k: d[k] for k in fields}))
-
-
-def write_csv(records: Iterable[FlowRecord], out: IO[str], fields: tuple[str, ...]) -> None:
-    """Every column of the records; the free-text ones (`TEXT_FIELDS`) go through `csv_cell`, the others
-    hold vpnid's own vocabulary, numbers and addresses, which never start like a formula."""
-    w = csv.writer(out, lineterminator="\n")
-    w.writerow(fields)
-    text = [i for i, k in enumerate(fields) if k in TEXT_FIELDS]
-    for r in records:
-        d = r.as_dict()
-        d["evidence"], d["risks"] = " | ".join(d["evidence"]), " | ".join(d["risks"])
-        row = ["" if d[k] is None else d[k] for k in fields]
-        for i in text:
-            row[i] = csv_cell(row[i])
-        w.writerow(row)
 
 
 def arrow_schema() -> pa.Schema:
@@ -61,45 +42,76 @@ def to_arrow(records: list[FlowRecord]) -> pa.Table:
 
 
 # ---------------------------------------------------------------------------------------------- batches
-def _encoder(type_: pa.DataType) -> Callable[[list], list[str]]:
-    """Column values -> their JSON text, exactly as `json.dumps(..., ensure_ascii=False)` writes them inside
-    a record (floats through `float.__repr__`, as json does; strings through a per-batch cache, as most
-    repeat: captures, transports, addresses, labels)."""
+# What json.dumps(..., ensure_ascii=False) escapes in a string (json.encoder's ESCAPE set); nothing else.
+_ESCAPED = re.compile(r'[\x00-\x1f\\"]')
+
+
+def _plain(texts: list[str]) -> bool:
+    """Whether none of `texts` holds a character JSON escapes, so each is written as it is between
+    quotes (checked once per column, on all its values joined)."""
+    return _ESCAPED.search("".join(texts)) is None
+
+
+def _strings(values: list) -> list[str]:
+    present = [v for v in values if v is not None]
+    if _plain(present):
+        return ["null" if v is None else f'"{v}"' for v in values]
+    cache: dict[str | None, str] = {None: "null"}  # most values repeat: captures, transports, labels
+    out = []
+    for v in values:
+        s = cache.get(v)
+        if s is None:
+            s = cache[v] = json.dumps(v, ensure_ascii=False)
+        out.append(s)
+    return out
+
+
+def _string_lists(values: list) -> list[str]:
+    if _plain([s for v in values if v for s in v]):
+        return ['["' + '", "'.join(v) + '"]' if v else "[]" for v in values]
+    return ["[]" if not v else "null" if v is None else json.dumps(v, ensure_ascii=False) for v in values]
+
+
+def _encode(column: pa.Array) -> list[str]:
+    """A column's values as their JSON text, exactly as `json.dumps(..., ensure_ascii=False)` writes them
+    inside a record (floats through `float.__repr__`, as json does)."""
+    type_ = column.type
     if pa.types.is_string(type_):
-        def strings(values: list) -> list[str]:
-            cache: dict[str | None, str] = {None: "null"}
-            out = []
-            for v in values:
-                s = cache.get(v)
-                if s is None:
-                    s = cache[v] = json.dumps(v, ensure_ascii=False)
-                out.append(s)
-            return out
-        return strings
-    if pa.types.is_integer(type_):
-        return lambda values: ["null" if v is None else str(v) for v in values]
-    if pa.types.is_floating(type_):
-        return lambda values: ["null" if v is None else float.__repr__(v) for v in values]
-    return lambda values: ["[]" if not v else "null" if v is None else json.dumps(v, ensure_ascii=False)
-                           for v in values]
+        return _strings(column.to_pylist())
+    if pa.types.is_integer(type_) or pa.types.is_floating(type_):
+        text = str if pa.types.is_integer(type_) else float.__repr__
+        if not column.null_count and type_ in (pa.int64(), pa.float64()):  # the values, read in place
+            values = np.frombuffer(column.buffers()[1], np.int64 if type_ == pa.int64() else np.float64)
+            return list(map(text, values[column.offset:column.offset + len(column)].tolist()))
+        return ["null" if v is None else text(v) for v in column.to_pylist()]
+    return _string_lists(column.to_pylist())
 
 
-def jsonl_lines(batch: pa.RecordBatch, fields: tuple[str, ...]) -> list[str]:
-    """One JSON line per row of `batch`, byte for byte what `json_line` writes for the same record."""
-    if not batch.num_rows:
-        return []
-    fmt = "{" + ", ".join(f"{json.dumps(k)}: %s" for k in fields) + "}\n"
-    cols = [_encoder(batch.schema.field(k).type)(batch.column(k).to_pylist()) for k in fields]
-    return [fmt % row for row in zip(*cols)]
+def jsonl_text(batch: pa.RecordBatch, fields: tuple[str, ...]) -> str:
+    """One JSON line per row of `batch`, byte for byte what `json_line` writes for the same record: each
+    column is encoded on its own, then every row's keys and values are laid out in one list and joined
+    once (no per-row formatting)."""
+    n = batch.num_rows
+    if not n:
+        return ""
+    step = 2 * len(fields) + 1
+    pieces: list[str | None] = [None] * (n * step)
+    for j, k in enumerate(fields):
+        pieces[2 * j::step] = [("{" if j == 0 else ", ") + json.dumps(k) + ": "] * n
+        pieces[2 * j + 1::step] = _encode(batch.column(k))
+    pieces[step - 1::step] = ["}\n"] * n
+    return "".join(typing.cast(list[str], pieces))
 
 
 def write_jsonl_batches(batches: Iterable[pa.RecordBatch], out: IO[str], fields: tuple[str, ...]) -> None:
     for batch in batches:
-        out.write("".join(jsonl_lines(batch, fields)))
+        out.write(jsonl_text(batch, fields))
 
 
 def write_csv_batches(batches: Iterable[pa.RecordBatch], out: IO[str], fields: tuple[str, ...]) -> None:
-    """`write_csv` from record batches: the same rows, column by column (free text through `csv_cell`)."""
+    """Every column of the batches, column by column; evidence and risks joined with ' | '. The free-text
+    columns (`TEXT_FIELDS`) go through `csv_cell`; the others hold vpnid's own vocabulary, numbers and
+    addresses, which never start like a formula."""
     w = csv.writer(out, lineterminator="\n")
     w.writerow(fields)
     for batch in batches:

@@ -22,6 +22,7 @@ from vpnid.features.stream import Warn, flows_of
 from vpnid.features.vectors import FeaturePlugin, vectors
 
 if TYPE_CHECKING:
+    from vpnid.classifier.labelling.judgement import Judgement
     from vpnid.classifier.labelling.model import FlowModel
 
 
@@ -78,8 +79,12 @@ def _labels(flows: list[Flow], opts: Options) -> list[dict]:
     if model is not None:
         undecided = [f for f in flows if f.verdict is None]
         asked = [f for f in undecided if f.total_packets >= model.min_packets]
-        judged = {id(f): model.unasked(f.total_packets) for f in undecided}
-        judged.update(zip(map(id, asked), model.judge(vectors(asked, model.n_first))))
+        judged = dict(zip(map(id, asked), model.judge(vectors(asked, model.n_first))))
+        short: dict[int, Judgement] = {}  # one (immutable) judgement per packet count
+        for f in undecided:
+            if id(f) not in judged:
+                n = f.total_packets
+                judged[id(f)] = short.get(n) or short.setdefault(n, model.unasked(n))
     return [label(flow, judged.get(id(flow))) for flow in flows]
 
 

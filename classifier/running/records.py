@@ -237,7 +237,52 @@ def record_batch(pcaps: list[str], flows: Sequence[Flow], labels: Sequence[dict]
         cols["registry"] = [None] * n
         cols["registration_id"] = [None] * n
     schema = records_schema(with_registry)
-    return pa.RecordBatch.from_arrays([pa.array(cols[f.name], f.type) for f in schema], schema=schema)
+    return pa.RecordBatch.from_arrays([arrow_array(cols[f.name], f.type) for f in schema], schema=schema)
+
+
+# Arrow arrays straight from their buffers: `pa.array` imports pandas on its first call (~47 MB resident
+# for the rest of the run) to ask whether its argument is a pandas object; a record column never is.
+def _validity(valid: np.ndarray) -> pa.Buffer | None:
+    return None if valid.all() else pa.py_buffer(np.packbits(valid, bitorder="little"))
+
+
+def _string_array(values: list) -> pa.Array:
+    n = len(values)
+    valid = np.fromiter((v is not None for v in values), bool, n) if None in values else np.ones(n, bool)
+    texts = values if valid.all() else ["" if v is None else v for v in values]
+    joined = "".join(texts)
+    if joined.isascii():  # one encode for the column; each value's length in bytes is its length
+        data, lengths = joined.encode(), map(len, texts)
+    else:
+        encoded = [v.encode() for v in texts]
+        data, lengths = b"".join(encoded), map(len, encoded)
+    offsets = np.zeros(n + 1, np.int32)
+    np.cumsum(np.fromiter(lengths, np.int64, n), out=offsets[1:])
+    return pa.Array.from_buffers(pa.string(), n, [_validity(valid), pa.py_buffer(offsets), pa.py_buffer(data)],
+                                 int(n - valid.sum()))
+
+
+def arrow_array(values: list | np.ndarray, type_: pa.DataType) -> pa.Array:
+    """`pa.array(values, type_)` for a record column (int64, float64, string or list of strings; None
+    is null), built from buffers."""
+    n = len(values)
+    if pa.types.is_string(type_):
+        return _string_array(values)
+    if pa.types.is_list(type_) and pa.types.is_string(type_.value_type) and all(v is not None for v in values):
+        offsets = np.zeros(n + 1, np.int32)
+        np.cumsum(np.fromiter(map(len, values), np.int64, n), out=offsets[1:])
+        return pa.ListArray.from_arrays(pa.Array.from_buffers(pa.int32(), n + 1, [None, pa.py_buffer(offsets)]),
+                                        _string_array([s for v in values for s in v]), type=type_)
+    if type_ in (pa.int64(), pa.float64()):
+        dtype = np.int64 if type_ == pa.int64() else np.float64
+        if isinstance(values, np.ndarray):
+            valid, data = np.ones(n, bool), values.astype(dtype)
+        else:
+            valid = np.fromiter((v is not None for v in values), bool, n)
+            data = np.array([0 if v is None else v for v in values], dtype) if n else np.zeros(0, dtype)
+        return pa.Array.from_buffers(type_, n, [_validity(valid), pa.py_buffer(np.ascontiguousarray(data))],
+                                     int(n - valid.sum()))
+    return pa.array(values, type_)
 
 
 _ARROW_TYPES = {"str": pa.string(), "int": pa.int64(), "float": pa.float64(), "list[str]": pa.list_(pa.string())}

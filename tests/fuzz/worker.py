@@ -17,7 +17,12 @@ from numba.core.dispatcher import Dispatcher
 with atheris.instrument_imports(include=["vpnid.features", "vpnid.classifier"]):
     from tests.fuzz.targets import TARGETS
 
-COMPILED_MODULES = ("vpnid.features.capture.pcap",)
+
+
+def compiled_modules() -> list[str]:
+    """vpnid's imported modules that define numba-compiled functions."""
+    return [name for name, module in list(sys.modules.items()) if name.startswith("vpnid.") and module is not None
+            and any(isinstance(v, Dispatcher) for v in vars(module).values())]
 
 
 def uninstrumented_compiled(module_name: str) -> None:
@@ -33,7 +38,7 @@ def uninstrumented_compiled(module_name: str) -> None:
 
 
 def main() -> None:
-    for module_name in COMPILED_MODULES:
+    for module_name in compiled_modules():
         uninstrumented_compiled(module_name)
     atheris.Setup([sys.argv[0], *sys.argv[2:]], TARGETS[sys.argv[1]])
     atheris.Fuzz()
