@@ -27,6 +27,12 @@ WRAPPED_TUNNEL = "wrapped_tunnel"
 encrypted proxy), recognised through the outer layer by its handshake's sizes and directions: the wrapper
 was put there to hide the tunnel, which a registry review should know."""
 
+OBFUSCATED = "obfuscated"
+"""A tunnel whose own bytes were made to look random: recognised under a fully encrypted wrapper (OpenVPN
+through a Shadowsocks-like proxy, random from the first byte), not merely inside TLS. Raised with
+`wrapped_tunnel`; a flow that only looks random, with no tunnel found in it, carries `fully_encrypted`
+instead (nDPI: NDPI_OBFUSCATED_TRAFFIC)."""
+
 MALFORMED_HEADER = "malformed_header"
 """A packet whose header claims a tunnel protocol beyond chance but breaks that protocol's rules: an IKE
 message whose exact length field and version byte say IKE but whose header or payload chain is wrong

@@ -15,7 +15,7 @@ from vpnid.features.dissectors.base import FlowPacket, State
 from vpnid.features.dissectors.cstp import record_overhead
 from vpnid.features.dissectors.openvpn_wrapped import ACK_ENTRY, OpenVPNWrapped
 from vpnid.features.dissectors.shadowsocks import CHUNK_OVERHEAD
-from vpnid.features.risks import WRAPPED_TUNNEL
+from vpnid.features.risks import OBFUSCATED, WRAPPED_TUNNEL
 
 ROOT = Path(__file__).resolve().parents[1]
 CORPUS = ROOT / "pcaps" / "corpus"
@@ -72,6 +72,7 @@ def test_lab_wrapped_openvpn_is_labelled_with_its_wrapper(name, wrapped):
     records = _record(name)
     assert [r.label for r in records] == ["openvpn"]
     assert WRAPPED_TUNNEL in records[0].risks and records[0].evidence[0].startswith(f"wrapped={wrapped};")
+    assert (OBFUSCATED in records[0].risks) == (wrapped == "fully_encrypted")  # TLS is a wrapper, not obfuscation
 
 
 def test_lab_obfs4_leaves_nothing_to_tell():
@@ -95,6 +96,7 @@ def test_control_handshake_through_a_fully_encrypted_proxy_is_confirmed():
     packets = [(0, writes[0]), (1, writes[1])] + [(d, os.urandom(n + CHUNK_OVERHEAD)) for d, n in units[2:]]
     d = run(packets)
     assert d.state is State.CONFIRMED and d.attributes == {"wrapped": "fully_encrypted"}
+    assert d.risks == {WRAPPED_TUNNEL, OBFUSCATED}
 
 
 @pytest.mark.parametrize("change, why", [

@@ -50,7 +50,7 @@ from vpnid.features.dissectors.cstp import (
 from vpnid.features.dissectors.shadowsocks import CHUNK_OVERHEAD, FULL_SEGMENT, MIN_CLIENT_FIRST, Shadowsocks, exemption
 from vpnid.features.families import OPENVPN
 from vpnid.features.packets import IPPROTO_TCP
-from vpnid.features.risks import WRAPPED_TUNNEL
+from vpnid.features.risks import OBFUSCATED, WRAPPED_TUNNEL
 
 CLIENT_HELLO = 1
 SMALL = 200  # hard resets and P_ACK_V1 (with a few ACK ids) over TCP, under any control-channel wrapping
@@ -187,6 +187,8 @@ class OpenVPNWrapped(Dissector):
         if (0, frag) in later:
             self.attributes["wrapped"] = self._wrapper
             self.raise_risk(WRAPPED_TUNNEL)
+            if self._wrapper == FULLY_ENCRYPTED_WRAPPER:
+                self.raise_risk(OBFUSCATED)
             where = (f"TLS records less the suite's {self._overhead}-byte overhead" if self._wrapper == TLS_WRAPPER
                      else f"writes less a {CHUNK_OVERHEAD}-byte AEAD chunk overhead, first segments fully encrypted")
             self.confirm(pkt, 0.7, f"wrapped={self._wrapper}; inside {where}: client hard reset, server hard reset, "
