@@ -327,7 +327,7 @@ def command(tool: str, pcap: Path, out: Path) -> list[str]:
 def available(tool: str) -> str | None:
     """None if the tool can run here, else why not."""
     if tool == "ndpiReader" and not shutil.which("ndpiReader"):
-        return "ndpiReader not found (Debian: apt-get install libndpi-bin); skipped"
+        return "ndpiReader not found (benchmarks/install-peers.sh installs Debian's libndpi-bin); skipped"
     if tool == "nfstream":
         try:
             import nfstream  # noqa: F401
