@@ -7,6 +7,7 @@ from collections import Counter
 import pytest
 
 from vpnid.pcaps.lab.catalog import VARIANTS
+from vpnid.pcaps.lab.traffic import SHAPES
 from vpnid.pcaps.lab.variant import VARIETY_MTUS, scaled
 
 PLAN = "interactive:6,bulk:250000,idle:12,voice:4"
@@ -32,9 +33,10 @@ def test_later_repetitions_vary_mix_sizes_and_mtu() -> None:
 
 @pytest.mark.parametrize("plan", sorted({p for v in VARIANTS for p in v.opts.get("plans", (v.opts.get("plan"),)) if p}))
 def test_varied_plans_only_use_shapes_the_client_knows(plan: str) -> None:
-    known = {"bulk", "idle", "web", "interactive", "voice", "mtu"}
     for item in scaled(plan, 4).split(","):
         shape, _, arg = item.partition(":")
-        assert shape in known and float(arg) > 0
+        assert shape in SHAPES and float(arg) > 0
+    if {i.partition(":")[0] for i in plan.split(",")} <= {"keepalive", "idle"}:  # kept-alive plans stay so
+        assert {i.partition(":")[0] for i in scaled(plan, 4).split(",")} <= {"keepalive", "idle", "mtu"}
     if "voice" not in plan:  # a proxied (SOCKS) plan must not gain UDP voice
         assert "voice" not in scaled(plan, 4)

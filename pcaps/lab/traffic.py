@@ -39,6 +39,9 @@ def send_paced(sock: socket.socket, nbytes: int, rate_bps: int) -> None:
             time.sleep(ahead)
 
 
+# Plan items the client runs (`Client.run`); the lab's plans and their --scale variations use only these.
+SHAPES = ("mtu", "bulk", "idle", "web", "keepalive", "interactive", "voice")
+
 class _Handler(socketserver.StreamRequestHandler):
     """``GET <bytes> <rate> [padding]`` streams bytes, and the connection stays open for the next request
     (HTTP keep-alive); ``TTY`` echoes keystrokes and answers each Enter."""
@@ -175,6 +178,8 @@ class Client:
     def run(self, plan: str) -> None:
         for item in plan.split(","):
             shape, _, arg = item.partition(":")
+            if shape not in SHAPES:
+                raise ValueError(f"unknown shape {shape!r} in plan {plan!r}")
             if shape == "mtu":
                 self.lower_mtu(int(arg))
             elif shape == "bulk":
@@ -185,10 +190,8 @@ class Client:
                 self.web(int(arg))
             elif shape == "keepalive":
                 self.keepalive(int(arg))
-            elif shape in ("interactive", "voice"):
+            else:  # interactive, voice
                 getattr(self, shape)(float(arg))
-            else:
-                raise ValueError(f"unknown shape {shape!r} in plan {plan!r}")
             print("done", item, flush=True)
 
 

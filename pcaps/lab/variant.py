@@ -53,7 +53,9 @@ def scaled(plan: str, scale: int) -> str:
 
 def _varied(plan: str, rng: random.Random) -> str:
     items = [_stretched(item, rng) for item in plan.split(",")]
-    items.append(rng.choice(VARIETY_EXTRA))
+    kept_alive = {i.partition(":")[0] for i in items} <= {"keepalive", "idle"}
+    # A plan of kept-alive connections only (Shadowsocks: each labelled by its exchanges) stays one.
+    items.append(f"keepalive:{rng.randint(6, 12)}" if kept_alive else rng.choice(VARIETY_EXTRA))
     rng.shuffle(items)
     return ",".join([f"mtu:{rng.choice(VARIETY_MTUS)}", *items])
 
