@@ -119,9 +119,10 @@ TLS_HANDSHAKE = 22
 MAX_TLS_RECORD = (1 << 14) + 2048
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True, slots=True, eq=False)
 class Wrap:
-    """One control-channel wrapping hypothesis (--tls-auth digest size, or --tls-crypt)."""
+    """One control-channel wrapping hypothesis (--tls-auth digest size, or --tls-crypt). The six of
+    `WRAPS` are the only instances, so they hash by identity: every candidate flow keys a dict by them."""
 
     variant: str  # "plain", "tls-auth" or "tls-crypt"
     digest: str = ""  # tls-auth HMAC digest
