@@ -107,8 +107,9 @@ def _heads(rows: list[tuple[int, bytes]], direction: int, opened: bool) -> Packe
 
 def _refused_rows_reject(cls, rows: list[tuple[int, bytes]]) -> list[bool]:
     """The contract for a window of 1, checked row by row: where `cls.prefilter` refuses a packet, a fresh
-    dissector fed it as its flow's first payload packet rejects on it and raises no risk. Returns the mask
-    (for both directions, seen to open or not: the same rows must pass)."""
+    dissector fed it as its flow's first payload packet rejects on it and raises no risk, in either
+    direction, on a connection seen to open or joined mid-flow. Returns the mask of the first case
+    (initiator, seen to open)."""
     masks = []
     for direction in (0, 1):
         for opened in (True, False):
