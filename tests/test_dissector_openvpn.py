@@ -28,6 +28,7 @@ from vpnid.features.dissectors.openvpn import (
     P_CONTROL_V1,
     OpenVPN,
     PduWalker,
+    _chain_start,
 )
 
 WRAPS = ["plain", "md5", "sha1", "sha256", "sha512", "tls-crypt"]
@@ -274,6 +275,31 @@ def test_tcp_joined_mid_flow_resyncs_on_packet_boundaries(seed: int) -> None:
     d = run(packets)
     assert d.state is State.CONFIRMED and d.attributes["mid_flow"] == "true"
     assert d.evidence[0].startswith("P_DATA_V2 both ways")
+
+
+def _control(opcode: int, sid: bytes, rng: random.Random) -> bytes:
+    return bytes([opcode << 3]) + sid + rng.randbytes(24)
+
+
+def test_mid_flow_sync_start_needs_two_packets_of_one_sender() -> None:
+    """Where a mid-flow direction is walked from (`_chain_start`, compiled): a whole packet from its first
+    byte; else the first offset where a packet is followed by another of the same key and peer-id, data
+    packet-id a little higher, or control session ID, the chain running to the end of the bytes."""
+    rng = random.Random(5)
+    junk = b"\xff" * 7  # a length prefix of 0xffff fits no packet
+    sid, other = rng.randbytes(8), rng.randbytes(8)
+    assert _chain_start(framed(data_v2(7, 10, 60, rng))) == 0
+    assert _chain_start(junk + framed(data_v2(7, 10, 60, rng)) + framed(data_v2(7, 11, 90, rng))) == len(junk)
+    assert _chain_start(junk + framed(data_v2(7, 10, 60, rng)) + framed(data_v2(8, 11, 90, rng))) is None
+    for step, found in ((1, True), (64, True), (0, False), (65, False)):
+        b = junk + framed(data_v1(1000, 60, rng)) + framed(data_v1(1000 + step, 80, rng))
+        assert _chain_start(b) == (len(junk) if found else None), step
+    two = junk + framed(_control(P_ACK_V1, sid, rng)) + framed(_control(P_CONTROL_V1, sid, rng))
+    assert _chain_start(two) == len(junk)
+    assert _chain_start(two + b"\x00") == len(junk)  # a byte of the next length prefix
+    assert _chain_start(two + b"\x00\x01\x00") is None  # a next header that fits no packet: no chain
+    assert _chain_start(junk + framed(_control(P_ACK_V1, sid, rng)) + framed(_control(P_CONTROL_V1, other, rng))) is None
+    assert _chain_start(junk + framed(data_v2(7, 10, 60, rng)) + framed(_control(P_ACK_V1, sid, rng))) is None
 
 
 def test_tcp_seen_to_open_does_not_resync() -> None:

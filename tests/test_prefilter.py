@@ -16,8 +16,10 @@ from vpnid.classifier.labelling.loading import DEFAULT_MODEL, load
 from vpnid.classifier.running.pipeline import Options, classify_capture
 from vpnid.features.capture import CaptureError
 from vpnid.features.dissectors import catalog
-from vpnid.features.dissectors.base import HEAD_BYTES, PacketHeads
+from vpnid.features.dissectors.base import HEAD_BYTES, FlowPacket, PacketHeads, State
+from vpnid.features.dissectors.pptp import PPTP
 from vpnid.features.flows import FlowTableConfig
+from vpnid.features.packets import IPPROTO_TCP
 
 ROOT = Path(__file__).resolve().parents[1]
 CORPUS = sorted(glob.glob(str(ROOT / "pcaps" / "corpus" / "*.pcap")))
@@ -92,3 +94,51 @@ def test_prefilters_shape() -> None:
         for cls in catalog.ALL:
             out = np.asarray(cls.prefilter(p))
             assert out.shape == (n,) and out.dtype == bool, cls.__name__
+
+
+def _heads(rows: list[tuple[int, bytes]], direction: int, opened: bool) -> PacketHeads:
+    n = len(rows)
+    head = np.zeros((n, HEAD_BYTES), np.uint8)
+    for i, (_, b) in enumerate(rows):
+        head[i, : min(HEAD_BYTES, len(b))] = np.frombuffer(b[:HEAD_BYTES], np.uint8)
+    return PacketHeads(np.array([r[0] for r in rows], np.uint8), np.array([len(r[1]) for r in rows], np.int64),
+                       head, np.full(n, direction, np.uint8), np.full(n, 0x18, np.uint8), np.full(n, opened))
+
+
+def _refused_rows_reject(cls, rows: list[tuple[int, bytes]]) -> list[bool]:
+    """The contract for a window of 1, checked row by row: where `cls.prefilter` refuses a packet, a fresh
+    dissector fed it as its flow's first payload packet rejects on it and raises no risk, in either
+    direction, on a connection seen to open or joined mid-flow. Returns the mask of the first case
+    (initiator, seen to open)."""
+    masks = []
+    for direction in (0, 1):
+        for opened in (True, False):
+            mask = np.asarray(cls.prefilter(_heads(rows, direction, opened))).tolist()
+            for ok, (proto, payload) in zip(mask, rows):
+                if ok:
+                    continue
+                d = cls()
+                d.feed(FlowPacket(4, direction, 0.0, payload, 1000, 0x18, proto, opened))
+                assert d.state is State.REJECTED and not d.risks, (cls.__name__, payload[:16].hex())
+            masks.append(mask)
+    return masks[0]
+
+
+def test_pptp_prefilter_refuses_tcp_streams_without_the_magic_cookie() -> None:
+    """PPTP's prefilter passes a TCP segment only when it is under 8 bytes or carries the magic cookie
+    at bytes 4-7 (it used to pass every TCP segment): its control stream is never resynced mid-stream."""
+    from tests import vpnbytes_pptp_l2tp as v
+
+    rng = np.random.default_rng(12)
+    pptp = [v.sccrq(), v.sccrp(), v.ocrq(7), v.sccrq() + v.sccrp(), v.sccrq()[:8], v.sccrq()[:20], v.sccrq()[:7]]
+    cookie = bytes.fromhex("1a2b3c4d")
+    bent = [b"\x00\x08\x00\x01" + cookie + b"\x00" * 8, b"\x00\x9c\x00\x02" + cookie + bytes(148),
+            b"\x00\x9c\x00\x01" + cookie + b"\x00\x09" + bytes(146)]
+    others = [b"GET / HTTP/1.1\r\nHost: example.org\r\n\r\n", b"\x16\x03\x01\x02\x00\x01\x00\x01\xfc\x03\x03" + bytes(64),
+              b"SSH-2.0-OpenSSH_9.6\r\n", b"\x00\x9c\x00\x01\x1a\x2b\x3c\x4e" + bytes(148)]
+    others += [rng.bytes(int(n)) for n in rng.integers(8, 1500, 200)]
+    rows = [(IPPROTO_TCP, b) for b in pptp + bent + others] + [(IPPROTO_TCP, rng.bytes(int(n))) for n in range(1, 8)]
+    mask = _refused_rows_reject(PPTP, rows)
+    assert mask[: len(pptp) + len(bent)] == [True] * (len(pptp) + len(bent))
+    assert not any(mask[len(pptp) + len(bent) : -7])  # what the old prefilter passed
+    assert all(mask[-7:])  # under 8 bytes: the dissector waits for more

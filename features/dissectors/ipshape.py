@@ -22,31 +22,39 @@ WINDOW = 2 * MIN_SHAPED
 
 class InnerSizes:
     """Per direction: records counted, the tunnel-shaped inner lengths among them, and the inner
-    lengths of the last WINDOW records."""
+    lengths of the last WINDOW records. The shaped totals (all records, last WINDOW) are kept as running
+    counts: `add` runs once per record of every candidate flow, and builds evidence only when it fires."""
 
-    __slots__ = ("records", "shaped", "recent")
+    __slots__ = ("records", "shaped", "recent", "_shaped", "_recent_shaped")
 
     def __init__(self) -> None:
         self.records = [0, 0]
         self.shaped: list[Counter[int]] = [Counter(), Counter()]
         self.recent: tuple[deque[int], deque[int]] = (deque(maxlen=WINDOW), deque(maxlen=WINDOW))
+        self._shaped = [0, 0]  # sum(self.shaped[d].values())
+        self._recent_shaped = [0, 0]  # shaped lengths among self.recent[d]
 
     def add(self, direction: int, inner: int) -> str | None:
         """Count one record; returns the evidence once `direction` shows the tunnel's run, else None."""
         self.records[direction] += 1
-        self.recent[direction].append(inner)
+        recent = self.recent[direction]
+        if len(recent) == WINDOW and recent[0] in SHAPED:  # about to leave the window
+            self._recent_shaped[direction] -= 1
+        recent.append(inner)
         if inner in SHAPED:
             self.shaped[direction][inner] += 1
+            self._shaped[direction] += 1
+            self._recent_shaped[direction] += 1
         side = "initiator" if direction == 0 else "responder"
-        shaped = sum(self.shaped[direction].values())
+        shaped = self._shaped[direction]
         if shaped >= MIN_SHAPED and shaped >= MIN_SHARE * self.records[direction]:
             sizes = ", ".join(f"{n}× {s}" for s, n in self.shaped[direction].most_common())
             return (f"inner sizes {sizes} bytes (bare tunnel headers and pure TCP ACKs) in {shaped} of "
                     f"{self.records[direction]} records from the {side}")
-        recent = Counter(n for n in self.recent[direction] if n in SHAPED)
-        run = sum(recent.values())
+        run = self._recent_shaped[direction]
         if self.records[direction] <= WINDOW or run < MIN_SHARE * WINDOW:
             return None
-        sizes = ", ".join(f"{n}× {s}" for s, n in recent.most_common())
+        counts = Counter(n for n in recent if n in SHAPED)
+        sizes = ", ".join(f"{n}× {s}" for s, n in counts.most_common())
         return (f"inner sizes {sizes} bytes (bare tunnel headers and pure TCP ACKs) in {run} of the last "
                 f"{WINDOW} of {self.records[direction]} records from the {side}")

@@ -34,6 +34,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 import numpy as np
+from numba import njit
 
 from vpnid.features.dissectors.base import Dissector, FlowPacket, PacketHeads, State
 from vpnid.features.dissectors.tcpstream import SEQ_MOD, LengthFramed
@@ -118,9 +119,10 @@ TLS_HANDSHAKE = 22
 MAX_TLS_RECORD = (1 << 14) + 2048
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True, slots=True, eq=False)
 class Wrap:
-    """One control-channel wrapping hypothesis (--tls-auth digest size, or --tls-crypt)."""
+    """One control-channel wrapping hypothesis (--tls-auth digest size, or --tls-crypt). The six of
+    `WRAPS` are the only instances, so they hash by identity: every candidate flow keys a dict by them."""
 
     variant: str  # "plain", "tls-auth" or "tls-crypt"
     digest: str = ""  # tls-auth HMAC digest
@@ -318,28 +320,94 @@ def _min_data_size(opcode: int) -> int:
     return 1 + (PEER_ID_SIZE if opcode == P_DATA_V2 else 0) + PACKET_ID_SIZE + AEAD_TAG_SIZE + 1
 
 
-def _fits(first: np.ndarray, size: np.ndarray) -> np.ndarray:
-    """Vectorised `_bad_start`/`_bad_size` on first byte and packet size (the STUN check aside)."""
+def _first_byte_tables() -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Per possible first byte (opcode << 3 | key_id): whether it may start a packet at all (a known
+    opcode; key_id 0 on a hard reset), whether it is a hard reset, a data packet, and the data packet's
+    minimum size (`_min_data_size`). Indexing these beats `np.isin` on every offset of a segment."""
+    first = np.arange(256)
     opcode, key_id = first >> P_OPCODE_SHIFT, first & P_KEY_ID_MASK
     reset = np.isin(opcode, list(HARD_RESETS))
     data = np.isin(opcode, list(DATA_OPCODES))
-    min_data = 1 + np.where(opcode == P_DATA_V2, PEER_ID_SIZE, 0) + PACKET_ID_SIZE + AEAD_TAG_SIZE + 1
-    sized = np.where(data, size >= min_data,
-                     (size >= HEADER_SIZE + 1 + PACKET_ID_SIZE) & ~(reset & (size >= MAX_RESET_SIZE)))
-    return (size > 0) & np.isin(opcode, list(OPCODE_NAMES)) & ~(reset & (key_id != 0)) & sized
+    known = np.isin(opcode, list(OPCODE_NAMES)) & ~(reset & (key_id != 0))
+    min_data = np.array([_min_data_size(int(o)) for o in opcode], np.int64)
+    return known, reset, data, min_data
 
 
-def _same_sender(b: bytes, x: int, y: int) -> bool:
-    """Packets at x and y (their first byte) could come from one sender in a row: one data key and peer-id
-    (P_DATA_V1: its clear packet-id a little higher), or one control session ID."""
-    if b[x] != b[y] and not (b[x] >> P_OPCODE_SHIFT not in DATA_OPCODES and b[y] >> P_OPCODE_SHIFT not in DATA_OPCODES):
+_KNOWN, _RESET, _DATA, _MIN_DATA = _first_byte_tables()
+
+
+@njit(cache=True, nogil=True)
+def _fit(first: int, size: int, known: np.ndarray, reset: np.ndarray, data: np.ndarray,
+         min_data: np.ndarray) -> bool:  # pragma: no cover - compiled
+    """`_bad_start`/`_bad_size` on a first byte (0..255) and packet size, the STUN check aside."""
+    if size <= 0 or not known[first]:
         return False
-    opcode = b[x] >> P_OPCODE_SHIFT
-    if opcode == P_DATA_V2:
-        return b[x + 1 : x + 1 + PEER_ID_SIZE] == b[y + 1 : y + 1 + PEER_ID_SIZE]
-    if opcode == P_DATA_V1:
-        return 0 < _u32(b, y + 1) - _u32(b, x + 1) <= MAX_COUNTER_STEP
-    return len(b) >= y + HEADER_SIZE and b[x + 1 : x + HEADER_SIZE] == b[y + 1 : y + HEADER_SIZE]
+    if data[first]:
+        return size >= min_data[first]
+    return size >= HEADER_SIZE + 1 + PACKET_ID_SIZE and not (reset[first] and size >= MAX_RESET_SIZE)
+
+
+@njit(cache=True, nogil=True)
+def _fits_rows(first: np.ndarray, size: np.ndarray, known: np.ndarray, reset: np.ndarray, data: np.ndarray,
+               min_data: np.ndarray) -> np.ndarray:  # pragma: no cover - compiled
+    out = np.empty(len(first), np.bool_)
+    for i in range(len(first)):
+        out[i] = _fit(first[i], size[i], known, reset, data, min_data)
+    return out
+
+
+def _fits(first: np.ndarray, size: np.ndarray) -> np.ndarray:
+    """`_fit` per row (first bytes 0..255)."""
+    return _fits_rows(first.astype(np.int64), size.astype(np.int64), _KNOWN, _RESET, _DATA, _MIN_DATA)
+
+
+@njit(cache=True, nogil=True)
+def _same_sender(b: np.ndarray, x: int, y: int) -> bool:  # pragma: no cover - compiled
+    """Packets at x and y (their first byte; y + HEADER_SIZE <= len(b)) could come from one sender in a
+    row: one data key and peer-id (P_DATA_V1: its clear packet-id a little higher), or one control
+    session ID."""
+    ox, oy = b[x] >> P_OPCODE_SHIFT, b[y] >> P_OPCODE_SHIFT
+    x_data = ox == P_DATA_V1 or ox == P_DATA_V2
+    y_data = oy == P_DATA_V1 or oy == P_DATA_V2
+    if b[x] != b[y] and (x_data or y_data):
+        return False
+    width = PEER_ID_SIZE if ox == P_DATA_V2 else SID_SIZE
+    if ox == P_DATA_V1:
+        step = 0
+        for j in range(1, 1 + PACKET_ID_SIZE):
+            step = step * 256 + (np.int64(b[y + j]) - np.int64(b[x + j]))
+        return 0 < step <= MAX_COUNTER_STEP
+    for j in range(1, 1 + width):
+        if b[x + j] != b[y + j]:
+            return False
+    return True
+
+
+@njit(cache=True, nogil=True)
+def _chain_offset(b: np.ndarray, known: np.ndarray, reset: np.ndarray, data: np.ndarray,
+                  min_data: np.ndarray) -> int:  # pragma: no cover - compiled
+    n = len(b)
+    m = n - 2  # offsets where a length prefix and a first byte fit in `b`
+    fit = np.empty(m, np.bool_)
+    nxt = np.empty(m, np.int64)
+    for i in range(m):
+        size = np.int64(b[i]) << 8 | np.int64(b[i + 1])
+        fit[i] = size <= MAX_TCP_PACKET and _fit(np.int64(b[i + 2]), size, known, reset, data, min_data)
+        nxt[i] = i + 2 + size
+    if fit[0] and nxt[0] == n:  # exactly one packet: the segment(s) start and end on its bounds
+        return 0
+    for at in range(m):
+        # the second header's first bytes (peer-id, packet-id or session ID) must be inside `b` too
+        if not (fit[at] and nxt[at] + 2 + HEADER_SIZE <= n and fit[nxt[at]]):
+            continue
+        if not _same_sender(b, at + 2, nxt[at] + 2):
+            continue
+        pos = at
+        while pos < m and fit[pos]:
+            pos = nxt[pos]
+        if pos >= m:
+            return at
+    return -1
 
 
 def _chain_start(b: bytes) -> int | None:
@@ -347,28 +415,11 @@ def _chain_start(b: bytes) -> int | None:
     one packet, or a header fits and so does another where its packet ends, from the same sender
     (`_same_sender`: random bytes fit the length and first byte of one header about once in 50 offsets,
     a second one of the same key and peer-id or session almost never), and every further header inside
-    `b` fits too."""
+    `b` fits too. Compiled: a mid-flow connection asks this of every segment until it syncs."""
     if len(b) < 3:
         return None
-    a = np.frombuffer(b, np.uint8).astype(np.int64)
-    size = a[:-2] << 8 | a[1:-1]
-    fit = _fits(a[2:], size) & (size <= MAX_TCP_PACKET)
-    nxt = np.arange(len(size)) + 2 + size
-    # the second header's first bytes (peer-id, packet-id or session ID) must be inside `b` too
-    inside = nxt + 2 + HEADER_SIZE <= len(b)
-    if fit[0] and nxt[0] == len(b):  # exactly one packet: the segment(s) start and end on its bounds
-        return 0
-    chained = fit & inside
-    chained[chained] = fit[nxt[chained]]
-    for at in np.flatnonzero(chained).tolist():
-        if not _same_sender(b, at + 2, int(nxt[at]) + 2):
-            continue
-        pos = at
-        while pos < len(size) and fit[pos]:
-            pos = int(nxt[pos])
-        if pos >= len(size):
-            return at
-    return None
+    at = _chain_offset(np.frombuffer(b, np.uint8), _KNOWN, _RESET, _DATA, _MIN_DATA)
+    return None if at < 0 else at
 
 
 def _short(sid: bytes) -> str:

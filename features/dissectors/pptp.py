@@ -118,12 +118,12 @@ class PPTP(Dissector):
 
     @staticmethod
     def prefilter(p) -> np.ndarray:  # p: PacketHeads
-        """Rows that could be PPTP: a TCP segment whose bytes 2-7 are message type 1 + the magic cookie,
-        or mid-stream TCP (a message may start inside a segment), or enhanced GRE v1 carrying PPP."""
+        """Rows that could be PPTP: a TCP segment of under 8 bytes (the dissector waits for more) or whose
+        bytes 4-7 are the magic cookie (the control stream is cut from its first byte on, never resynced,
+        and `on_packet` rejects once its first 8 bytes lack the cookie), or enhanced GRE v1 carrying PPP."""
         head = p.head.astype(np.uint32)
         magic = ((head[:, 4] << 24) | (head[:, 5] << 16) | (head[:, 6] << 8) | head[:, 7]) == MAGIC_COOKIE
-        control = (p.proto == IPPROTO_TCP) & (((head[:, 2] == 0) & (head[:, 3] == PPTP_CONTROL_MESSAGE) & magic)
-                                              | (p.length > 0))
+        control = (p.proto == IPPROTO_TCP) & ((p.length < 8) | magic)
         flags = (head[:, 0] << 8) | head[:, 1]
         gre = ((p.proto == IPPROTO_GRE) & ((flags & GRE_VERSION) == ENHANCED_GRE_VERSION) & ((flags & GRE_K) != 0)
                & ((flags & GRE_MUST_BE_CLEAR) == 0) & (((head[:, 2] << 8) | head[:, 3]) == GRE_PROTOCOL_PPP))
