@@ -16,7 +16,6 @@ flow's (a second flow's rewritten tuple colliding with the first's is dropped an
 from __future__ import annotations
 
 import csv
-import ipaddress
 import itertools
 import re
 import struct
@@ -27,16 +26,23 @@ from pathlib import Path
 
 from vpnid.classifier.labelling.evaluate import LabelRow, read_labels
 from vpnid.features.capture import read_chunks
+from vpnid.features.decode.ip import ip_layer
 from vpnid.features.decode.link import link_layer
 from vpnid.features.families import NONE
-from vpnid.features.packets import IPPROTO_TCP, IPPROTO_UDP, LINKTYPE_RAW, TCP_ACK, TCP_SYN, transport_name
+from vpnid.features.packets import (
+    IPPROTO_TCP,
+    IPPROTO_UDP,
+    LINKTYPE_RAW,
+    TCP_ACK,
+    TCP_SYN,
+    address_text,
+    transport_name,
+)
 
 VPN_PORTS = (1194, 51820, 500, 4500, 1701, 1723, 443, 53)  # OpenVPN, WireGuard, IKE, NAT-T, L2TP, PPTP, and the two every tunnel borrows
 TRUSTED = "DPI"  # a truth row's confidence must start with this (as `vpnid eval`'s default --trust)
 PCAP_NS_MAGIC = 0xA1B23C4D
 
-# IPv6 extension headers walked to the transport header (RFC 8200 section 4).
-IPV6_HOP_BY_HOP, IPV6_ROUTING, IPV6_FRAGMENT, IPV6_DEST_OPTS, IPV6_AH = 0, 43, 44, 60, 51
 CHECKSUM_AT = {IPPROTO_TCP: 16, IPPROTO_UDP: 6}  # offset of the checksum in the transport header
 
 Endpoint = tuple[str, int]
@@ -54,7 +60,7 @@ class Packet:
     src: str
     dst: str
     l4: int  # offset of the transport header in `ip`; -1 for a non-first fragment
-    frag: tuple | None  # (src, dst, id) of a fragmented datagram, else None
+    frag: tuple | None  # (src, dst, identification) of a fragmented datagram, else None
 
 
 @dataclass
@@ -67,49 +73,20 @@ class Summary:
     collisions: int = 0
 
 
-def _address(raw: bytes) -> str:
-    return str(ipaddress.ip_address(raw))
-
-
-def parse_ip(ip: bytes) -> tuple[int, str, str, int, tuple | None] | None:
-    """(transport, source, destination, transport header offset or -1, fragment key) of an IPv4/IPv6
-    packet, or None when the header is cut."""
-    if len(ip) >= 20 and ip[0] >> 4 == 4:
-        ihl = (ip[0] & 0x0F) * 4
-        flags_off = struct.unpack_from(">H", ip, 6)[0]
-        offset, more = flags_off & 0x1FFF, flags_off & 0x2000
-        src, dst = _address(ip[12:16]), _address(ip[16:20])
-        frag = (src, dst, ip[4:6]) if offset or more else None
-        return ip[9], src, dst, ihl if offset == 0 else -1, frag
-    if len(ip) >= 40 and ip[0] >> 4 == 6:
-        src, dst = _address(ip[8:24]), _address(ip[24:40])
-        nxt, pos, frag = ip[6], 40, None
-        while nxt in (IPV6_HOP_BY_HOP, IPV6_ROUTING, IPV6_DEST_OPTS, IPV6_FRAGMENT, IPV6_AH):
-            if len(ip) < pos + 8:
-                return None
-            if nxt == IPV6_FRAGMENT:
-                frag = (src, dst, ip[pos + 4 : pos + 8])
-                if struct.unpack_from(">H", ip, pos + 2)[0] >> 3:
-                    return ip[pos], src, dst, -1, frag
-                size = 8
-            else:
-                size = (ip[pos + 1] + 2) * 4 if nxt == IPV6_AH else (ip[pos + 1] + 1) * 8
-            nxt, pos = ip[pos], pos + size
-        return nxt, src, dst, pos, frag
-    return None
-
-
 def packets(path: Path) -> Iterable[Packet]:
-    """The IP packets of a capture, outer header parsed, in capture order (link layers as vpnid reads them)."""
+    """The IP packets of a capture, in capture order: link layer and outer IP header read by vpnid's own
+    decoder (`link_layer`, `ip_layer`), so the look-alikes start from the packets vpnid itself sees."""
     for chunk in read_chunks(path, warn=lambda _m: None):
-        cur = link_layer(chunk, Counter())
-        for row, l3, end in zip(cur.pkt.tolist(), cur.l3.tolist(), cur.end.tolist()):
-            ip = chunk.data[l3:end].tobytes()
-            head = parse_ip(ip)
-            if head is None:
-                continue
-            link = l3 - int(chunk.offset[row])
-            yield Packet(int(chunk.ts_ns[row]), int(chunk.wirelen[row]) - link, ip, *head)
+        stats: Counter[str] = Counter()
+        rows = sorted((r for ip in ip_layer(chunk.data, link_layer(chunk, stats), stats) for r in zip(
+            ip.pkt.tolist(), ip.l3.tolist(), ip.l4.tolist(), ip.proto.tolist(), ip.src.tolist(), ip.dst.tolist(),
+            ip.frag.tolist(), ip.frag_off.tolist(), ip.ident.tolist())), key=lambda r: r[0])
+        for row, l3, l4, proto, src, dst, frag, frag_off, ident in rows:
+            start = int(chunk.offset[row])
+            end = min(start + int(chunk.caplen[row]), chunk.data.size)
+            src, dst = address_text(src), address_text(dst)
+            yield Packet(int(chunk.ts_ns[row]), int(chunk.wirelen[row]) - (l3 - start), chunk.data[l3:end].tobytes(),
+                         proto, src, dst, l4 - l3 if frag_off == 0 else -1, (src, dst, ident) if frag else None)
 
 
 def _fold(x: int) -> int:
