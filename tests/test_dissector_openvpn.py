@@ -5,6 +5,7 @@ from __future__ import annotations
 import random
 import struct
 
+import numpy as np
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -29,6 +30,7 @@ from vpnid.features.dissectors.openvpn import (
     OpenVPN,
     PduWalker,
     _chain_start,
+    _fits,
 )
 
 WRAPS = ["plain", "md5", "sha1", "sha256", "sha512", "tls-crypt"]
@@ -582,3 +584,16 @@ def test_one_way_look_alikes_are_not_openvpn() -> None:
     # a counter at offset 1 stepping by one, but a cleartext body
     clear = [(0, b"\x30" + struct.pack(">I", 50 + i) + bytes(100)) for i in range(16)]
     assert run(udp_packets(clear)).state is State.REJECTED
+
+
+def test_compiled_first_packet_check_agrees_with_the_reasons_it_stands_for() -> None:
+    """`_fits` (first-byte tables, compiled: the prefilter and the mid-flow TCP resync) is the yes/no form of
+    `_bad_start` + `_bad_size` (which say why), the STUN cookie aside: the two must never drift apart."""
+    d = OpenVPN()
+    d._tcp = False
+    sizes = np.array([0, 1, 8, 9, 13, 14, 15, 16, 20, 24, 25, 28, 29, 40, 41, 60, 100, 1199, 1200, 1500, 9000])
+    firsts = np.repeat(np.arange(256), len(sizes))
+    tiled = np.tile(sizes, 256)
+    expected = [d._bad_start(bytes([f]) + bytes(8)) is None and d._bad_size(int(s), f >> 3) is None
+                for f, s in zip(firsts.tolist(), tiled.tolist())]
+    assert _fits(firsts, tiled).tolist() == expected
