@@ -60,7 +60,7 @@ REKEY_JITTER = 0.333  # ... plus up to 333 ms of jitter
 SPACING_SLACK = 0.25  # capture timestamp noise around that window
 
 # WARP handshakes are not the standard sizes (nDPI): at least the standard message's fields must fit.
-WARP_MIN_SIZES = {HANDSHAKE_INITIATION: 148, HANDSHAKE_RESPONSE: 92, COOKIE_REPLY: 64}
+WARP_MIN_SIZES = {kind: min(sizes) for kind, sizes in HANDSHAKE_SIZES.items()}
 WARP_ECHO_CONFIDENCE = 0.95  # the index echo holds, but no exact size backs it
 
 MIN_DATA_PER_DIRECTION = 3
