@@ -23,7 +23,6 @@ from vpnid.pcaps.lab.variant import Variant
 INNER_PORT = 1194  # the OpenVPN server behind each wrapper, on loopback of namespace b (and a, for stunnel)
 LOOPBACK = "127.0.0.1"
 INNER = (LOOPBACK, INNER_PORT)
-SOCKS_PORT = 1080
 
 
 def stunnel(lab: Lab, pki: Pki, v: Variant, scale: int) -> None:
@@ -71,13 +70,9 @@ def obfs4(lab: Lab, pki: Pki, v: Variant, scale: int) -> None:
 
 
 def over_shadowsocks(lab: Lab, pki: Pki, v: Variant, scale: int) -> None:
-    port, method, password = str(v.server_port), v.opts["method"], shadowsocks.PASSWORD
-    lab.spawn("b", f"{v.name}-ss-server", "ss-server", "-s", SERVER_IP, "-p", port, "-k", password, "-m", method, "-v")
-    lab.spawn("a", f"{v.name}-ss-local", "ss-local", "-s", SERVER_IP, "-p", port, "-l", str(SOCKS_PORT),
-              "-b", LOOPBACK, "-k", password, "-m", method, "-v")
-    for side in ("ss-server", "ss-local"):
-        lab.wait_log(f"{v.name}-{side}", "listening at")
-    openvpn.run(lab, pki, v, scale, INNER, INNER, f"socks-proxy {LOOPBACK} {SOCKS_PORT}")  # ss-server dials b's INNER
+    shadowsocks.start(lab, v)
+    openvpn.run(lab, pki, v, scale, INNER, INNER,  # ss-server dials b's INNER
+                f"socks-proxy {shadowsocks.SOCKS_HOST} {shadowsocks.SOCKS_PORT}")
 
 
 def _variant(wrapper: str, port: int, drive: Callable[[Lab, Pki, Variant, int], None], tls: str, cipher: str,

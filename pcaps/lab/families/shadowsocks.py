@@ -11,18 +11,24 @@ from vpnid.pcaps.lab.pki import Pki
 from vpnid.pcaps.lab.variant import Variant, scaled
 
 TARGET = "198.19.5.1"  # the "web server" behind the proxy, on lo in namespace b
-SOCKS = "127.0.0.1:1080"
+SOCKS_HOST, SOCKS_PORT = "127.0.0.1", 1080  # ss-local's SOCKS5 front end, in namespace a
+SOCKS = f"{SOCKS_HOST}:{SOCKS_PORT}"
 PASSWORD = "lab-ss-password"
+
+
+def start(lab: Lab, v: Variant) -> None:
+    """ss-server on the variant's port in namespace b, ss-local's SOCKS5 front end in a (cipher `method`)."""
+    port, method = str(v.server_port), v.opts["method"]
+    lab.spawn("b", f"{v.name}-server", "ss-server", "-s", SERVER_IP, "-p", port, "-k", PASSWORD, "-m", method, "-v")
+    lab.spawn("a", f"{v.name}-local", "ss-local", "-s", SERVER_IP, "-p", port, "-l", str(SOCKS_PORT), "-b",
+              SOCKS_HOST, "-k", PASSWORD, "-m", method, "-v")
+    for side in ("server", "local"):
+        lab.wait_log(f"{v.name}-{side}", "listening at")
 
 
 def drive(lab: Lab, pki: Pki, v: Variant, scale: int) -> None:
     lab.sh("b", "ip", "addr", "add", f"{TARGET}/32", "dev", "lo")
-    port, method = str(v.server_port), v.opts["method"]
-    lab.spawn("b", f"{v.name}-server", "ss-server", "-s", SERVER_IP, "-p", port, "-k", PASSWORD, "-m", method, "-v")
-    lab.spawn("a", f"{v.name}-local", "ss-local", "-s", SERVER_IP, "-p", port, "-l", "1080", "-b", "127.0.0.1",
-              "-k", PASSWORD, "-m", method, "-v")
-    for side in ("server", "local"):
-        lab.wait_log(f"{v.name}-{side}", "listening at")
+    start(lab, v)
     lab.traffic_server(TARGET)
     lab.traffic(TARGET, scaled(v.opts["plan"], scale), v.seed, "--socks", SOCKS)
 
