@@ -27,9 +27,27 @@ acknowledgement-sized record, is a coincidence the negatives never show. The lab
 attribute `wrapped` = `tls` (the outer handshake was TLS) or `fully_encrypted` (random from the first byte:
 Shadowsocks and look-alikes; which one the sizes cannot say), and the `wrapped_tunnel` risk.
 
+Joined mid-flow (the handshake not in the capture), the data channel shows instead. Each unit is one
+OpenVPN TCP data packet: the length word, the opcode byte, V2's peer-id, the AEAD packet-id and tag, maybe
+a compression byte (`openvpn.TCP_AEAD_DATA_FRAMINGS`: 23, 24, 26 or 27 bytes), then one IP packet or the
+16-byte ping; so the tunnel's pure TCP ACKs (40, 52, 60, 72) and pings give units of fixed sizes:
+- through TLS: record = inner + the suite's AEAD overhead, tried under each overhead as `cstp` does, and
+  read beside CSTP's framing (`cstp.tls_tunnel_readings`): OpenVPN is named only where its reading explains
+  the records better than CSTP's (`ipshape.Readings`), and the other way round for CSTP;
+- through a fully encrypted proxy: write = inner + CHUNK_OVERHEAD (SIP004), every segment random from its
+  first byte (no printable prefix, zeroed field, length field or text: what the cheap stage checks too),
+  the run of shaped writes in one direction and MIN_OTHER of them the other way under the same framing,
+  and none of the structure that ordinary encrypted protocols show (`shadowsocks`' length-field,
+  repeated-header-byte and aligned-size tests).
+The label is `openvpn`, attributes `wrapped` and `mid_flow=true`, at a lower confidence (0.6): sizes alone,
+with the framing a guess. Risks: `wrapped_tunnel`, and `obfuscated` for the fully encrypted wrapper. A
+proxied download joined mid-flow (ACKs one way only, bulk writes the other) keeps no label through a fully
+encrypted proxy; stunnel, which writes what one read returns, merges a burst of packets into one record,
+so the run comes from the ACKs and interactive traffic between bursts.
+
 What is not recognised: obfs4 (its random padding of the handshake and of every frame erases the sizes),
 wrappers with CBC suites (no fixed record overhead is needed, but the sizes round up to blocks: left out),
-a capture that starts after the handshake, and OpenVPN over UDP (nothing wraps UDP this way).
+OpenVPN's CBC data channel mid-flow (block-rounded sizes), and OpenVPN over UDP (nothing wraps UDP this way).
 """
 
 from __future__ import annotations
@@ -40,15 +58,40 @@ import numpy as np
 
 from vpnid.features.dissectors.base import Dissector, FlowPacket, PacketHeads, State
 from vpnid.features.dissectors.cstp import (
+    APPLICATION_HEADER,
     CONTENT_APPLICATION_DATA,
     CONTENT_HANDSHAKE,
+    CONTENT_TYPES,
+    MAX_UNSYNCED,
+    MID_FLOW_OVERHEADS,
+    OPENVPN_SIZES,
     TLS13_SUITES,
+    Cstp,
+    NonceSteps,
     RecordWalker,
+    narrow,
     record_overhead,
     server_hello_suite,
+    tls_tunnel_readings,
 )
-from vpnid.features.dissectors.shadowsocks import CHUNK_OVERHEAD, FULL_SEGMENT, MIN_CLIENT_FIRST, Shadowsocks, exemption
-from vpnid.features.families import OPENVPN
+from vpnid.features.dissectors.ipshape import MIN_SHAPED, Reading, Readings
+from vpnid.features.dissectors.openvpn import TCP_AEAD_DATA_FRAMINGS
+from vpnid.features.dissectors.shadowsocks import (
+    CHUNK_OVERHEAD,
+    FULL_SEGMENT,
+    HEADER,
+    MIN_CHUNK,
+    MIN_CLIENT_FIRST,
+    Shadowsocks,
+    aligned_sizes,
+    exemption,
+    length_fields,
+    repeated_bytes,
+    text_in,
+    visible,
+    visible_heads,
+)
+from vpnid.features.families import OPENCONNECT, OPENVPN
 from vpnid.features.packets import IPPROTO_TCP
 from vpnid.features.risks import OBFUSCATED, WRAPPED_TUNNEL
 
@@ -62,6 +105,10 @@ MAX_SALT = max(SALTS)
 FOLLOW = 6  # units after the client's ACK within which the client's own fragment must come
 UNITS = 24  # inner units looked at before giving up
 TLS_WRAPPER, FULLY_ENCRYPTED_WRAPPER = "tls", "fully_encrypted"
+HANDSHAKE_PACKETS = 48  # from the start: packets within which the wrapped handshake shows
+MID_FLOW_UNITS = 64  # mid-flow: units per wrapper reading before giving up
+MIN_OTHER = MIN_SHAPED // 2  # fully encrypted, mid-flow: shaped writes the other way under the same framing
+SEALED_READINGS = {Reading(OPENVPN, CHUNK_OVERHEAD, f): OPENVPN_SIZES for f in TCP_AEAD_DATA_FRAMINGS}
 
 
 class OpenVPNWrapped(Dissector):
@@ -69,15 +116,24 @@ class OpenVPNWrapped(Dissector):
 
     family: ClassVar[str] = OPENVPN
     transports: ClassVar[frozenset[int]] = frozenset({IPPROTO_TCP})
-    budget: ClassVar[int] = 48
+    budget: ClassVar[int] = 96
     feature_state: ClassVar[bool] = False  # came after feature schema v1
+    # Mid-flow, the TLS reading waits as Cstp's does for a segment that starts a record.
+    prefilter_window: ClassVar[int] = Cstp.prefilter_window
 
     @staticmethod
     def prefilter(p: PacketHeads) -> np.ndarray:
         """The opening client segment of a connection seen to open: a TLS handshake record holding a
-        ClientHello, or what the Shadowsocks prefilter passes (the fully encrypted first segments)."""
+        ClientHello, or what the Shadowsocks prefilter passes (the fully encrypted first segments). Joined
+        mid-flow: a segment that starts an application-data record, or one of at least an AEAD chunk that
+        shows none of `shadowsocks.visible_heads` (the dissector drops its fully encrypted reading at the
+        first segment that does)."""
+        tcp = p.proto == IPPROTO_TCP
         hello = (p.u8(0) == CONTENT_HANDSHAKE) & (p.u8(1) == 3) & (p.u8(5) == CLIENT_HELLO)
-        return ((p.proto == IPPROTO_TCP) & p.opened & (p.direction == 0) & hello) | Shadowsocks.prefilter(p)
+        record = (p.length >= len(APPLICATION_HEADER)) & (p.be(0, 3) == int.from_bytes(APPLICATION_HEADER, "big"))
+        sealed = (p.length >= MIN_CHUNK) & ~visible_heads(p)
+        return ((tcp & p.opened & (p.direction == 0) & hello) | Shadowsocks.prefilter(p)
+                | (tcp & ~p.opened & (record | sealed)))
 
     def __init__(self) -> None:
         super().__init__()
@@ -88,9 +144,18 @@ class OpenVPNWrapped(Dissector):
         self._skip = [0, 0]  # TLS 1.3: the client's Finished, the server's encrypted handshake records
         self._last = [0, 0]  # fully encrypted: the size of each direction's last segment
         self._units: list[tuple[int, int]] = []  # (direction, inner size), in order
+        self._mid: MidFlow | None = None
 
     def on_packet(self, pkt: FlowPacket) -> None:
         d, p = pkt.direction, pkt.payload
+        if self.seen == 1 and not pkt.opened:
+            self._mid = MidFlow()
+        if self._mid is not None:
+            self._mid_flow(pkt)
+            return
+        if self.seen >= HANDSHAKE_PACKETS:
+            self.reject(f"undecided after {self.seen} packets")
+            return
         if self.seen == 1:
             self._open(pkt)
             if self.state is not State.CANDIDATE:
@@ -104,7 +169,7 @@ class OpenVPNWrapped(Dissector):
 
     def _open(self, pkt: FlowPacket) -> None:
         p = pkt.payload
-        if not pkt.opened or pkt.direction != 0:
+        if pkt.direction != 0:
             self.reject("the connection's opening client segment was not seen")
         elif p[:2] == bytes([CONTENT_HANDSHAKE, 3]) and p[5:6] == bytes([CLIENT_HELLO]):
             self._wrapper = TLS_WRAPPER
@@ -197,3 +262,107 @@ class OpenVPNWrapped(Dissector):
                                    "(TCP OpenVPN's control-channel handshake through a wrapper)")
         elif len(later) == FOLLOW:
             self.reject(f"no client fragment of the server's {frag} bytes within {FOLLOW} units")
+
+    def _mid_flow(self, pkt: FlowPacket) -> None:
+        """Joined mid-flow: the TLS and the fully encrypted readings side by side, until one names the flow
+        or both are dropped."""
+        m = self._mid
+        if m.records is not None:
+            self._mid_tls(pkt)
+        if self.state is State.CANDIDATE and m.writes is not None:
+            self._mid_sealed(pkt)
+        if self.state is State.CANDIDATE and m.records is None and m.writes is None:
+            self.reject(f"mid-flow: {m.why_tls}; {m.why_sealed}")
+
+    def _mid_tls(self, pkt: FlowPacket) -> None:
+        m, d = self._mid, pkt.direction
+        if m.walkers[d] is None:
+            if pkt.payload[:3] != APPLICATION_HEADER:
+                m.unsynced[d] += 1
+                if m.unsynced[d] >= MAX_UNSYNCED:
+                    m.drop_tls(f"none of {MAX_UNSYNCED} segments starts with a TLS record")
+                return
+            m.walkers[d] = RecordWalker()
+        records = m.walkers[d].push(pkt.tcp_seq, pkt.payload)
+        if records is None:
+            m.drop_tls("the stream is not a sequence of TLS records")
+            return
+        for content, size, head in records:
+            if content != CONTENT_APPLICATION_DATA:
+                continue
+            narrow(m.records, m.nonces, d, head)
+            if hit := m.records.add(d, size):
+                reading, run = hit
+                if reading.family == OPENCONNECT:
+                    m.drop_tls("the TLS records fit CSTP's framing better than OpenVPN's")
+                else:
+                    self._confirm_mid_flow(pkt, TLS_WRAPPER, reading, run,
+                                           f"TLS records under a guessed {reading.wrapper}-byte AEAD overhead")
+                return
+            if m.records.records >= MID_FLOW_UNITS:
+                m.drop_tls(f"{MID_FLOW_UNITS} TLS records without OpenVPN data packets' inner sizes")
+                return
+
+    def _mid_sealed(self, pkt: FlowPacket) -> None:
+        m, d, p = self._mid, pkt.direction, pkt.payload
+        if p[:1] and p[0] in CONTENT_TYPES and p[1:2] == b"\x03":
+            m.drop_sealed("a segment starts with a TLS record header")
+        elif len(p) < MIN_CHUNK or visible(p) or text_in(p):
+            m.drop_sealed("a segment is shorter than an AEAD chunk or shows a header, a length field or text")
+        if m.writes is None:
+            return
+        if not m.pending[d]:
+            m.heads[d].append(p[:HEADER])
+            m.fields += len(length_fields(p)) > 0
+        m.pending[d] += len(p)
+        if len(p) >= FULL_SEGMENT:  # the write goes on in the next segment
+            return
+        write, m.pending[d] = m.pending[d], 0
+        m.sizes[d].append(write)
+        if hit := m.writes.add(d, write):
+            reading, run = hit
+            other = sum(m.writes.sizes[reading].shaped[1 - d].values())
+            structure = (("a length field in several writes" if m.fields >= 2 else None) or repeated_bytes(m.heads[0])
+                         or repeated_bytes(m.heads[1]) or aligned_sizes(m.sizes))
+            if structure:
+                m.drop_sealed(f"random-looking, but structured: {structure}")
+            elif other >= MIN_OTHER:
+                self._confirm_mid_flow(pkt, FULLY_ENCRYPTED_WRAPPER, reading, run,
+                                       f"fully encrypted writes less a {CHUNK_OVERHEAD}-byte AEAD chunk overhead")
+                return
+        if m.writes is not None and m.writes.records >= MID_FLOW_UNITS:
+            m.drop_sealed(f"{MID_FLOW_UNITS} writes without OpenVPN data packets' sizes both ways")
+
+    def _confirm_mid_flow(self, pkt: FlowPacket, wrapper: str, reading: Reading, run: str, units: str) -> None:
+        self.attributes["wrapped"], self.attributes["mid_flow"] = wrapper, "true"
+        self.raise_risk(WRAPPED_TUNNEL)
+        if wrapper == FULLY_ENCRYPTED_WRAPPER:
+            self.raise_risk(OBFUSCATED)
+        self.confirm(pkt, 0.6, f"wrapped={wrapper}; mid-flow, {units}, each one OpenVPN TCP data packet behind "
+                               f"{reading.framing} bytes of data framing: {run} (OpenVPN over TCP inside a wrapper, "
+                               "joined after its handshake)")
+
+
+class MidFlow:
+    """The state of a wrapped connection joined mid-flow: each reading, None once dropped (with why)."""
+
+    __slots__ = ("records", "nonces", "walkers", "unsynced", "writes", "pending", "heads", "sizes", "fields",
+                 "why_tls", "why_sealed")
+
+    def __init__(self) -> None:
+        self.records: Readings | None = Readings(tls_tunnel_readings(MID_FLOW_OVERHEADS))
+        self.nonces = NonceSteps()
+        self.walkers: list[RecordWalker | None] = [None, None]
+        self.unsynced = [0, 0]
+        self.writes: Readings | None = Readings(SEALED_READINGS)
+        self.pending = [0, 0]  # bytes of each direction's write so far
+        self.heads: tuple[list[bytes], list[bytes]] = ([], [])  # leading bytes of each write
+        self.sizes: tuple[list[int], list[int]] = ([], [])  # sizes of whole writes
+        self.fields = 0  # writes with a length field of their own size near the start
+        self.why_tls = self.why_sealed = ""
+
+    def drop_tls(self, why: str) -> None:
+        self.records, self.why_tls = None, why
+
+    def drop_sealed(self, why: str) -> None:
+        self.writes, self.why_sealed = None, why
