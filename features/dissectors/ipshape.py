@@ -93,7 +93,7 @@ class Readings:
 
     def __init__(self, readings: dict[Reading, frozenset[int]]) -> None:
         self.sizes = {r: InnerSizes(shaped) for r, shaped in readings.items()}
-        self.units: Counter[int] = Counter()  # unit sizes, both directions
+        self.units: tuple[Counter[int], Counter[int]] = (Counter(), Counter())  # unit sizes per direction
 
     @property
     def records(self) -> int:
@@ -106,7 +106,7 @@ class Readings:
 
     def add(self, direction: int, unit: int) -> tuple[Reading, str] | None:
         """Count one unit; returns the reading that has its run and leads, with the run's evidence."""
-        self.units[unit] += 1
+        self.units[direction][unit] += 1
         fired = {r: run for r, sizes in self.sizes.items() if (run := sizes.add(direction, unit - r.offset))}
         if not fired:
             return None
@@ -117,10 +117,23 @@ class Readings:
 
     def explained(self, r: Reading) -> int:
         """Tunnel-shaped units under `r`, less the units in the BAND below its commonest ACK size."""
-        sizes = self.sizes[r]
-        shaped = sizes.shaped[0] + sizes.shaped[1]
-        acks = [(n, s) for s, n in shaped.items() if s in ACK_SIZES]
-        if not acks:
+        shaped = self.sizes[r].shaped[0] + self.sizes[r].shaped[1]
+        ack = _commonest_ack(shaped)
+        if ack is None:
             return sum(shaped.values())
-        ack = max(acks)[1] + r.offset
-        return sum(shaped.values()) - sum(self.units[u] for u in range(ack - BAND, ack))
+        low = ack + r.offset - BAND
+        return sum(shaped.values()) - sum(n for units in self.units for u, n in units.items() if low <= u < low + BAND)
+
+    def answers(self, r: Reading, direction: int) -> int:
+        """Units the other way that are larger than `direction`'s commonest ACK under `r`: the data those
+        ACKs acknowledge. A tunnel's ACKs answer data; a protocol trading one message size both ways
+        (heartbeats, a ping-pong) has none."""
+        ack = _commonest_ack(self.sizes[r].shaped[direction])
+        if ack is None:
+            return 0
+        return sum(n for u, n in self.units[1 - direction].items() if u > ack + r.offset)
+
+
+def _commonest_ack(shaped: Counter[int]) -> int | None:
+    acks = [(n, s) for s, n in shaped.items() if s in ACK_SIZES]
+    return max(acks)[1] if acks else None

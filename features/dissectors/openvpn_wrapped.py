@@ -36,10 +36,11 @@ a compression byte (`openvpn.TCP_AEAD_DATA_FRAMINGS`: 23, 24, 26 or 27 bytes), t
   the records better than CSTP's (`ipshape.Readings`), and the other way round for CSTP;
 - through a fully encrypted proxy: write = inner + CHUNK_OVERHEAD (SIP004), every segment random from its
   first byte (no printable prefix, zeroed field, length field or text: what the cheap stage checks too),
-  the run of shaped writes in one direction and MIN_OTHER of them the other way under the same framing,
   and none of the structure that ordinary encrypted protocols show (`shadowsocks`' length-field,
   repeated-header-byte and aligned-size tests).
-The label is `openvpn`, attributes `wrapped` and `mid_flow=true`, at a lower confidence (0.6): sizes alone,
+Either way the ACKs must answer something: MIN_ANSWERS units the other way larger than them (a protocol
+trading one message size both ways, heartbeats or a ping-pong, has none). The label is `openvpn`,
+attributes `wrapped` and `mid_flow=true`, at a lower confidence (0.6): sizes alone,
 with the framing a guess. Risks: `wrapped_tunnel`, and `obfuscated` for the fully encrypted wrapper. A
 proxied download joined mid-flow (ACKs one way only, bulk writes the other) keeps no label through a fully
 encrypted proxy; stunnel, which writes what one read returns, merges a burst of packets into one record,
@@ -107,7 +108,7 @@ UNITS = 24  # inner units looked at before giving up
 TLS_WRAPPER, FULLY_ENCRYPTED_WRAPPER = "tls", "fully_encrypted"
 HANDSHAKE_PACKETS = 48  # from the start: packets within which the wrapped handshake shows
 MID_FLOW_UNITS = 64  # mid-flow: units per wrapper reading before giving up
-MIN_OTHER = MIN_SHAPED // 2  # fully encrypted, mid-flow: shaped writes the other way under the same framing
+MIN_ANSWERS = MIN_SHAPED // 2  # mid-flow: units the other way larger than the ACKs (the data they answer)
 SEALED_READINGS = {Reading(OPENVPN, CHUNK_OVERHEAD, f): OPENVPN_SIZES for f in TCP_AEAD_DATA_FRAMINGS}
 
 
@@ -116,7 +117,7 @@ class OpenVPNWrapped(Dissector):
 
     family: ClassVar[str] = OPENVPN
     transports: ClassVar[frozenset[int]] = frozenset({IPPROTO_TCP})
-    budget: ClassVar[int] = 96
+    budget: ClassVar[int] = 256  # mid-flow through a proxy that merges a burst into one write: ACKs come slowly
     feature_state: ClassVar[bool] = False  # came after feature schema v1
     # Mid-flow, the TLS reading waits as Cstp's does for a segment that starts a record.
     prefilter_window: ClassVar[int] = Cstp.prefilter_window
@@ -295,10 +296,14 @@ class OpenVPNWrapped(Dissector):
                 reading, run = hit
                 if reading.family == OPENCONNECT:
                     m.drop_tls("the TLS records fit CSTP's framing better than OpenVPN's")
-                else:
+                    return
+                if m.records.answers(reading, d) >= MIN_ANSWERS:
+                    splits = " or ".join(f"{r.wrapper} + {r.framing}" for r in m.records.sizes
+                                         if r.family == OPENVPN and r.offset == reading.offset)
                     self._confirm_mid_flow(pkt, TLS_WRAPPER, reading, run,
-                                           f"TLS records under a guessed {reading.wrapper}-byte AEAD overhead")
-                return
+                                           f"TLS records {reading.offset} bytes longer than the IP packet each "
+                                           f"carries (a guessed AEAD overhead + OpenVPN's TCP data framing: {splits})")
+                    return
             if m.records.records >= MID_FLOW_UNITS:
                 m.drop_tls(f"{MID_FLOW_UNITS} TLS records without OpenVPN data packets' inner sizes")
                 return
@@ -321,14 +326,15 @@ class OpenVPNWrapped(Dissector):
         m.sizes[d].append(write)
         if hit := m.writes.add(d, write):
             reading, run = hit
-            other = sum(m.writes.sizes[reading].shaped[1 - d].values())
             structure = (("a length field in several writes" if m.fields >= 2 else None) or repeated_bytes(m.heads[0])
                          or repeated_bytes(m.heads[1]) or aligned_sizes(m.sizes))
             if structure:
                 m.drop_sealed(f"random-looking, but structured: {structure}")
-            elif other >= MIN_OTHER:
+            elif m.writes.answers(reading, d) >= MIN_ANSWERS:
                 self._confirm_mid_flow(pkt, FULLY_ENCRYPTED_WRAPPER, reading, run,
-                                       f"fully encrypted writes less a {CHUNK_OVERHEAD}-byte AEAD chunk overhead")
+                                       f"fully encrypted writes {reading.offset} bytes longer than the IP packet each "
+                                       f"carries (a {CHUNK_OVERHEAD}-byte AEAD chunk overhead + OpenVPN's TCP data "
+                                       f"framing: {reading.framing})")
                 return
         if m.writes is not None and m.writes.records >= MID_FLOW_UNITS:
             m.drop_sealed(f"{MID_FLOW_UNITS} writes without OpenVPN data packets' sizes both ways")
@@ -338,8 +344,7 @@ class OpenVPNWrapped(Dissector):
         self.raise_risk(WRAPPED_TUNNEL)
         if wrapper == FULLY_ENCRYPTED_WRAPPER:
             self.raise_risk(OBFUSCATED)
-        self.confirm(pkt, 0.6, f"wrapped={wrapper}; mid-flow, {units}, each one OpenVPN TCP data packet behind "
-                               f"{reading.framing} bytes of data framing: {run} (OpenVPN over TCP inside a wrapper, "
+        self.confirm(pkt, 0.6, f"wrapped={wrapper}; mid-flow, {units}: {run} (OpenVPN over TCP inside a wrapper, "
                                "joined after its handshake)")
 
 
