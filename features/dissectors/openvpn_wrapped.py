@@ -34,9 +34,10 @@ a compression byte (`openvpn.TCP_AEAD_DATA_FRAMINGS`: 23, 24, 26 or 27 bytes), t
 - through TLS: record = inner + the suite's AEAD overhead, tried under each overhead as `cstp` does, and
   read beside CSTP's framing (`cstp.tls_tunnel_readings`): OpenVPN is named only where its reading explains
   the records better than CSTP's (`ipshape.Readings`), and the other way round for CSTP;
-- through a fully encrypted proxy: write = inner + CHUNK_OVERHEAD (SIP004), every segment random from its
-  first byte (no printable prefix, zeroed field, length field or text: what the cheap stage checks too),
-  and none of the structure that ordinary encrypted protocols show (`shadowsocks`' length-field,
+- through a fully encrypted proxy: write = inner + CHUNK_OVERHEAD (SIP004), random from the first byte
+  (each direction's first segment without printable prefix, zeroed fields or a length field, as the cheap
+  stage checks; no segment with text; every write at least a chunk), MIN_SPREAD distinct write sizes, and
+  none of the structure that ordinary encrypted protocols show (`shadowsocks`' length-field,
   repeated-header-byte and aligned-size tests).
 Either way the ACKs must answer something: MIN_ANSWERS units the other way larger than them (a protocol
 trading one message size both ways, heartbeats or a ping-pong, has none). The label is `openvpn`,
@@ -53,6 +54,7 @@ OpenVPN's CBC data channel mid-flow (block-rounded sizes), and OpenVPN over UDP 
 
 from __future__ import annotations
 
+import math
 from typing import ClassVar
 
 import numpy as np
@@ -78,6 +80,8 @@ from vpnid.features.dissectors.cstp import (
 from vpnid.features.dissectors.ipshape import MIN_SHAPED, Reading, Readings
 from vpnid.features.dissectors.openvpn import TCP_AEAD_DATA_FRAMINGS
 from vpnid.features.dissectors.shadowsocks import (
+    ALIGNMENTS,
+    ALPHA,
     CHUNK_OVERHEAD,
     FULL_SEGMENT,
     HEADER,
@@ -109,6 +113,9 @@ TLS_WRAPPER, FULLY_ENCRYPTED_WRAPPER = "tls", "fully_encrypted"
 HANDSHAKE_PACKETS = 48  # from the start: packets within which the wrapped handshake shows
 MID_FLOW_UNITS = 64  # mid-flow: units per wrapper reading before giving up
 MIN_ANSWERS = MIN_SHAPED // 2  # mid-flow: units the other way larger than the ACKs (the data they answer)
+# Distinct write sizes (beyond the first of each direction) before the alignment test can speak: the chance
+# that sizes of random payloads all keep one remainder modulo the smallest alignment falls below ALPHA.
+MIN_SPREAD = math.ceil(math.log(1 / ALPHA) / math.log(min(ALIGNMENTS)))
 SEALED_READINGS = {Reading(OPENVPN, CHUNK_OVERHEAD, f): OPENVPN_SIZES for f in TCP_AEAD_DATA_FRAMINGS}
 
 
@@ -309,35 +316,56 @@ class OpenVPNWrapped(Dissector):
                 return
 
     def _mid_sealed(self, pkt: FlowPacket) -> None:
+        """A fully encrypted proxy's segments as writes (a segment continues its direction's write while the
+        previous one filled a segment). Each direction's first segment is held to what the cheap stage
+        checks; later ones, as in `shadowsocks`, only to hold a chunk when they start a write, and no text
+        (a printable prefix or a length-like field turns up in one random segment in 400: no reason to drop
+        a stream)."""
         m, d, p = self._mid, pkt.direction, pkt.payload
+        first = not m.heard[d]
+        m.heard[d] = True
         if p[:1] and p[0] in CONTENT_TYPES and p[1:2] == b"\x03":
             m.drop_sealed("a segment starts with a TLS record header")
-        elif len(p) < MIN_CHUNK or visible(p) or text_in(p):
-            m.drop_sealed("a segment is shorter than an AEAD chunk or shows a header, a length field or text")
+        elif first and (len(p) < MIN_CHUNK or visible(p)):
+            m.drop_sealed("a first segment is shorter than an AEAD chunk or shows a header or a length field")
+        elif not m.pending[d] and len(p) < MIN_CHUNK:
+            m.drop_sealed(f"a {len(p)}-byte write cannot hold an AEAD chunk")
+        elif why := text_in(p):
+            m.drop_sealed(f"a segment carries text ({why})")
         if m.writes is None:
             return
+        if m.pending[1 - d]:  # the other side speaks: what it had sent was one write
+            self._end_write(pkt, 1 - d)
         if not m.pending[d]:
             m.heads[d].append(p[:HEADER])
             m.fields += len(length_fields(p)) > 0
         m.pending[d] += len(p)
-        if len(p) >= FULL_SEGMENT:  # the write goes on in the next segment
-            return
-        write, m.pending[d] = m.pending[d], 0
-        m.sizes[d].append(write)
-        if hit := m.writes.add(d, write):
-            reading, run = hit
-            structure = (("a length field in several writes" if m.fields >= 2 else None) or repeated_bytes(m.heads[0])
-                         or repeated_bytes(m.heads[1]) or aligned_sizes(m.sizes))
-            if structure:
-                m.drop_sealed(f"random-looking, but structured: {structure}")
-            elif m.writes.answers(reading, d) >= MIN_ANSWERS:
-                self._confirm_mid_flow(pkt, FULLY_ENCRYPTED_WRAPPER, reading, run,
-                                       f"fully encrypted writes {reading.offset} bytes longer than the IP packet each "
-                                       f"carries (a {CHUNK_OVERHEAD}-byte AEAD chunk overhead + OpenVPN's TCP data "
-                                       f"framing: {reading.framing})")
-                return
+        if len(p) < FULL_SEGMENT and self.state is State.CANDIDATE and m.writes is not None:
+            self._end_write(pkt, d)
         if m.writes is not None and m.writes.records >= MID_FLOW_UNITS:
-            m.drop_sealed(f"{MID_FLOW_UNITS} writes without OpenVPN data packets' sizes both ways")
+            m.drop_sealed(f"{MID_FLOW_UNITS} writes without OpenVPN data packets' sizes, answered")
+
+    def _end_write(self, pkt: FlowPacket, d: int) -> None:
+        """Count direction `d`'s write, and confirm once a reading leads, answered, with sizes enough to
+        judge and no structure."""
+        m = self._mid
+        write, m.pending[d] = m.pending[d], 0
+        if write not in m.sizes[d]:  # one size repeated says nothing of a block framing: distinct sizes only
+            m.sizes[d].append(write)
+        if not (hit := m.writes.add(d, write)):
+            return
+        reading, run = hit
+        if m.writes.answers(reading, d) < MIN_ANSWERS or sum(len(s) - 1 for s in m.sizes if s) < MIN_SPREAD:
+            return
+        structure = (("a length field in several writes" if m.fields >= 2 else None) or repeated_bytes(m.heads[0])
+                     or repeated_bytes(m.heads[1]) or aligned_sizes(m.sizes))
+        if structure:
+            m.drop_sealed(f"random-looking, but structured: {structure}")
+        else:
+            self._confirm_mid_flow(pkt, FULLY_ENCRYPTED_WRAPPER, reading, run,
+                                   f"fully encrypted writes {reading.offset} bytes longer than the IP packet each "
+                                   f"carries (a {CHUNK_OVERHEAD}-byte AEAD chunk overhead + OpenVPN's TCP data "
+                                   f"framing: {reading.framing})")
 
     def _confirm_mid_flow(self, pkt: FlowPacket, wrapper: str, reading: Reading, run: str, units: str) -> None:
         self.attributes["wrapped"], self.attributes["mid_flow"] = wrapper, "true"
@@ -351,8 +379,8 @@ class OpenVPNWrapped(Dissector):
 class MidFlow:
     """The state of a wrapped connection joined mid-flow: each reading, None once dropped (with why)."""
 
-    __slots__ = ("records", "nonces", "walkers", "unsynced", "writes", "pending", "heads", "sizes", "fields",
-                 "why_tls", "why_sealed")
+    __slots__ = ("records", "nonces", "walkers", "unsynced", "writes", "heard", "pending", "heads", "sizes",
+                 "fields", "why_tls", "why_sealed")
 
     def __init__(self) -> None:
         self.records: Readings | None = Readings(tls_tunnel_readings(MID_FLOW_OVERHEADS))
@@ -360,9 +388,10 @@ class MidFlow:
         self.walkers: list[RecordWalker | None] = [None, None]
         self.unsynced = [0, 0]
         self.writes: Readings | None = Readings(SEALED_READINGS)
+        self.heard = [False, False]  # a segment of each direction seen
         self.pending = [0, 0]  # bytes of each direction's write so far
         self.heads: tuple[list[bytes], list[bytes]] = ([], [])  # leading bytes of each write
-        self.sizes: tuple[list[int], list[int]] = ([], [])  # sizes of whole writes
+        self.sizes: tuple[list[int], list[int]] = ([], [])  # distinct sizes of whole writes
         self.fields = 0  # writes with a length field of their own size near the start
         self.why_tls = self.why_sealed = ""
 
