@@ -148,6 +148,30 @@ class RecordWalker(InOrderStream):
         return out
 
 
+class RecordStreams:
+    """Both directions of a TLS-over-TCP stream as records. Joined mid-flow, a direction is cut from its
+    first segment that starts with an application-data record, and given up after MAX_UNSYNCED segments
+    that do not."""
+
+    __slots__ = ("walkers", "unsynced")
+
+    def __init__(self, mid_flow: bool = False) -> None:
+        self.walkers: list[RecordWalker | None] = [None, None] if mid_flow else [RecordWalker(), RecordWalker()]
+        self.unsynced = [0, 0]
+
+    def push(self, d: int, seq: int, payload: bytes) -> list[tuple[int, int, bytes]] | str:
+        """One segment of direction `d`: the records it completed, or why the stream is not TLS records."""
+        if self.walkers[d] is None:
+            if payload[:3] != APPLICATION_HEADER:
+                self.unsynced[d] += 1
+                if self.unsynced[d] >= MAX_UNSYNCED:
+                    return f"mid-flow, and none of {MAX_UNSYNCED} segments starts with a TLS record"
+                return []
+            self.walkers[d] = RecordWalker()
+        records = self.walkers[d].push(seq, payload)
+        return "the stream is not a sequence of TLS records" if records is None else records
+
+
 class Cstp(Dissector):
     """AnyConnect CSTP tunnel inside TLS: IP packets one per AEAD record, seen through record lengths."""
 
@@ -173,12 +197,11 @@ class Cstp(Dissector):
 
     def __init__(self) -> None:
         super().__init__()
-        self._walkers: list[RecordWalker | None] = [RecordWalker(), RecordWalker()]
+        self._streams = RecordStreams()
         self._mid_flow = False  # no ServerHello: every AEAD overhead is tried, for CSTP and wrapped OpenVPN
         self._readings: Readings | None = None
         self._nonces = NonceSteps()
         self._skip = [SKIP_RECORDS, SKIP_RECORDS]
-        self._unsynced = [0, 0]
         self._heard = [False, False]  # a payload packet of each direction seen
         self._sizes: dict[int, InnerSizes] = {}
 
@@ -190,17 +213,10 @@ class Cstp(Dissector):
                 self.reject("the connection was seen to open, and not with a TLS ClientHello")
                 return
             self._join_mid_flow()
-            self._walkers = [None, None]
-        if self._walkers[d] is None:  # mid-flow: wait for a segment that starts with a record
-            if pkt.payload[:3] != APPLICATION_HEADER:
-                self._unsynced[d] += 1
-                if self._unsynced[d] >= MAX_UNSYNCED:
-                    self.reject(f"mid-flow, and none of {MAX_UNSYNCED} segments starts with a TLS record")
-                return
-            self._walkers[d] = RecordWalker()
-        records = self._walkers[d].push(pkt.tcp_seq, pkt.payload)
-        if records is None:
-            self.reject("the stream is not a sequence of TLS records")
+            self._streams = RecordStreams(mid_flow=True)
+        records = self._streams.push(d, pkt.tcp_seq, pkt.payload)
+        if isinstance(records, str):
+            self.reject(records)
             return
         for content, size, head in records:
             if not self._sizes and self._readings is None:

@@ -65,12 +65,12 @@ from vpnid.features.dissectors.cstp import (
     CONTENT_APPLICATION_DATA,
     CONTENT_HANDSHAKE,
     CONTENT_TYPES,
-    MAX_UNSYNCED,
     MID_FLOW_OVERHEADS,
     OPENVPN_SIZES,
     TLS13_SUITES,
     Cstp,
     NonceSteps,
+    RecordStreams,
     RecordWalker,
     narrow,
     record_overhead,
@@ -280,20 +280,13 @@ class OpenVPNWrapped(Dissector):
         if self.state is State.CANDIDATE and m.writes is not None:
             self._mid_sealed(pkt)
         if self.state is State.CANDIDATE and m.records is None and m.writes is None:
-            self.reject(f"mid-flow: {m.why_tls}; {m.why_sealed}")
+            self.reject(f"{m.why_tls}; {m.why_sealed}")
 
     def _mid_tls(self, pkt: FlowPacket) -> None:
         m, d = self._mid, pkt.direction
-        if m.walkers[d] is None:
-            if pkt.payload[:3] != APPLICATION_HEADER:
-                m.unsynced[d] += 1
-                if m.unsynced[d] >= MAX_UNSYNCED:
-                    m.drop_tls(f"none of {MAX_UNSYNCED} segments starts with a TLS record")
-                return
-            m.walkers[d] = RecordWalker()
-        records = m.walkers[d].push(pkt.tcp_seq, pkt.payload)
-        if records is None:
-            m.drop_tls("the stream is not a sequence of TLS records")
+        records = m.streams.push(d, pkt.tcp_seq, pkt.payload)
+        if isinstance(records, str):
+            m.drop_tls(records)
             return
         for content, size, head in records:
             if content != CONTENT_APPLICATION_DATA:
@@ -379,14 +372,13 @@ class OpenVPNWrapped(Dissector):
 class MidFlow:
     """The state of a wrapped connection joined mid-flow: each reading, None once dropped (with why)."""
 
-    __slots__ = ("records", "nonces", "walkers", "unsynced", "writes", "heard", "pending", "heads", "sizes",
+    __slots__ = ("records", "nonces", "streams", "writes", "heard", "pending", "heads", "sizes",
                  "fields", "why_tls", "why_sealed")
 
     def __init__(self) -> None:
         self.records: Readings | None = Readings(tls_tunnel_readings(MID_FLOW_OVERHEADS))
         self.nonces = NonceSteps()
-        self.walkers: list[RecordWalker | None] = [None, None]
-        self.unsynced = [0, 0]
+        self.streams = RecordStreams(mid_flow=True)
         self.writes: Readings | None = Readings(SEALED_READINGS)
         self.heard = [False, False]  # a segment of each direction seen
         self.pending = [0, 0]  # bytes of each direction's write so far
