@@ -161,9 +161,6 @@ class OpenVPNWrapped(Dissector):
         if self._mid is not None:
             self._mid_flow(pkt)
             return
-        if self.seen >= HANDSHAKE_PACKETS:
-            self.reject(f"undecided after {self.seen} packets")
-            return
         if self.seen == 1:
             self._open(pkt)
             if self.state is not State.CANDIDATE:
@@ -174,6 +171,8 @@ class OpenVPNWrapped(Dissector):
             self._write(d, len(p))
         if self.state is State.CANDIDATE:
             self._match(pkt)
+        if self.state is State.CANDIDATE and self.seen >= HANDSHAKE_PACKETS:
+            self.reject(f"undecided after {self.seen} packets")
 
     def _open(self, pkt: FlowPacket) -> None:
         p = pkt.payload
