@@ -41,16 +41,27 @@ def handshake(suite: int) -> list[tuple[int, bytes]]:
             (1, tls_record(20, b"\x01") + tls_record(22, os.urandom(40)))]
 
 
+def sealed(plaintext: int, overhead: int, seq: int) -> bytes:
+    """An AEAD record; under TLS 1.2 GCM its explicit nonce is the record's sequence number, as OpenSSL,
+    GnuTLS and BoringSSL send it."""
+    if overhead != 24:
+        return app(plaintext, overhead)
+    return tls_record(23, seq.to_bytes(8, "big") + os.urandom(plaintext + overhead - 8))
+
+
 def http_phase(overhead: int) -> list[tuple[int, bytes]]:
     """Auth POSTs and the CONNECT: four requests and four answers of a few hundred bytes."""
-    return [(d, app(size, overhead)) for _ in range(4) for d, size in ((0, 980), (1, 520))]
+    return [(d, sealed(size, overhead, i)) for i in range(1, 5) for d, size in ((0, 980), (1, 520))]
 
 
-def tunnel(overhead: int, acks: int = 12, inner_ack: int = 52) -> list[tuple[int, bytes]]:
-    """A download through the tunnel: full-size records down, one pure-ACK record up per two."""
-    out = []
+def tunnel(overhead: int, acks: int = 12, inner_ack: int = 52, framing: int = 8) -> list[tuple[int, bytes]]:
+    """A download through the tunnel: full-size records down, one pure-ACK record up per two (`framing`:
+    the tunnel's bytes before the IP packet, CSTP's header by default)."""
+    out, seq = [], [100, 900]
     for _ in range(acks):
-        out += [(1, app(8 + 1400, overhead)), (1, app(8 + 1400, overhead)), (0, app(8 + inner_ack, overhead))]
+        for d, inner in ((1, 1400), (1, 1400), (0, inner_ack)):
+            seq[d] += 1
+            out.append((d, sealed(framing + inner, overhead, seq[d])))
     return out
 
 

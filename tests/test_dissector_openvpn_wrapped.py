@@ -9,10 +9,10 @@ from pathlib import Path
 
 import pytest
 
-from tests.test_dissector_cstp import client_hello, handshake, server_hello, tls_record
+from tests.test_dissector_cstp import H2, client_hello, handshake, sealed, server_hello, tls_record
 from vpnid.classifier.running.pipeline import Options, classify_capture
 from vpnid.features.dissectors.base import FlowPacket, State
-from vpnid.features.dissectors.cstp import record_overhead
+from vpnid.features.dissectors.cstp import Cstp, record_overhead
 from vpnid.features.dissectors.openvpn_wrapped import ACK_ENTRY, OpenVPNWrapped
 from vpnid.features.dissectors.shadowsocks import CHUNK_OVERHEAD
 from vpnid.features.risks import OBFUSCATED, WRAPPED_TUNNEL
@@ -38,8 +38,8 @@ def openvpn_inner(reset: int = 44, hello: int = 333, fragment: int = 1224, ack: 
             (1, 222), (0, 399), (1, 293)]
 
 
-def run(packets: list[tuple[int, bytes]], opened: bool = True) -> OpenVPNWrapped:
-    d, seq = OpenVPNWrapped(), [1000, 5000]
+def run(packets: list[tuple[int, bytes]], opened: bool = True, dissector: type = OpenVPNWrapped) -> OpenVPNWrapped:
+    d, seq = dissector(), [1000, 5000]
     for i, (direction, payload) in enumerate(packets, 1):
         if d.feed(FlowPacket(i, direction, float(i), payload, tcp_seq=seq[direction], proto=6, opened=opened)) \
                 is not State.CANDIDATE:
@@ -64,6 +64,33 @@ def _record(name: str) -> list:
     if not path.exists():
         pytest.skip(f"{name} not in the corpus")
     return list(classify_capture(str(path), Options(model=None)))
+
+
+def _mid_flow_records(name: str, drop: int) -> list:
+    path = CORPUS / name
+    if not path.exists():
+        pytest.skip(f"{name} not in the corpus")
+    return list(classify_capture(str(path), Options(model=None, drop_first=drop)))
+
+
+@pytest.mark.parametrize("drop", [25, 50, 100])
+@pytest.mark.parametrize("name, wrapped", [("openvpn-tcp-stunnel-443.pcap", "tls"),
+                                           ("openvpn-tcp-shadowsocks-8388.pcap", "fully_encrypted")])
+def test_lab_wrapped_openvpn_joined_mid_flow_is_labelled_with_its_wrapper(name, wrapped, drop):
+    """The captures less each flow's first packets (the handshake gone): the data channel's sizes."""
+    records = _mid_flow_records(name, drop)
+    assert [r.label for r in records] == ["openvpn"]
+    assert records[0].evidence[0].startswith(f"wrapped={wrapped}; mid-flow")
+    assert records[0].confidence == 0.6 and WRAPPED_TUNNEL in records[0].risks
+    assert (OBFUSCATED in records[0].risks) == (wrapped == "fully_encrypted")
+
+
+@pytest.mark.parametrize("name", ["openvpn-tcp-obfs4-high.pcap", "shadowsocks-chacha-8388.pcap",
+                                  "shadowsocks-aes256gcm-443.pcap", "neg-ssh-22.pcap", "neg-https-tls13-443.pcap",
+                                  "neg-https-tls12-8443.pcap", "neg-http-80.pcap"])
+def test_lab_captures_joined_mid_flow_are_not_wrapped_openvpn(name):
+    """obfs4 pads every frame; proxied Shadowsocks sessions carry payloads, not IP packets (no ACKs)."""
+    assert all(r.label != "openvpn" for r in _mid_flow_records(name, 25))
 
 
 @pytest.mark.parametrize("name, wrapped", [("openvpn-tcp-stunnel-443.pcap", "tls"),
@@ -156,7 +183,7 @@ def test_a_look_alike_that_only_misses_the_reset_relation_is_rejected():
 
 def test_cbc_suite_mid_flow_and_non_tls_openings_are_rejected():
     assert run(through_tls(openvpn_inner(), 0xC014, tickets=False)).state is State.REJECTED  # CBC: no fixed overhead
-    assert run(through_tls(openvpn_inner()), opened=False).state is State.REJECTED
+    assert run(through_tls(openvpn_inner()), opened=False).state is not State.CONFIRMED  # handshake joined late
     assert run([(0, b"GET / HTTP/1.1\r\nHost: x\r\n\r\n" + b"a" * 80)]).state is State.REJECTED
 
 
@@ -165,3 +192,132 @@ def test_fully_encrypted_openings_without_the_ack_relation_are_rejected():
     sizes = [(0, 130), (1, 134), (0, 379), (1, 1242), (0, 140), (1, 316), (0, 1242)]
     assert run([(d, os.urandom(n)) for d, n in sizes]).state is not State.CONFIRMED
 
+
+
+# Mid-flow: OpenVPN TCP data packets (`framing` bytes + one IP packet) through a wrapper, built from the layout
+# (openvpn.TCP_AEAD_DATA_FRAMINGS: length word, opcode, V2 peer-id, packet-id, tag, maybe a comp byte).
+V1, V1_COMP, V2, V2_COMP = 23, 24, 26, 27
+
+
+def shell(framing: int, rounds: int = 16, ack: int = 52) -> list[tuple[int, int]]:
+    """Typing through the tunnel: a keystroke (one byte of TCP payload), its echo (which acknowledges it),
+    the client's ACK of the echo; every other round a screenful of three packets (the last of its own size),
+    acknowledged twice."""
+    out = []
+    for i in range(rounds):
+        out += [(0, framing + ack + 1), (1, framing + ack + 1), (0, framing + ack)]
+        if i % 2:
+            out += [(1, framing + 1400), (1, framing + 1400), (0, framing + ack), (1, framing + 300 + 37 * i),
+                    (0, framing + ack)]
+    return out
+
+
+def mid_tls(units: list[tuple[int, int]], overhead: int) -> list[tuple[int, bytes]]:
+    """The units as TLS application records, one a segment, after a segment that ends a record."""
+    seq = [40, 70]
+    out = [(1, os.urandom(600))]
+    for d, n in units:
+        seq[d] += 1
+        out.append((d, sealed(n, overhead, seq[d])))
+    return out
+
+
+def mid_proxy(units: list[tuple[int, int]]) -> list[tuple[int, bytes]]:
+    """The units as a fully encrypted proxy's writes: each the unit plus one AEAD chunk's overhead."""
+    return [(1, os.urandom(900))] + [(d, os.urandom(n + CHUNK_OVERHEAD)) for d, n in units]
+
+
+@pytest.mark.parametrize("framing", [V1, V1_COMP, V2])
+@pytest.mark.parametrize("overhead", [17, 16, 24])
+def test_openvpn_inside_tls_joined_mid_flow_is_confirmed_and_not_cstp(framing, overhead):
+    packets = mid_tls(shell(framing), overhead)
+    d = run(packets, opened=False)
+    assert d.state is State.CONFIRMED and d.family == "openvpn" and d.confidence == 0.6
+    assert d.attributes == {"wrapped": "tls", "mid_flow": "true"} and d.risks == {WRAPPED_TUNNEL}
+    assert f"{overhead} + {framing}" in d.evidence[-1]
+    cstp = run(packets, opened=False, dissector=Cstp)
+    assert cstp.state is State.REJECTED and "fit OpenVPN's data framing" in cstp.evidence[-1]
+
+
+def test_cstp_and_openvpn_that_no_size_tells_apart_are_left_unnamed():
+    """TLS 1.3 (17) + OpenVPN V2 with a comp byte (27) is 44 bytes a record; TLS 1.2 ChaCha20 (16) + CSTP (8)
+    is 24: IPv4's 52-byte ACKs over OpenVPN are IPv6's 72-byte ACKs over CSTP, record for record. Neither
+    family is named; the same OpenVPN without the comp byte (43) is."""
+    packets = mid_tls(shell(V2_COMP), 17)
+    assert run(packets, opened=False).state is not State.CONFIRMED
+    assert run(packets, opened=False, dissector=Cstp).state is not State.CONFIRMED
+    cstp_ipv6 = mid_tls(shell(8, ack=72), 16)  # the CSTP tunnel that reads the same
+    assert run(cstp_ipv6, opened=False, dissector=Cstp).state is not State.CONFIRMED
+
+
+def test_a_tls_1_2_gcm_stream_with_counting_nonces_is_read_under_gcm_only():
+    """GCM nonces that count records rule out the other overheads: a V2 stream through GCM (24 + 26 = 50)
+    is not also read as ChaCha20 + 34 or TLS 1.3 + 33 and the like; the evidence names GCM's split."""
+    d = run(mid_tls(shell(V2), 24), opened=False)
+    assert d.state is State.CONFIRMED and "framing: 24 + 26)" in d.evidence[-1]
+
+
+@pytest.mark.parametrize("framing", [V1, V2, V2_COMP])
+def test_openvpn_inside_a_fully_encrypted_proxy_joined_mid_flow_is_confirmed(framing):
+    d = run(mid_proxy(shell(framing)), opened=False)
+    assert d.state is State.CONFIRMED and d.attributes == {"wrapped": "fully_encrypted", "mid_flow": "true"}
+    assert d.risks == {WRAPPED_TUNNEL, OBFUSCATED} and f"framing: {framing})" in d.evidence[-1]
+
+
+def test_a_download_through_a_proxy_that_merges_writes_is_confirmed_from_the_acks():
+    """The proxy writes what one read returns: bursts of inner packets merge into segments of a full MSS,
+    so the server's side is bulk and the client's ACK writes carry the run."""
+    packets = [(1, os.urandom(900))]
+    for i in range(16):
+        burst = 4400 + 97 * i  # a burst of inner packets, one write cut at the MSS
+        packets += [(1, os.urandom(1448)) for _ in range(3)] + [(1, os.urandom(burst + CHUNK_OVERHEAD - 3 * 1448))]
+        packets.append((0, os.urandom(V2 + 52 + CHUNK_OVERHEAD)))
+    assert run(packets, opened=False).state is State.CONFIRMED
+
+
+def ping_pong(unit: int, answer: int = 0) -> list[tuple[int, int]]:
+    """Heartbeats of one size both ways (the ACK-sized units of a reading), and every other round, if
+    `answer`, a larger unit from the server (of its own size) that they could acknowledge."""
+    out = []
+    for i in range(24):
+        out += [(0, unit), (1, unit)] + ([(1, answer + 13 * i)] if answer and i % 2 else [])
+    return out
+
+
+@pytest.mark.parametrize("wrap", [lambda u: mid_tls(u, 17), mid_proxy], ids=["tls", "fully-encrypted"])
+def test_one_message_size_both_ways_is_not_a_tunnel(wrap):
+    assert run(wrap(ping_pong(V2 + 52)), opened=False).state is not State.CONFIRMED
+    # the control: the same heartbeats, with larger units they could acknowledge, read as a tunnel's ACKs
+    assert run(wrap(ping_pong(V2 + 52, V2 + 400)), opened=False).state is State.CONFIRMED
+
+
+def test_ordinary_tls_joined_mid_flow_is_not_wrapped_openvpn():
+    """HTTP/2 frames, HTTP/1.1 answers, WebSocket messages, HTTPS bulk, each joined after the handshake."""
+    for units in (http11_keepalive() * 4, websocket_echo() * 4, http2_upload() * 4, resumption_then_api() * 4):
+        assert run(mid_tls(units, 17), opened=False).state is not State.CONFIRMED
+    assert run(H2, opened=False).state is not State.CONFIRMED
+    bulk = [(1, sealed(16384, 24, i)[j:j + 1448]) for i in range(1, 6) for j in range(0, 16413, 1448)]
+    assert run(bulk, opened=False).state is not State.CONFIRMED
+
+
+def ssh_chacha(rounds: int = 14) -> list[tuple[int, bytes]]:
+    """OpenSSH with chacha20-poly1305 joined mid-flow: random from the first byte (its length encrypted), each
+    packet 4 + a multiple of 8 + 16 bytes; the client's 100-byte packets read as 40-byte ACKs under V2 + 34,
+    the server's output of every such size answers them."""
+    out = [(1, os.urandom(900))]
+    for i in range(rounds):
+        out += [(0, os.urandom(100)), (1, os.urandom(108 + 8 * i)), (0, os.urandom(100))]
+    return out
+
+
+def test_random_looking_protocols_with_structure_are_not_wrapped_openvpn():
+    d = run(ssh_chacha(), opened=False)
+    assert d.state is not State.CONFIRMED and "aligned sizes" in " ".join(d.evidence)
+    # a game's encrypted messages behind a clear type byte and version: the client's of one size, the
+    # server's state updates of every size
+    game = [(1, os.urandom(900))] + [(d, b"\x8f\x01" + os.urandom(n - 2)) for i in range(12)
+                                     for d, n in ((0, V2 + 52 + CHUNK_OVERHEAD), (1, 300 + 7 * i))]
+    d = run(game, opened=False)
+    assert d.state is not State.CONFIRMED and "header bytes repeat" in " ".join(d.evidence)
+    text = [(1, os.urandom(900))] + [(0, b"user typed: " + bytes(range(65, 65 + 80)))] * 20
+    assert run(text, opened=False).state is not State.CONFIRMED

@@ -108,3 +108,16 @@ def test_real_tunnels_written_the_same_way_are_labelled_on_every_port(family, tm
     path = on_every_port(tmp_path / "pos.pcap", build, transport)
     for how, opts in runs(model).items():
         assert [r.label for r in classify_capture(str(path), opts)] == [family] * len(PORTS), how
+
+
+@pytest.mark.parametrize("name", [k for k in CASES if k.startswith("tcp ")])
+def test_ordinary_protocols_joined_mid_flow_get_no_tunnel_label(name, tmp_path):
+    """The same connections with their opening (SYN, SYN-ACK, ACK and the first payloads) cut off, as a
+    capture started late: the mid-flow readings (CSTP, wrapped OpenVPN) see only their random-looking or
+    TLS-framed middles."""
+    build, transport = CASES[name]
+    path = on_every_port(tmp_path / "neg.pcap", build, transport)
+    for drop in (3, 5):
+        for opts in (Options(model=None, drop_first=drop), Options(model=None, drop_first=drop, prefilter=False)):
+            records = list(classify_capture(str(path), opts))
+            assert records and {r.label for r in records} == {"none"}, [(r.dst_port, r.label, r.evidence) for r in records]

@@ -9,6 +9,16 @@ record length gives the inner packet's length exactly:
 
 The inner sizes then show the tunnel (see `ipshape`). A capture that starts mid-stream is tried under
 each AEAD overhead, from the first segment of each direction that starts with an application-data record.
+TLS 1.2's GCM suites send an explicit nonce, which OpenSSL, GnuTLS and BoringSSL fill with the record's
+sequence number (RFC 5288 section 3 allows it): nonces stepping by one fix the overhead at GCM's, and
+nonces that do not step rule GCM out (a stack with random GCM nonces is then missed, never mislabelled).
+
+Mid-flow, OpenVPN over TCP wrapped in TLS (stunnel) looks the same: one OpenVPN packet per record, an IP
+packet behind OpenVPN's data framing. With the suite a guess, CSTP under one overhead and OpenVPN under
+another can read the same records as ACKs (TLS 1.3 + 27 bytes of OpenVPN framing is ChaCha20's 16 + 8
+bytes of CSTP, 20 bytes off: IPv4's 52-byte ACKs read as IPv6's 72). So every mid-flow reading of both
+tunnels is kept (`tls_tunnel_readings`), and the family named is the one whose reading explains the
+records (`ipshape.Readings`); where neither leads, neither is named.
 
 When DTLS carries the data, the TLS connection stays quiet; the DTLS flow names it instead (see
 `OpenConnect.sibling_transport`).
@@ -21,9 +31,10 @@ from typing import ClassVar
 import numpy as np
 
 from vpnid.features.dissectors.base import Dissector, FlowPacket, PacketHeads, State
-from vpnid.features.dissectors.ipshape import InnerSizes
+from vpnid.features.dissectors.ipshape import ACK_SIZES, SHAPED, InnerSizes, Reading, Readings
+from vpnid.features.dissectors.openvpn import PING_SIZE, TCP_AEAD_DATA_FRAMINGS
 from vpnid.features.dissectors.tcpstream import InOrderStream
-from vpnid.features.families import OPENCONNECT
+from vpnid.features.families import OPENCONNECT, OPENVPN
 from vpnid.features.packets import IPPROTO_TCP
 
 # TLS record layer (RFC 5246 section 6.2; RFC 8446 section 5.1).
@@ -53,6 +64,46 @@ MID_FLOW_OVERHEADS = (GCM_OVERHEAD, CHACHA_OVERHEAD, TLS13_OVERHEAD)
 MAX_RECORD_SIZE = 1500 + CSTP_HEADER + GCM_OVERHEAD
 MAX_UNSYNCED = 3  # mid-flow: segments per direction that may pass before one starts with a record
 MAX_RECORDS = 48  # application records (both directions) after which a flow without the run is not CSTP
+EXPLICIT_NONCE = 8  # TLS 1.2 GCM: the record body starts with it (RFC 5288 section 3)
+NONCE_STEPS = 3  # records in a row, per direction, whose explicit nonce steps by one: a sequence-number nonce
+OPENVPN_SIZES = ACK_SIZES | {PING_SIZE}  # an OpenVPN data packet's tunnel-shaped payloads
+
+
+def tls_tunnel_readings(overheads: tuple[int, ...]) -> dict[Reading, frozenset[int]]:
+    """The readings of TLS records that carry one tunnel packet each, under each guessed AEAD overhead:
+    CSTP's 8-byte header, and OpenVPN's TCP data framings."""
+    return {**{Reading(OPENCONNECT, t, CSTP_HEADER): SHAPED for t in overheads},
+            **{Reading(OPENVPN, t, f): OPENVPN_SIZES for t in overheads for f in TCP_AEAD_DATA_FRAMINGS}}
+
+
+class NonceSteps:
+    """TLS 1.2 GCM explicit nonces per direction: whether they count records (only GCM's overhead is then
+    possible), do not (GCM is ruled out), or are undecided yet."""
+
+    __slots__ = ("_last", "_steps", "stepping")
+
+    def __init__(self) -> None:
+        self._last: list[int | None] = [None, None]
+        self._steps = [0, 0]
+        self.stepping: bool | None = None
+
+    def add(self, d: int, body: bytes) -> bool | None:
+        """One application record's first body bytes; returns `stepping` once it is decided."""
+        nonce = int.from_bytes(body[:EXPLICIT_NONCE], "big")
+        last, self._last[d] = self._last[d], nonce
+        if self.stepping is None and last is not None:
+            if nonce != last + 1:
+                self.stepping = False
+            else:
+                self._steps[d] += 1
+                self.stepping = True if self._steps[d] >= NONCE_STEPS else None
+        return self.stepping
+
+
+def narrow(readings: Readings, nonces: NonceSteps, d: int, body: bytes) -> None:
+    """Let a record's explicit nonce rule GCM's overhead in or out of the mid-flow readings."""
+    if nonces.stepping is None and (stepping := nonces.add(d, body)) is not None:
+        readings.keep(lambda r: (r.wrapper == GCM_OVERHEAD) == stepping)
 
 
 def record_overhead(suite: int) -> int | None:
@@ -97,6 +148,30 @@ class RecordWalker(InOrderStream):
         return out
 
 
+class RecordStreams:
+    """Both directions of a TLS-over-TCP stream as records. Joined mid-flow, a direction is cut from its
+    first segment that starts with an application-data record, and given up after MAX_UNSYNCED segments
+    that do not."""
+
+    __slots__ = ("walkers", "unsynced")
+
+    def __init__(self, mid_flow: bool = False) -> None:
+        self.walkers: list[RecordWalker | None] = [None, None] if mid_flow else [RecordWalker(), RecordWalker()]
+        self.unsynced = [0, 0]
+
+    def push(self, d: int, seq: int, payload: bytes) -> list[tuple[int, int, bytes]] | str:
+        """One segment of direction `d`: the records it completed, or why the stream is not TLS records."""
+        if self.walkers[d] is None:
+            if payload[:3] != APPLICATION_HEADER:
+                self.unsynced[d] += 1
+                if self.unsynced[d] >= MAX_UNSYNCED:
+                    return f"mid-flow, and none of {MAX_UNSYNCED} segments starts with a TLS record"
+                return []
+            self.walkers[d] = RecordWalker()
+        records = self.walkers[d].push(seq, payload)
+        return "the stream is not a sequence of TLS records" if records is None else records
+
+
 class Cstp(Dissector):
     """AnyConnect CSTP tunnel inside TLS: IP packets one per AEAD record, seen through record lengths."""
 
@@ -122,10 +197,11 @@ class Cstp(Dissector):
 
     def __init__(self) -> None:
         super().__init__()
-        self._walkers: list[RecordWalker | None] = [RecordWalker(), RecordWalker()]
-        self._mid_flow = False  # no ServerHello: every AEAD overhead is tried
+        self._streams = RecordStreams()
+        self._mid_flow = False  # no ServerHello: every AEAD overhead is tried, for CSTP and wrapped OpenVPN
+        self._readings: Readings | None = None
+        self._nonces = NonceSteps()
         self._skip = [SKIP_RECORDS, SKIP_RECORDS]
-        self._unsynced = [0, 0]
         self._heard = [False, False]  # a payload packet of each direction seen
         self._sizes: dict[int, InnerSizes] = {}
 
@@ -137,34 +213,27 @@ class Cstp(Dissector):
                 self.reject("the connection was seen to open, and not with a TLS ClientHello")
                 return
             self._join_mid_flow()
-            self._walkers = [None, None]
-        if self._walkers[d] is None:  # mid-flow: wait for a segment that starts with a record
-            if pkt.payload[:3] != APPLICATION_HEADER:
-                self._unsynced[d] += 1
-                if self._unsynced[d] >= MAX_UNSYNCED:
-                    self.reject(f"mid-flow, and none of {MAX_UNSYNCED} segments starts with a TLS record")
-                return
-            self._walkers[d] = RecordWalker()
-        records = self._walkers[d].push(pkt.tcp_seq, pkt.payload)
-        if records is None:
-            self.reject("the stream is not a sequence of TLS records")
+            self._streams = RecordStreams(mid_flow=True)
+        records = self._streams.push(d, pkt.tcp_seq, pkt.payload)
+        if isinstance(records, str):
+            self.reject(records)
             return
         for content, size, head in records:
-            if not self._sizes:
+            if not self._sizes and self._readings is None:
                 if d == 1 and content == CONTENT_HANDSHAKE:
                     self._server_hello(head)
                 elif d == 0 and content == CONTENT_APPLICATION_DATA and not self._heard[1]:
                     self._join_mid_flow()  # the client's data unanswered: only its direction is in the capture
-                    self._application(pkt, size)
+                    self._application(pkt, size, head)
             elif content == CONTENT_APPLICATION_DATA:
-                self._application(pkt, size)
+                self._application(pkt, size, head)
             if self.state is not State.CANDIDATE:
                 return
 
     def _join_mid_flow(self) -> None:
         """No ServerHello to read the suite from: try every AEAD overhead, from the next records on."""
         self._mid_flow, self._skip = True, [0, 0]
-        self._sizes = {overhead: InnerSizes() for overhead in MID_FLOW_OVERHEADS}
+        self._readings = Readings(tls_tunnel_readings(MID_FLOW_OVERHEADS))
 
     def _server_hello(self, head: bytes) -> None:
         """The chosen suite fixes how many bytes each record adds to its plaintext."""
@@ -177,7 +246,7 @@ class Cstp(Dissector):
             self._sizes = {overhead: InnerSizes()}
             self.attributes["tls_suite"] = f"0x{suite:04x}"
 
-    def _application(self, pkt: FlowPacket, size: int) -> None:
+    def _application(self, pkt: FlowPacket, size: int, head: bytes) -> None:
         d = pkt.direction
         if self._skip[d]:
             self._skip[d] -= 1
@@ -185,15 +254,35 @@ class Cstp(Dissector):
         if size > MAX_RECORD_SIZE:
             self.reject(f"a {size}-byte record holds more than one IP packet of a 1500-byte MTU")
             return
+        if self._readings is not None:
+            self._mid_flow_record(pkt, size, head)
+            return
         for overhead, sizes in self._sizes.items():
             if run := sizes.add(d, size - overhead - CSTP_HEADER):
-                how = f"a {overhead}-byte AEAD overhead (mid-flow guess)" if self._mid_flow else "the suite's overhead"
-                one_way = not all(self._heard)
-                if one_way:
-                    self.attributes["one_way"] = "true"
-                self.confirm(pkt, 0.6 if one_way else 0.7 if self._mid_flow else 0.8,
-                             f"TLS records carry one IP packet each behind an 8-byte CSTP header, under {how}: "
-                             f"{run} (AnyConnect CSTP tunnel" + (", one direction only)" if one_way else ")"))
+                self._confirm(pkt, "the suite's overhead", run)
                 return
         if sum(next(iter(self._sizes.values())).records) >= MAX_RECORDS:  # every hypothesis counts the same
             self.reject(f"{MAX_RECORDS} application records without a tunnel's inner sizes")
+
+    def _mid_flow_record(self, pkt: FlowPacket, size: int, head: bytes) -> None:
+        """Mid-flow: every reading of CSTP and of wrapped OpenVPN; CSTP only where its reading leads."""
+        readings = self._readings
+        narrow(readings, self._nonces, pkt.direction, head)
+        if hit := readings.add(pkt.direction, size):
+            reading, run = hit
+            if reading.family != OPENCONNECT:
+                self.reject(f"the records fit OpenVPN's data framing in TLS ({reading.offset} bytes a record) "
+                            "better than CSTP's")
+            else:
+                self._confirm(pkt, f"a {reading.wrapper}-byte AEAD overhead (mid-flow guess)", run)
+        elif readings.records >= MAX_RECORDS:
+            self.reject(f"{MAX_RECORDS} application records without a tunnel's inner sizes that one tunnel "
+                        "explains")
+
+    def _confirm(self, pkt: FlowPacket, how: str, run: str) -> None:
+        one_way = not all(self._heard)
+        if one_way:
+            self.attributes["one_way"] = "true"
+        self.confirm(pkt, 0.6 if one_way else 0.7 if self._mid_flow else 0.8,
+                     f"TLS records carry one IP packet each behind an 8-byte CSTP header, under {how}: "
+                     f"{run} (AnyConnect CSTP tunnel" + (", one direction only)" if one_way else ")"))

@@ -8,16 +8,27 @@ with those inner lengths making up most of that direction's records marks a tunn
 frame their own messages (HTTP/1 text, HTTP/2's 9-byte frame headers, WebRTC data channels) do not
 produce that run. A tunnel joined mid-flow may first carry something else (a call's media, a bulk
 download's data), so the run also counts when it fills the last WINDOW records of a direction.
+
+Joined mid-flow, the framing is a guess, and two tunnels' framings can fit the same records: offsets that
+differ by the gap between two ACK sizes (12, 20 bytes) read one ACK size as another (`Readings`). The
+reading that explains a flow is the one whose ACKs are the smallest packets of their TCP connection: a
+shifted reading puts the real ACKs, or the real one-byte data segments, just below its own ACK size, in a
+band where a TCP connection with that ACK size has no packet.
 """
 
 from __future__ import annotations
 
 from collections import Counter, deque
+from collections.abc import Callable
+from typing import NamedTuple
 
-SHAPED = frozenset({0, 40, 52, 60, 72})  # bare tunnel header; pure TCP ACK over IPv4 / IPv6, with or without timestamps
+ACK_SIZES = frozenset({40, 52, 60, 72})  # pure TCP ACK over IPv4 / IPv6, without or with timestamps
+SHAPED = ACK_SIZES | {0}  # ... and a bare tunnel header (keepalive, dead-peer detection)
 MIN_SHAPED = 8  # tunnel-shaped records in one direction needed
 MIN_SHARE = 0.6  # ... and at least this share of that direction's records (or of its last WINDOW)
 WINDOW = 2 * MIN_SHAPED
+BAND = 11  # inner sizes this far below a reading's ACK size: no packet of a TCP connection with that ACK size
+LEAD = 2  # a reading names its family when it explains this many times the records of any other family's
 
 
 class InnerSizes:
@@ -25,9 +36,10 @@ class InnerSizes:
     lengths of the last WINDOW records. The shaped totals (all records, last WINDOW) are kept as running
     counts: `add` runs once per record of every candidate flow, and builds evidence only when it fires."""
 
-    __slots__ = ("records", "shaped", "recent", "_shaped", "_recent_shaped")
+    __slots__ = ("records", "shaped", "recent", "_shaped", "_recent_shaped", "_sizes")
 
-    def __init__(self) -> None:
+    def __init__(self, sizes: frozenset[int] = SHAPED) -> None:
+        self._sizes = sizes  # the inner lengths that are tunnel-shaped for this framing
         self.records = [0, 0]
         self.shaped: list[Counter[int]] = [Counter(), Counter()]
         self.recent: tuple[deque[int], deque[int]] = (deque(maxlen=WINDOW), deque(maxlen=WINDOW))
@@ -38,10 +50,10 @@ class InnerSizes:
         """Count one record; returns the evidence once `direction` shows the tunnel's run, else None."""
         self.records[direction] += 1
         recent = self.recent[direction]
-        if len(recent) == WINDOW and recent[0] in SHAPED:  # about to leave the window
+        if len(recent) == WINDOW and recent[0] in self._sizes:  # about to leave the window
             self._recent_shaped[direction] -= 1
         recent.append(inner)
-        if inner in SHAPED:
+        if inner in self._sizes:
             self.shaped[direction][inner] += 1
             self._shaped[direction] += 1
             self._recent_shaped[direction] += 1
@@ -54,7 +66,74 @@ class InnerSizes:
         run = self._recent_shaped[direction]
         if self.records[direction] <= WINDOW or run < MIN_SHARE * WINDOW:
             return None
-        counts = Counter(n for n in recent if n in SHAPED)
+        counts = Counter(n for n in recent if n in self._sizes)
         sizes = ", ".join(f"{n}× {s}" for s, n in counts.most_common())
         return (f"inner sizes {sizes} bytes (bare tunnel headers and pure TCP ACKs) in {run} of the last "
                 f"{WINDOW} of {self.records[direction]} records from the {side}")
+
+
+class Reading(NamedTuple):
+    """One guess at how a flow's units wrap an IP packet: `family`'s framing (`framing` bytes) inside a
+    wrapper that adds `wrapper` bytes per unit (a TLS record's AEAD overhead, a proxy's chunk overhead)."""
+
+    family: str
+    wrapper: int
+    framing: int
+
+    @property
+    def offset(self) -> int:
+        return self.wrapper + self.framing
+
+
+class Readings:
+    """One flow's units under several `Reading`s at once, each with the inner sizes its tunnel shows; `add`
+    names a reading once it has its run and explains the flow better than every other family's reading."""
+
+    __slots__ = ("sizes", "units")
+
+    def __init__(self, readings: dict[Reading, frozenset[int]]) -> None:
+        self.sizes = {r: InnerSizes(shaped) for r, shaped in readings.items()}
+        self.units: tuple[Counter[int], Counter[int]] = (Counter(), Counter())  # unit sizes per direction
+
+    @property
+    def records(self) -> int:
+        """Units counted (every reading counts the same)."""
+        return sum(next(iter(self.sizes.values())).records)
+
+    def keep(self, which: Callable[[Reading], bool]) -> None:
+        """Drop the readings that other evidence (a TLS 1.2 explicit nonce, say) rules out."""
+        self.sizes = {r: s for r, s in self.sizes.items() if which(r)}
+
+    def add(self, direction: int, unit: int) -> tuple[Reading, str] | None:
+        """Count one unit; returns the reading that has its run and leads, with the run's evidence."""
+        self.units[direction][unit] += 1
+        fired = {r: run for r, sizes in self.sizes.items() if (run := sizes.add(direction, unit - r.offset))}
+        if not fired:
+            return None
+        score = {r: self.explained(r) for r in self.sizes}
+        best = max(fired, key=score.__getitem__)
+        rival = max((s for r, s in score.items() if r.family != best.family), default=0)
+        return (best, fired[best]) if score[best] > 0 and score[best] >= LEAD * max(rival, 0) else None
+
+    def explained(self, r: Reading) -> int:
+        """Tunnel-shaped units under `r`, less the units in the BAND below its commonest ACK size."""
+        shaped = self.sizes[r].shaped[0] + self.sizes[r].shaped[1]
+        ack = _commonest_ack(shaped)
+        if ack is None:
+            return sum(shaped.values())
+        low = ack + r.offset - BAND
+        return sum(shaped.values()) - sum(n for units in self.units for u, n in units.items() if low <= u < low + BAND)
+
+    def answers(self, r: Reading, direction: int) -> int:
+        """Units the other way that are larger than `direction`'s commonest ACK under `r`: the data those
+        ACKs acknowledge. A tunnel's ACKs answer data; a protocol trading one message size both ways
+        (heartbeats, a ping-pong) has none."""
+        ack = _commonest_ack(self.sizes[r].shaped[direction])
+        if ack is None:
+            return 0
+        return sum(n for u, n in self.units[1 - direction].items() if u > ack + r.offset)
+
+
+def _commonest_ack(shaped: Counter[int]) -> int | None:
+    acks = [(n, s) for s, n in shaped.items() if s in ACK_SIZES]
+    return max(acks)[1] if acks else None

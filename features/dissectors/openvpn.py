@@ -87,6 +87,16 @@ PEER_ID_SIZE = 3
 AEAD_TAG_SIZE = 16
 HEADER_SIZE = 1 + SID_SIZE  # opcode byte + session ID: the only fixed part of a control packet
 TLS_CRYPT_HEADER = HEADER_SIZE + PACKET_ID_SIZE + NET_TIME_SIZE + TLS_CRYPT_TAG_SIZE
+# A data packet over TCP, as the wire carries it (ssl.h; the kernel's ovpn proto.h for the AEAD layout):
+# the packet length word, the opcode/key-id byte, P_DATA_V2's peer-id, the AEAD packet-id and tag, then the
+# encrypted payload: one IP packet, after a compression framing byte when --compress/--comp-lzo is set
+# (comp.h), or the 16-byte keepalive ping (ping.c: OVPN_KEEPALIVE_SIZE).
+TCP_LENGTH_SIZE = 2
+OPCODE_SIZE = 1
+COMP_HEADER_SIZE = 1
+PING_SIZE = 16
+TCP_AEAD_DATA_FRAMINGS = tuple(TCP_LENGTH_SIZE + OPCODE_SIZE + peer + PACKET_ID_SIZE + AEAD_TAG_SIZE + comp
+                               for peer in (0, PEER_ID_SIZE) for comp in (0, COMP_HEADER_SIZE))  # 23, 24, 26, 27
 
 # Plausibility bounds, not spec values.
 MAX_RESET_SIZE = 1200  # a reset this large is a QUIC Initial (nDPI's rule)

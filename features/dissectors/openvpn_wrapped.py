@@ -27,28 +27,76 @@ acknowledgement-sized record, is a coincidence the negatives never show. The lab
 attribute `wrapped` = `tls` (the outer handshake was TLS) or `fully_encrypted` (random from the first byte:
 Shadowsocks and look-alikes; which one the sizes cannot say), and the `wrapped_tunnel` risk.
 
+Joined mid-flow (the handshake not in the capture), the data channel shows instead. Each unit is one
+OpenVPN TCP data packet: the length word, the opcode byte, V2's peer-id, the AEAD packet-id and tag, maybe
+a compression byte (`openvpn.TCP_AEAD_DATA_FRAMINGS`: 23, 24, 26 or 27 bytes), then one IP packet or the
+16-byte ping; so the tunnel's pure TCP ACKs (40, 52, 60, 72) and pings give units of fixed sizes:
+- through TLS: record = inner + the suite's AEAD overhead, tried under each overhead as `cstp` does, and
+  read beside CSTP's framing (`cstp.tls_tunnel_readings`): OpenVPN is named only where its reading explains
+  the records better than CSTP's (`ipshape.Readings`), and the other way round for CSTP;
+- through a fully encrypted proxy: write = inner + CHUNK_OVERHEAD (SIP004), random from the first byte
+  (each direction's first segment without printable prefix, zeroed fields or a length field, as the cheap
+  stage checks; no segment with text; every write at least a chunk), MIN_SPREAD distinct write sizes, and
+  none of the structure that ordinary encrypted protocols show (`shadowsocks`' length-field,
+  repeated-header-byte and aligned-size tests).
+Either way the ACKs must answer something: MIN_ANSWERS units the other way larger than them (a protocol
+trading one message size both ways, heartbeats or a ping-pong, has none). The label is `openvpn`,
+attributes `wrapped` and `mid_flow=true`, at a lower confidence (0.6): sizes alone,
+with the framing a guess. Risks: `wrapped_tunnel`, and `obfuscated` for the fully encrypted wrapper. A
+proxied download joined mid-flow (ACKs one way only, bulk writes the other) keeps no label through a fully
+encrypted proxy; stunnel, which writes what one read returns, merges a burst of packets into one record,
+so the run comes from the ACKs and interactive traffic between bursts.
+
 What is not recognised: obfs4 (its random padding of the handshake and of every frame erases the sizes),
 wrappers with CBC suites (no fixed record overhead is needed, but the sizes round up to blocks: left out),
-a capture that starts after the handshake, and OpenVPN over UDP (nothing wraps UDP this way).
+OpenVPN's CBC data channel mid-flow (block-rounded sizes), and OpenVPN over UDP (nothing wraps UDP this way).
 """
 
 from __future__ import annotations
 
+import math
 from typing import ClassVar
 
 import numpy as np
 
 from vpnid.features.dissectors.base import Dissector, FlowPacket, PacketHeads, State
 from vpnid.features.dissectors.cstp import (
+    APPLICATION_HEADER,
     CONTENT_APPLICATION_DATA,
     CONTENT_HANDSHAKE,
+    CONTENT_TYPES,
+    MID_FLOW_OVERHEADS,
+    OPENVPN_SIZES,
     TLS13_SUITES,
+    Cstp,
+    NonceSteps,
+    RecordStreams,
     RecordWalker,
+    narrow,
     record_overhead,
     server_hello_suite,
+    tls_tunnel_readings,
 )
-from vpnid.features.dissectors.shadowsocks import CHUNK_OVERHEAD, FULL_SEGMENT, MIN_CLIENT_FIRST, Shadowsocks, exemption
-from vpnid.features.families import OPENVPN
+from vpnid.features.dissectors.ipshape import MIN_SHAPED, Reading, Readings
+from vpnid.features.dissectors.openvpn import TCP_AEAD_DATA_FRAMINGS
+from vpnid.features.dissectors.shadowsocks import (
+    ALIGNMENTS,
+    ALPHA,
+    CHUNK_OVERHEAD,
+    FULL_SEGMENT,
+    HEADER,
+    MIN_CHUNK,
+    MIN_CLIENT_FIRST,
+    Shadowsocks,
+    aligned_sizes,
+    exemption,
+    length_fields,
+    repeated_bytes,
+    text_in,
+    visible,
+    visible_heads,
+)
+from vpnid.features.families import OPENCONNECT, OPENVPN
 from vpnid.features.packets import IPPROTO_TCP
 from vpnid.features.risks import OBFUSCATED, WRAPPED_TUNNEL
 
@@ -62,6 +110,13 @@ MAX_SALT = max(SALTS)
 FOLLOW = 6  # units after the client's ACK within which the client's own fragment must come
 UNITS = 24  # inner units looked at before giving up
 TLS_WRAPPER, FULLY_ENCRYPTED_WRAPPER = "tls", "fully_encrypted"
+HANDSHAKE_PACKETS = 48  # from the start: packets within which the wrapped handshake shows
+MID_FLOW_UNITS = 64  # mid-flow: units per wrapper reading before giving up
+MIN_ANSWERS = MIN_SHAPED // 2  # mid-flow: units the other way larger than the ACKs (the data they answer)
+# Distinct write sizes (beyond the first of each direction) before the alignment test can speak: the chance
+# that sizes of random payloads all keep one remainder modulo the smallest alignment falls below ALPHA.
+MIN_SPREAD = math.ceil(math.log(1 / ALPHA) / math.log(min(ALIGNMENTS)))
+SEALED_READINGS = {Reading(OPENVPN, CHUNK_OVERHEAD, f): OPENVPN_SIZES for f in TCP_AEAD_DATA_FRAMINGS}
 
 
 class OpenVPNWrapped(Dissector):
@@ -69,15 +124,24 @@ class OpenVPNWrapped(Dissector):
 
     family: ClassVar[str] = OPENVPN
     transports: ClassVar[frozenset[int]] = frozenset({IPPROTO_TCP})
-    budget: ClassVar[int] = 48
+    budget: ClassVar[int] = 256  # mid-flow through a proxy that merges a burst into one write: ACKs come slowly
     feature_state: ClassVar[bool] = False  # came after feature schema v1
+    # Mid-flow, the TLS reading waits as Cstp's does for a segment that starts a record.
+    prefilter_window: ClassVar[int] = Cstp.prefilter_window
 
     @staticmethod
     def prefilter(p: PacketHeads) -> np.ndarray:
         """The opening client segment of a connection seen to open: a TLS handshake record holding a
-        ClientHello, or what the Shadowsocks prefilter passes (the fully encrypted first segments)."""
+        ClientHello, or what the Shadowsocks prefilter passes (the fully encrypted first segments). Joined
+        mid-flow: a segment that starts an application-data record, or one of at least an AEAD chunk that
+        shows none of `shadowsocks.visible_heads` (the dissector drops its fully encrypted reading at the
+        first segment that does)."""
+        tcp = p.proto == IPPROTO_TCP
         hello = (p.u8(0) == CONTENT_HANDSHAKE) & (p.u8(1) == 3) & (p.u8(5) == CLIENT_HELLO)
-        return ((p.proto == IPPROTO_TCP) & p.opened & (p.direction == 0) & hello) | Shadowsocks.prefilter(p)
+        record = (p.length >= len(APPLICATION_HEADER)) & (p.be(0, 3) == int.from_bytes(APPLICATION_HEADER, "big"))
+        sealed = (p.length >= MIN_CHUNK) & ~visible_heads(p)
+        return ((tcp & p.opened & (p.direction == 0) & hello) | Shadowsocks.prefilter(p)
+                | (tcp & ~p.opened & (record | sealed)))
 
     def __init__(self) -> None:
         super().__init__()
@@ -88,9 +152,15 @@ class OpenVPNWrapped(Dissector):
         self._skip = [0, 0]  # TLS 1.3: the client's Finished, the server's encrypted handshake records
         self._last = [0, 0]  # fully encrypted: the size of each direction's last segment
         self._units: list[tuple[int, int]] = []  # (direction, inner size), in order
+        self._mid: MidFlow | None = None
 
     def on_packet(self, pkt: FlowPacket) -> None:
         d, p = pkt.direction, pkt.payload
+        if self.seen == 1 and not pkt.opened:
+            self._mid = MidFlow()
+        if self._mid is not None:
+            self._mid_flow(pkt)
+            return
         if self.seen == 1:
             self._open(pkt)
             if self.state is not State.CANDIDATE:
@@ -101,10 +171,12 @@ class OpenVPNWrapped(Dissector):
             self._write(d, len(p))
         if self.state is State.CANDIDATE:
             self._match(pkt)
+        if self.state is State.CANDIDATE and self.seen >= HANDSHAKE_PACKETS:
+            self.reject(f"undecided after {self.seen} packets")
 
     def _open(self, pkt: FlowPacket) -> None:
         p = pkt.payload
-        if not pkt.opened or pkt.direction != 0:
+        if pkt.direction != 0:
             self.reject("the connection's opening client segment was not seen")
         elif p[:2] == bytes([CONTENT_HANDSHAKE, 3]) and p[5:6] == bytes([CLIENT_HELLO]):
             self._wrapper = TLS_WRAPPER
@@ -197,3 +269,125 @@ class OpenVPNWrapped(Dissector):
                                    "(TCP OpenVPN's control-channel handshake through a wrapper)")
         elif len(later) == FOLLOW:
             self.reject(f"no client fragment of the server's {frag} bytes within {FOLLOW} units")
+
+    def _mid_flow(self, pkt: FlowPacket) -> None:
+        """Joined mid-flow: the TLS and the fully encrypted readings side by side, until one names the flow
+        or both are dropped."""
+        m = self._mid
+        if m.records is not None:
+            self._mid_tls(pkt)
+        if self.state is State.CANDIDATE and m.writes is not None:
+            self._mid_sealed(pkt)
+        if self.state is State.CANDIDATE and m.records is None and m.writes is None:
+            self.reject(f"{m.why_tls}; {m.why_sealed}")
+
+    def _mid_tls(self, pkt: FlowPacket) -> None:
+        m, d = self._mid, pkt.direction
+        records = m.streams.push(d, pkt.tcp_seq, pkt.payload)
+        if isinstance(records, str):
+            m.drop_tls(records)
+            return
+        for content, size, head in records:
+            if content != CONTENT_APPLICATION_DATA:
+                continue
+            narrow(m.records, m.nonces, d, head)
+            if hit := m.records.add(d, size):
+                reading, run = hit
+                if reading.family == OPENCONNECT:
+                    m.drop_tls("the TLS records fit CSTP's framing better than OpenVPN's")
+                    return
+                if m.records.answers(reading, d) >= MIN_ANSWERS:
+                    splits = " or ".join(f"{r.wrapper} + {r.framing}" for r in m.records.sizes
+                                         if r.family == OPENVPN and r.offset == reading.offset)
+                    self._confirm_mid_flow(pkt, TLS_WRAPPER, reading, run,
+                                           f"TLS records {reading.offset} bytes longer than the IP packet each "
+                                           f"carries (a guessed AEAD overhead + OpenVPN's TCP data framing: {splits})")
+                    return
+            if m.records.records >= MID_FLOW_UNITS:
+                m.drop_tls(f"{MID_FLOW_UNITS} TLS records without OpenVPN data packets' inner sizes")
+                return
+
+    def _mid_sealed(self, pkt: FlowPacket) -> None:
+        """A fully encrypted proxy's segments as writes (a segment continues its direction's write while the
+        previous one filled a segment). Each direction's first segment is held to what the cheap stage
+        checks; later ones, as in `shadowsocks`, only to hold a chunk when they start a write, and no text
+        (a printable prefix or a length-like field turns up in one random segment in 400: no reason to drop
+        a stream)."""
+        m, d, p = self._mid, pkt.direction, pkt.payload
+        first = not m.heard[d]
+        m.heard[d] = True
+        if p[:1] and p[0] in CONTENT_TYPES and p[1:2] == b"\x03":
+            m.drop_sealed("a segment starts with a TLS record header")
+        elif first and (len(p) < MIN_CHUNK or visible(p)):
+            m.drop_sealed("a first segment is shorter than an AEAD chunk or shows a header or a length field")
+        elif not m.pending[d] and len(p) < MIN_CHUNK:
+            m.drop_sealed(f"a {len(p)}-byte write cannot hold an AEAD chunk")
+        elif why := text_in(p):
+            m.drop_sealed(f"a segment carries text ({why})")
+        if m.writes is None:
+            return
+        if m.pending[1 - d]:  # the other side speaks: what it had sent was one write
+            self._end_write(pkt, 1 - d)
+        if not m.pending[d]:
+            m.heads[d].append(p[:HEADER])
+            m.fields += len(length_fields(p)) > 0
+        m.pending[d] += len(p)
+        if len(p) < FULL_SEGMENT and self.state is State.CANDIDATE and m.writes is not None:
+            self._end_write(pkt, d)
+        if m.writes is not None and m.writes.records >= MID_FLOW_UNITS:
+            m.drop_sealed(f"{MID_FLOW_UNITS} writes without OpenVPN data packets' sizes, answered")
+
+    def _end_write(self, pkt: FlowPacket, d: int) -> None:
+        """Count direction `d`'s write, and confirm once a reading leads, answered, with sizes enough to
+        judge and no structure."""
+        m = self._mid
+        write, m.pending[d] = m.pending[d], 0
+        if write not in m.sizes[d]:  # one size repeated says nothing of a block framing: distinct sizes only
+            m.sizes[d].append(write)
+        if not (hit := m.writes.add(d, write)):
+            return
+        reading, run = hit
+        if m.writes.answers(reading, d) < MIN_ANSWERS or sum(len(s) - 1 for s in m.sizes if s) < MIN_SPREAD:
+            return
+        structure = (("a length field in several writes" if m.fields >= 2 else None) or repeated_bytes(m.heads[0])
+                     or repeated_bytes(m.heads[1]) or aligned_sizes(m.sizes))
+        if structure:
+            m.drop_sealed(f"random-looking, but structured: {structure}")
+        else:
+            self._confirm_mid_flow(pkt, FULLY_ENCRYPTED_WRAPPER, reading, run,
+                                   f"fully encrypted writes {reading.offset} bytes longer than the IP packet each "
+                                   f"carries (a {CHUNK_OVERHEAD}-byte AEAD chunk overhead + OpenVPN's TCP data "
+                                   f"framing: {reading.framing})")
+
+    def _confirm_mid_flow(self, pkt: FlowPacket, wrapper: str, reading: Reading, run: str, units: str) -> None:
+        self.attributes["wrapped"], self.attributes["mid_flow"] = wrapper, "true"
+        self.raise_risk(WRAPPED_TUNNEL)
+        if wrapper == FULLY_ENCRYPTED_WRAPPER:
+            self.raise_risk(OBFUSCATED)
+        self.confirm(pkt, 0.6, f"wrapped={wrapper}; mid-flow, {units}: {run} (OpenVPN over TCP inside a wrapper, "
+                               "joined after its handshake)")
+
+
+class MidFlow:
+    """The state of a wrapped connection joined mid-flow: each reading, None once dropped (with why)."""
+
+    __slots__ = ("records", "nonces", "streams", "writes", "heard", "pending", "heads", "sizes",
+                 "fields", "why_tls", "why_sealed")
+
+    def __init__(self) -> None:
+        self.records: Readings | None = Readings(tls_tunnel_readings(MID_FLOW_OVERHEADS))
+        self.nonces = NonceSteps()
+        self.streams = RecordStreams(mid_flow=True)
+        self.writes: Readings | None = Readings(SEALED_READINGS)
+        self.heard = [False, False]  # a segment of each direction seen
+        self.pending = [0, 0]  # bytes of each direction's write so far
+        self.heads: tuple[list[bytes], list[bytes]] = ([], [])  # leading bytes of each write
+        self.sizes: tuple[list[int], list[int]] = ([], [])  # distinct sizes of whole writes
+        self.fields = 0  # writes with a length field of their own size near the start
+        self.why_tls = self.why_sealed = ""
+
+    def drop_tls(self, why: str) -> None:
+        self.records, self.why_tls = None, why
+
+    def drop_sealed(self, why: str) -> None:
+        self.writes, self.why_sealed = None, why

@@ -100,6 +100,28 @@ def exemption(p: bytes, client: bool = True) -> str | None:
     return None
 
 
+def visible(p: bytes) -> bool:
+    """What `visible_heads` says of one segment of at least HEADER bytes: printable first bytes, zeroed
+    header fields or a length field near the start."""
+    n = len(p)
+    return (all(0x20 <= b <= 0x7E for b in p[:PRINTABLE_PREFIX]) or p[:HEADER].count(0) >= 3
+            or any(n - LENGTH_SLACK <= int.from_bytes(p[off : off + 2], order) <= n
+                   for off in LENGTH_OFFSETS for order in ("big", "little")))
+
+
+def visible_heads(p: PacketHeads) -> np.ndarray:
+    """Per row, the `exemption`s a segment's first bytes alone show (printable prefix, zeroed header fields,
+    a length field); the exemptions that need the whole segment are the dissectors'."""
+    n = p.length
+    head = p.head[:, :HEADER]
+    printable = (p.head[:, :PRINTABLE_PREFIX] >= 0x20) & (p.head[:, :PRINTABLE_PREFIX] <= 0x7E)
+    length_field = np.zeros(len(p), bool)
+    for off in LENGTH_OFFSETS:
+        for value in (p.be(off, 2), p.u8(off) | (p.u8(off + 1) << 8)):
+            length_field |= (n - LENGTH_SLACK <= value) & (value <= n)
+    return printable.all(axis=1) | ((head == 0).sum(axis=1) >= 3) | length_field
+
+
 def text_in(p: bytes) -> str | None:
     """Plain text inside a later segment (a protocol that went clear after its handshake, or printable
     payload); ciphertext has neither except by a chance far below one in a thousand segments."""
@@ -167,17 +189,8 @@ class Shadowsocks(Dissector):
     @staticmethod
     def prefilter(p: PacketHeads) -> np.ndarray:
         """TCP seen to open, the client speaking first, with at least the AEAD floor of a first segment and
-        none of the `exemption`s its first bytes alone show (printable prefix, zeroed header fields, a
-        length field); the exemptions that need the whole segment are the dissector's."""
-        n = p.length
-        head = p.head[:, :HEADER]
-        printable = (p.head[:, :PRINTABLE_PREFIX] >= 0x20) & (p.head[:, :PRINTABLE_PREFIX] <= 0x7E)
-        length_field = np.zeros(len(p), bool)
-        for off in LENGTH_OFFSETS:
-            for value in (p.be(off, 2), p.u8(off) | (p.u8(off + 1) << 8)):
-                length_field |= (n - LENGTH_SLACK <= value) & (value <= n)
-        visible = printable.all(axis=1) | ((head == 0).sum(axis=1) >= 3) | length_field
-        return (p.proto == IPPROTO_TCP) & p.opened & (p.direction == 0) & (n >= MIN_CLIENT_FIRST) & ~visible
+        none of the `exemption`s its first bytes alone show (`visible_heads`)."""
+        return (p.proto == IPPROTO_TCP) & p.opened & (p.direction == 0) & (p.length >= MIN_CLIENT_FIRST) & ~visible_heads(p)
 
     def __init__(self) -> None:
         super().__init__()
