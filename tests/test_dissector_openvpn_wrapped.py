@@ -4,7 +4,7 @@ ordinary TLS (HTTP/1.1, HTTP/2, WebSocket-like, resumption) and fully encrypted 
 
 from __future__ import annotations
 
-import os
+import random
 from pathlib import Path
 
 import pytest
@@ -17,13 +17,23 @@ from vpnid.features.dissectors.openvpn_wrapped import ACK_ENTRY, OpenVPNWrapped
 from vpnid.features.dissectors.shadowsocks import CHUNK_OVERHEAD
 from vpnid.features.risks import OBFUSCATED, WRAPPED_TUNNEL
 
+# Random-looking bytes from a generator reseeded before every test: about one random segment in a hundred
+# fails the fully encrypted test by chance (a printable prefix, say), so os.urandom made these tests flaky.
+RNG = random.Random(0)
+
+
+@pytest.fixture(autouse=True)
+def _seeded() -> None:
+    RNG.seed(0)
+
+
 ROOT = Path(__file__).resolve().parents[1]
 CORPUS = ROOT / "pcaps" / "corpus"
 GCM, TLS13_AES = 0xC02C, 0x1301
 
 
 def app(inner: int, overhead: int) -> bytes:
-    return tls_record(23, os.urandom(inner + overhead))
+    return tls_record(23, RNG.randbytes(inner + overhead))
 
 
 def tls13_handshake() -> list[tuple[int, bytes]]:
@@ -119,8 +129,8 @@ def test_control_handshake_through_tls_is_confirmed(suite, sizes):
 def test_control_handshake_through_a_fully_encrypted_proxy_is_confirmed():
     salt, address = 32, 7
     units = openvpn_inner(reset=56, hello=345, fragment=1208, ack=68)
-    writes = [os.urandom(salt + CHUNK_OVERHEAD + address + units[0][1]), os.urandom(salt + CHUNK_OVERHEAD + units[1][1])]
-    packets = [(0, writes[0]), (1, writes[1])] + [(d, os.urandom(n + CHUNK_OVERHEAD)) for d, n in units[2:]]
+    writes = [RNG.randbytes(salt + CHUNK_OVERHEAD + address + units[0][1]), RNG.randbytes(salt + CHUNK_OVERHEAD + units[1][1])]
+    packets = [(0, writes[0]), (1, writes[1])] + [(d, RNG.randbytes(n + CHUNK_OVERHEAD)) for d, n in units[2:]]
     d = run(packets)
     assert d.state is State.CONFIRMED and d.attributes == {"wrapped": "fully_encrypted"}
     assert d.risks == {WRAPPED_TUNNEL, OBFUSCATED}
@@ -190,7 +200,7 @@ def test_cbc_suite_mid_flow_and_non_tls_openings_are_rejected():
 def test_fully_encrypted_openings_without_the_ack_relation_are_rejected():
     """Random writes in the handshake's order but with an ACK the server's reset does not match."""
     sizes = [(0, 130), (1, 134), (0, 379), (1, 1242), (0, 140), (1, 316), (0, 1242)]
-    assert run([(d, os.urandom(n)) for d, n in sizes]).state is not State.CONFIRMED
+    assert run([(d, RNG.randbytes(n)) for d, n in sizes]).state is not State.CONFIRMED
 
 
 
@@ -215,7 +225,7 @@ def shell(framing: int, rounds: int = 16, ack: int = 52) -> list[tuple[int, int]
 def mid_tls(units: list[tuple[int, int]], overhead: int) -> list[tuple[int, bytes]]:
     """The units as TLS application records, one a segment, after a segment that ends a record."""
     seq = [40, 70]
-    out = [(1, os.urandom(600))]
+    out = [(1, RNG.randbytes(600))]
     for d, n in units:
         seq[d] += 1
         out.append((d, sealed(n, overhead, seq[d])))
@@ -224,7 +234,7 @@ def mid_tls(units: list[tuple[int, int]], overhead: int) -> list[tuple[int, byte
 
 def mid_proxy(units: list[tuple[int, int]]) -> list[tuple[int, bytes]]:
     """The units as a fully encrypted proxy's writes: each the unit plus one AEAD chunk's overhead."""
-    return [(1, os.urandom(900))] + [(d, os.urandom(n + CHUNK_OVERHEAD)) for d, n in units]
+    return [(1, RNG.randbytes(900))] + [(d, RNG.randbytes(n + CHUNK_OVERHEAD)) for d, n in units]
 
 
 @pytest.mark.parametrize("framing", [V1, V1_COMP, V2])
@@ -267,11 +277,11 @@ def test_openvpn_inside_a_fully_encrypted_proxy_joined_mid_flow_is_confirmed(fra
 def test_a_download_through_a_proxy_that_merges_writes_is_confirmed_from_the_acks():
     """The proxy writes what one read returns: bursts of inner packets merge into segments of a full MSS,
     so the server's side is bulk and the client's ACK writes carry the run."""
-    packets = [(1, os.urandom(900))]
+    packets = [(1, RNG.randbytes(900))]
     for i in range(16):
         burst = 4400 + 97 * i  # a burst of inner packets, one write cut at the MSS
-        packets += [(1, os.urandom(1448)) for _ in range(3)] + [(1, os.urandom(burst + CHUNK_OVERHEAD - 3 * 1448))]
-        packets.append((0, os.urandom(V2 + 52 + CHUNK_OVERHEAD)))
+        packets += [(1, RNG.randbytes(1448)) for _ in range(3)] + [(1, RNG.randbytes(burst + CHUNK_OVERHEAD - 3 * 1448))]
+        packets.append((0, RNG.randbytes(V2 + 52 + CHUNK_OVERHEAD)))
     assert run(packets, opened=False).state is State.CONFIRMED
 
 
@@ -304,9 +314,9 @@ def ssh_chacha(rounds: int = 14) -> list[tuple[int, bytes]]:
     """OpenSSH with chacha20-poly1305 joined mid-flow: random from the first byte (its length encrypted), each
     packet 4 + a multiple of 8 + 16 bytes; the client's 100-byte packets read as 40-byte ACKs under V2 + 34,
     the server's output of every such size answers them."""
-    out = [(1, os.urandom(900))]
+    out = [(1, RNG.randbytes(900))]
     for i in range(rounds):
-        out += [(0, os.urandom(100)), (1, os.urandom(108 + 8 * i)), (0, os.urandom(100))]
+        out += [(0, RNG.randbytes(100)), (1, RNG.randbytes(108 + 8 * i)), (0, RNG.randbytes(100))]
     return out
 
 
@@ -315,9 +325,9 @@ def test_random_looking_protocols_with_structure_are_not_wrapped_openvpn():
     assert d.state is not State.CONFIRMED and "aligned sizes" in " ".join(d.evidence)
     # a game's encrypted messages behind a clear type byte and version: the client's of one size, the
     # server's state updates of every size
-    game = [(1, os.urandom(900))] + [(d, b"\x8f\x01" + os.urandom(n - 2)) for i in range(12)
+    game = [(1, RNG.randbytes(900))] + [(d, b"\x8f\x01" + RNG.randbytes(n - 2)) for i in range(12)
                                      for d, n in ((0, V2 + 52 + CHUNK_OVERHEAD), (1, 300 + 7 * i))]
     d = run(game, opened=False)
     assert d.state is not State.CONFIRMED and "header bytes repeat" in " ".join(d.evidence)
-    text = [(1, os.urandom(900))] + [(0, b"user typed: " + bytes(range(65, 65 + 80)))] * 20
+    text = [(1, RNG.randbytes(900))] + [(0, b"user typed: " + bytes(range(65, 65 + 80)))] * 20
     assert run(text, opened=False).state is not State.CONFIRMED
