@@ -10,7 +10,6 @@ from dataclasses import dataclass, field, fields
 
 import numpy as np
 import pyarrow as pa
-import pyarrow.compute as pc
 
 from vpnid.classifier.running.community import ICMP_PROTOS, PORT_PROTOS, community_id
 from vpnid.features.flows import NS, Flow, flow_id
@@ -246,6 +245,16 @@ def _validity(valid: np.ndarray) -> pa.Buffer | None:
     return None if valid.all() else pa.py_buffer(np.packbits(valid, bitorder="little"))
 
 
+def _bool_array(values: np.ndarray) -> pa.Array:
+    return pa.Array.from_buffers(pa.bool_(), len(values), [None, pa.py_buffer(np.packbits(values, bitorder="little"))])
+
+
+def _int64_values(values: pa.Array) -> np.ndarray:
+    """The values of an int64 array without nulls, as a view of its buffer (`to_numpy` imports pandas)."""
+    assert values.type == pa.int64() and values.null_count == 0
+    return np.frombuffer(values.buffers()[1], np.int64)[values.offset:values.offset + len(values)]
+
+
 def _string_array(values: list) -> pa.Array:
     n = len(values)
     valid = np.fromiter((v is not None for v in values), bool, n) if None in values else np.ones(n, bool)
@@ -310,10 +319,12 @@ def with_risks(data: pa.RecordBatch | pa.Table, risks: frozenset[str]) -> pa.Rec
     one vectorised pass over the flattened lists, whatever the number of rows."""
     if not risks:
         return data
+    import pyarrow.compute as pc  # only here: ~9 MB resident, and no other step of a run needs it
+
     col = data.column("risks")
     lists = col.combine_chunks() if isinstance(col, pa.ChunkedArray) else col
-    hit = pc.is_in(pc.list_flatten(lists), value_set=pa.array(sorted(risks), pa.string()))
-    rows = pc.list_parent_indices(lists).to_numpy()[hit.to_numpy(zero_copy_only=False)]
+    hit = pc.is_in(pc.list_flatten(lists), value_set=arrow_array(sorted(risks), pa.string()))
+    rows = _int64_values(pc.filter(pc.list_parent_indices(lists), hit))
     keep = np.zeros(data.num_rows, bool)
     keep[rows] = True
-    return data.filter(pa.array(keep))
+    return data.filter(_bool_array(keep))
