@@ -23,10 +23,10 @@ GZIP_MAGIC = b"\x1f\x8b"  # RFC 1952 section 2.3.1
 GZIP_WBITS = 16 + zlib.MAX_WBITS  # zlib: expect a gzip header and trailer
 STDIN_NAME = "<stdin>"
 
-# Mapped pages are handed back this many pieces behind the piece being handed out: the piece before it
-# is still in the flow table (`vpnid.features.stream` decodes one chunk ahead, no more), the next one is
-# being walked ahead. Pages released early are still valid (they fault back in from the page cache);
-# pages kept late are resident memory, a piece each (~20-40 MB at 65,536 frames).
+# Mapped pages are handed back this many pieces behind the piece being walked: the piece before it is
+# still in the flow table (`vpnid.features.stream` reads and decodes one chunk ahead, no more). Pages
+# released early are still valid (they fault back in from the page cache); pages kept late are resident
+# memory, a piece each (~20-40 MB at 65,536 frames).
 RELEASE_LAG = 1
 
 
