@@ -180,14 +180,11 @@ def community_ids(proto: np.ndarray, src: np.ndarray, sport: np.ndarray, dst: np
     return out
 
 
-_ADDRESSES: dict[bytes, str] = {}
-
-
 def _address_texts(addrs: list[bytes]) -> list[str]:
-    """`address_text` per address, through a bounded cache (flows of a capture share their hosts)."""
-    cache = _ADDRESSES
-    if len(cache) > 200_000:
-        cache.clear()
+    """`address_text` per address, each distinct address of the batch written once (a batch's flows
+    share their hosts). Not kept across batches: a cache that lives as long as the run grows with the
+    capture's hosts (to ~30 MB at 200,000 addresses), which a batch does not."""
+    cache: dict[bytes, str] = {}
     out = []
     for a in addrs:
         s = cache.get(a)
@@ -212,14 +209,15 @@ def record_batch(pcaps: list[str], flows: Sequence[Flow], labels: Sequence[dict]
     src = np.frombuffer(b"".join(srcs), np.uint8).reshape(n, 16)
     dst = np.frombuffer(b"".join(dsts), np.uint8).reshape(n, 16)
     names = {p: transport_name(p) for p in set(proto.tolist())}
+    addresses = _address_texts(srcs + dsts)
     cols = {
         "pcap": pcaps,
         "flow_id": flow_ids(proto, src, sport, dst, dport, first_ns),
         "community_id": community_ids(proto, src, sport, dst, dport),
         "transport": [names[p] for p in proto.tolist()],
-        "src_ip": _address_texts(srcs),
+        "src_ip": addresses[:n],
         "src_port": sport,
-        "dst_ip": _address_texts(dsts),
+        "dst_ip": addresses[n:],
         "dst_port": dport,
         # Python's int / int is correctly rounded; NumPy would round the int64 to float64 first.
         "first_seen": [t / NS for t in first_ns.tolist()],
