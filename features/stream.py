@@ -66,28 +66,30 @@ def _ahead(items: Iterator[tuple[RawChunk, PacketTable]]) -> Iterator[tuple[RawC
     """`items`, produced one ahead on a worker thread: the next chunk is read and decoded while the
     flow table works on this one (much of decoding runs in NumPy without the GIL), in the same order
     and with the same results. An exception on the worker is raised here, where it would have been.
-    Not for live captures (`eager`), whose chunks should be read only when the table asks."""
+    Not for live captures (`eager`), whose chunks should be read only when the table asks.
+
+    The worker starts on a chunk only once the one before was taken, so at most one finished chunk
+    waits: two chunks are alive at a time, not three (their mapped pages and decoded columns are most
+    of the peak memory; see `RELEASE_LAG` in `vpnid.features.capture.sources`)."""
     handoff: queue.Queue = queue.Queue(1)
+    taken = threading.Semaphore(1)  # the worker may make one chunk per chunk taken
     stop = threading.Event()
 
-    def put(item: object) -> bool:
+    def wait_taken() -> bool:
         while not stop.is_set():
-            try:
-                handoff.put(item, timeout=0.1)
+            if taken.acquire(timeout=0.1):
                 return True
-            except queue.Full:
-                pass
         return False
 
     def work() -> None:
         try:
-            for item in items:
-                if not put(item):
+            while wait_taken():
+                item = next(items, _END)
+                handoff.put(item)  # never blocks: the consumer took the item before
+                if item is _END:
                     return
         except BaseException as e:  # noqa: BLE001 - handed to the consumer, raised there
-            put(e)
-            return
-        put(_END)
+            handoff.put(e)
 
     worker = threading.Thread(target=work, name="vpnid-decode", daemon=True)
     worker.start()
@@ -95,6 +97,7 @@ def _ahead(items: Iterator[tuple[RawChunk, PacketTable]]) -> Iterator[tuple[RawC
         while (item := handoff.get()) is not _END:
             if isinstance(item, BaseException):
                 raise item
+            taken.release()
             yield item
     finally:
         stop.set()  # a consumer that stops early lets the worker end after its current chunk

@@ -158,7 +158,7 @@ class _Tables:
         self.last_hdr = np.zeros((capacity, 2, 12), np.uint8)  # its first bytes
         self.last_len = np.zeros((capacity, 2), np.int64)  # and how many of them are real
         self.payloads = np.zeros(capacity, np.int64)
-        self.hist = np.zeros((capacity, 256), np.int32)  # bytes of the leading payloads (<= 8 * 256 each)
+        self.hist = np.zeros((capacity, 256), np.uint16)  # bytes of the leading payloads (<= 8 * 256 each: fits)
         self.free = list(range(capacity - 1, -1, -1))
 
     def alloc(self, n: int) -> np.ndarray:

@@ -176,3 +176,18 @@ def test_extract_gives_index_columns_and_round_trips_through_parquet(tmp_path):
     meta = json.loads(t.schema.metadata[b"vpnid"])
     assert meta["schema_version"] == SCHEMA_VERSION and meta["columns"]["first4_gap"]["unit"] == "s"
     assert t.to_pandas().equals(df)
+
+
+def test_entropy_counts_only_the_leading_bytes_and_fit_the_histogram():
+    """The byte histogram holds ENTROPY_PACKETS * ENTROPY_BYTES counts at most: all of them in one bin
+    must neither overflow its dtype nor let later bytes or packets in (entropy stays 0 for a flow whose
+    first payloads repeat one byte, whatever follows)."""
+    from vpnid.features.vectors import ENTROPY_BYTES, ENTROPY_PACKETS, _Tables
+
+    assert ENTROPY_PACKETS * ENTROPY_BYTES <= np.iinfo(_Tables().hist.dtype).max
+    same = [P(i * 0.1, A, B, 1, 2, payload=b"A" * ENTROPY_BYTES + bytes(range(256))) for i in range(ENTROPY_PACKETS)]
+    later = [P(1 + i * 0.1, A, B, 1, 2, payload=bytes(range(256))) for i in range(3)]
+    _, x = run([same + later])
+    assert col(x, "entropy_head")[0] == 0.0
+    _, y = run([same[:-1] + later])  # one leading packet fewer: the varied bytes come in
+    assert col(y, "entropy_head")[0] > 0.0

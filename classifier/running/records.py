@@ -10,7 +10,6 @@ from dataclasses import dataclass, field, fields
 
 import numpy as np
 import pyarrow as pa
-import pyarrow.compute as pc
 
 from vpnid.classifier.running.community import ICMP_PROTOS, PORT_PROTOS, community_id
 from vpnid.features.flows import NS, Flow, flow_id
@@ -181,14 +180,11 @@ def community_ids(proto: np.ndarray, src: np.ndarray, sport: np.ndarray, dst: np
     return out
 
 
-_ADDRESSES: dict[bytes, str] = {}
-
-
 def _address_texts(addrs: list[bytes]) -> list[str]:
-    """`address_text` per address, through a bounded cache (flows of a capture share their hosts)."""
-    cache = _ADDRESSES
-    if len(cache) > 200_000:
-        cache.clear()
+    """`address_text` per address, each distinct address of the batch written once (a batch's flows
+    share their hosts). Not kept across batches: a cache that lives as long as the run grows with the
+    capture's hosts (to ~30 MB at 200,000 addresses), which a batch does not."""
+    cache: dict[bytes, str] = {}
     out = []
     for a in addrs:
         s = cache.get(a)
@@ -213,14 +209,15 @@ def record_batch(pcaps: list[str], flows: Sequence[Flow], labels: Sequence[dict]
     src = np.frombuffer(b"".join(srcs), np.uint8).reshape(n, 16)
     dst = np.frombuffer(b"".join(dsts), np.uint8).reshape(n, 16)
     names = {p: transport_name(p) for p in set(proto.tolist())}
+    addresses = _address_texts(srcs + dsts)
     cols = {
         "pcap": pcaps,
         "flow_id": flow_ids(proto, src, sport, dst, dport, first_ns),
         "community_id": community_ids(proto, src, sport, dst, dport),
         "transport": [names[p] for p in proto.tolist()],
-        "src_ip": _address_texts(srcs),
+        "src_ip": addresses[:n],
         "src_port": sport,
-        "dst_ip": _address_texts(dsts),
+        "dst_ip": addresses[n:],
         "dst_port": dport,
         # Python's int / int is correctly rounded; NumPy would round the int64 to float64 first.
         "first_seen": [t / NS for t in first_ns.tolist()],
@@ -244,6 +241,16 @@ def record_batch(pcaps: list[str], flows: Sequence[Flow], labels: Sequence[dict]
 # for the rest of the run) to ask whether its argument is a pandas object; a record column never is.
 def _validity(valid: np.ndarray) -> pa.Buffer | None:
     return None if valid.all() else pa.py_buffer(np.packbits(valid, bitorder="little"))
+
+
+def _bool_array(values: np.ndarray) -> pa.Array:
+    return pa.Array.from_buffers(pa.bool_(), len(values), [None, pa.py_buffer(np.packbits(values, bitorder="little"))])
+
+
+def _int64_values(values: pa.Array) -> np.ndarray:
+    """The values of an int64 array without nulls, as a view of its buffer (`to_numpy` imports pandas)."""
+    assert values.type == pa.int64() and values.null_count == 0
+    return np.frombuffer(values.buffers()[1], np.int64)[values.offset:values.offset + len(values)]
 
 
 def _string_array(values: list) -> pa.Array:
@@ -310,10 +317,12 @@ def with_risks(data: pa.RecordBatch | pa.Table, risks: frozenset[str]) -> pa.Rec
     one vectorised pass over the flattened lists, whatever the number of rows."""
     if not risks:
         return data
+    import pyarrow.compute as pc  # only here: ~9 MB resident, and no other step of a run needs it
+
     col = data.column("risks")
     lists = col.combine_chunks() if isinstance(col, pa.ChunkedArray) else col
-    hit = pc.is_in(pc.list_flatten(lists), value_set=pa.array(sorted(risks), pa.string()))
-    rows = pc.list_parent_indices(lists).to_numpy()[hit.to_numpy(zero_copy_only=False)]
+    hit = pc.is_in(pc.list_flatten(lists), value_set=arrow_array(sorted(risks), pa.string()))
+    rows = _int64_values(pc.filter(pc.list_parent_indices(lists), hit))
     keep = np.zeros(data.num_rows, bool)
     keep[rows] = True
-    return data.filter(pa.array(keep))
+    return data.filter(_bool_array(keep))

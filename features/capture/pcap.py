@@ -3,11 +3,9 @@
 from __future__ import annotations
 
 import collections
-import contextlib
 import mmap
 import struct
 from collections.abc import Iterator
-from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 
 import numpy as np
@@ -68,33 +66,26 @@ def pcap_pieces(stream: Stream, name: str, warn: Warn, max_frames: int, order: s
     fmt = _PcapFormat.read(stream, name, order, tick_ns)
     frames = 0
 
-    def walk(start: int) -> tuple[np.ndarray, np.ndarray, int, int]:
-        return _walk_pcap(np.frombuffer(stream.buf, np.uint8), start, order == ">", fmt.max_caplen, max_frames)
-
-    # A mapped file is walked one piece ahead on a second thread (the walk releases the GIL): the walk
-    # waits on memory, once per record, and the pages it maps are the next piece's, which is then ready
-    # when it is asked for. A stream's buffer changes as blocks arrive, so it is walked when needed.
+    # A mapped file's pages are handed back RELEASE_LAG pieces behind the one being walked. The walk is
+    # not run ahead on a thread of its own: `vpnid.features.stream` already reads and decodes on a worker
+    # thread while the flow table works, and a piece walked ahead would be one more piece's pages resident.
     mapped = isinstance(stream.buf, mmap.mmap)
-    ahead: Future | None = None
     begun: collections.deque[int] = collections.deque(maxlen=RELEASE_LAG + 1)
-    with ThreadPoolExecutor(1, thread_name_prefix="vpnid-pcap-walk") if mapped else contextlib.nullcontext() as pool:
-        while True:
-            start = stream.pos
-            begun.append(start)
-            stream.release(begun[0] if mapped else None)
-            starts, headers, stream.pos, bad_caplen = ahead.result() if ahead is not None else walk(start)
-            ahead = None
-            if mapped and bad_caplen < 0 and len(starts) == max_frames:
-                ahead = pool.submit(walk, stream.pos)
-            if len(starts):
-                yield fmt.piece(stream.buf, start, stream.pos, starts, headers, frames)
-                frames += len(starts)
-            if bad_caplen >= 0:
-                warn(f"{name}: corrupt record header at frame {frames + 1} (captured length {bad_caplen} "
-                     f"exceeds the limit of {fmt.max_caplen} bytes); processed up to it")
-                return
-            if len(starts) < max_frames and not stream.more_or_warn(warn):
-                break
+    while True:
+        start = stream.pos
+        begun.append(start)
+        stream.release(begun[0] if mapped else None)
+        starts, headers, stream.pos, bad_caplen = _walk_pcap(np.frombuffer(stream.buf, np.uint8), start,
+                                                             order == ">", fmt.max_caplen, max_frames)
+        if len(starts):
+            yield fmt.piece(stream.buf, start, stream.pos, starts, headers, frames)
+            frames += len(starts)
+        if bad_caplen >= 0:
+            warn(f"{name}: corrupt record header at frame {frames + 1} (captured length {bad_caplen} "
+                 f"exceeds the limit of {fmt.max_caplen} bytes); processed up to it")
+            return
+        if len(starts) < max_frames and not stream.more_or_warn(warn):
+            break
     if not stream.failed:
         yield from _pcap_tail(stream, name, warn, fmt, frames)
 

@@ -23,9 +23,11 @@ GZIP_MAGIC = b"\x1f\x8b"  # RFC 1952 section 2.3.1
 GZIP_WBITS = 16 + zlib.MAX_WBITS  # zlib: expect a gzip header and trailer
 STDIN_NAME = "<stdin>"
 
-# Mapped pages are handed back this many pieces behind the walk: the pieces in between are still in use
-# (walked ahead, decoded ahead, in the flow table; see `vpnid.features.stream`) and would fault back in.
-RELEASE_LAG = 3
+# Mapped pages are handed back this many pieces behind the piece being walked: the piece before it is
+# still in the flow table (`vpnid.features.stream` reads and decodes one chunk ahead, no more). Pages
+# released early are still valid (they fault back in from the page cache); pages kept late are resident
+# memory, a piece each (~20-40 MB at 65,536 frames).
+RELEASE_LAG = 1
 
 
 def open_capture(path: str | os.PathLike, name: str) -> contextlib.AbstractContextManager[BinaryIO]:
