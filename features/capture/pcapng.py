@@ -1,15 +1,17 @@
 """pcapng: sections, interfaces (link type, timestamp resolution and offset) and packet blocks (EPB, SPB,
-the obsolete PB), walked in Python block by block."""
+the obsolete PB). Runs of packet blocks are walked by a compiled loop (`_walk_packets`); the blocks it leaves
+(section headers, interface descriptions, anything it does not accept) are read in Python, one at a time,
+which also words every complaint."""
 
 from __future__ import annotations
 
-import dataclasses
 import mmap
 import struct
 from collections.abc import Iterator
 from dataclasses import dataclass
 
 import numpy as np
+from numba import njit
 
 from vpnid.features.capture.chunks import NS_PER_S, new_piece, normalise_linktype
 from vpnid.features.capture.sources import MAX_CAPLEN, Stream, Warn, truncation
@@ -123,12 +125,12 @@ class PcapngReader:
             start = stream.pos
             stream.release()
             stream.pos, problem = self._walk(stream.buf, start, cols)
-            if cols.offset:
+            if cols.count:
                 yield self._block_piece(stream.buf, start, stream.pos, cols)
             if problem:
                 self._corrupt(problem)
                 return
-            if len(cols.offset) < self.max_frames and not stream.more_or_warn(self.warn):
+            if cols.count < self.max_frames and not stream.more_or_warn(self.warn):
                 break
         if not stream.failed:
             yield from self._tail()
@@ -138,10 +140,16 @@ class PcapngReader:
         Returns the offset after the last good complete block, and what is wrong with the block there if
         it is corrupt."""
         end = len(buf)
+        u8 = np.frombuffer(buf, np.uint8)
         layout = self.layout
         frame = self.frames
         try:
-            while pos + BLOCK_MIN_LENGTH <= end and len(cols.offset) < self.max_frames:
+            while True:
+                pos, frame = cols.walk(u8, pos, layout.order == ">", self.section_base, len(self.interfaces),
+                                       frame, self.max_frames)
+                if not (pos + BLOCK_MIN_LENGTH <= end and cols.count < self.max_frames):
+                    break
+                # A block the compiled walk left: a section header, an interface, or one it does not accept.
                 btype, length = layout.head.unpack_from(buf, pos)
                 if btype == SHB_TYPE:  # the same number in either byte order; the length is not
                     layout = self._start_section(buf, pos)
@@ -216,16 +224,15 @@ class PcapngReader:
         return _Interface(linktype, tsresol, tsoffset)
 
     def _block_piece(self, buf: bytes, start: int, end: int, cols: _NgColumns) -> RawChunk:
-        iface = np.asarray(cols.iface, np.int32)
-        raw_ts = np.asarray(cols.raw_ts, np.uint64)
+        offset, caplen, wirelen, raw_ts, iface, frame = cols.columns()
         ts_ns = np.zeros(len(iface), np.int64)
         for i in np.unique(iface):
             mask = iface == i
             ts_ns[mask] = self.interfaces[i].to_ns(raw_ts[mask])
         ts_ns[raw_ts == NO_TIMESTAMP] = 0  # as Wireshark shows them
         linktypes = np.asarray([interface.linktype for interface in self.interfaces], np.int32)
-        return new_piece(np.frombuffer(buf, np.uint8), start, end, np.asarray(cols.offset, np.int64),
-                       cols.caplen, cols.wirelen, ts_ns, linktypes[iface], np.asarray(cols.frame, np.int64))
+        return new_piece(np.frombuffer(buf, np.uint8), start, end, offset, caplen, wirelen, ts_ns, linktypes[iface],
+                         frame)
 
     def _corrupt(self, problem: str) -> None:
         self.warn(f"{self.name}: corrupt block after frame {self.frames} ({problem}); processed up to it")
@@ -258,24 +265,105 @@ class PcapngReader:
         self.warn(truncation(self.name, what, f"{have} bytes into a {length}-byte block"))
 
 
-@dataclass(slots=True)
 class _NgColumns:
-    """Per-packet values collected while walking pcapng blocks (lists: appends are the cheap part)."""
+    """Per-packet values of one piece: runs filled by the compiled walk, single packets added by the
+    Python path (a cut last block), as arrays (offset, captured and original length, raw timestamp,
+    global interface, frame number)."""
 
-    offset: list[int] = dataclasses.field(default_factory=list)
-    caplen: list[int] = dataclasses.field(default_factory=list)
-    wirelen: list[int] = dataclasses.field(default_factory=list)
-    raw_ts: list[int] = dataclasses.field(default_factory=list)
-    iface: list[int] = dataclasses.field(default_factory=list)
-    frame: list[int] = dataclasses.field(default_factory=list)
+    __slots__ = ("parts", "count")
+
+    def __init__(self) -> None:
+        self.parts: list[tuple[np.ndarray, ...]] = []
+        self.count = 0
+
+    def walk(self, u8: np.ndarray, pos: int, big_endian: bool, section_base: int, interfaces: int, frame: int,
+             max_frames: int) -> tuple[int, int]:
+        """Run `_walk_packets` from pos for up to the frames still wanted; returns (pos, frame) after it."""
+        *part, pos, frame = _walk_packets(u8, pos, big_endian, section_base, interfaces, frame, MAX_CAPLEN,
+                                          max_frames - self.count)
+        if len(part[0]):
+            self.parts.append(tuple(part))
+            self.count += len(part[0])
+        return pos, frame
 
     def add(self, offset: int, caplen: int, wirelen: int, raw_ts: int, iface: int, frame: int) -> None:
-        self.offset.append(offset)
-        self.caplen.append(caplen)
-        self.wirelen.append(wirelen)
-        self.raw_ts.append(raw_ts)
-        self.iface.append(iface)
-        self.frame.append(frame)
+        self.parts.append((np.array([offset], np.int64), np.array([caplen], np.int64), np.array([wirelen], np.int64),
+                           np.array([raw_ts], np.uint64), np.array([iface], np.int64), np.array([frame], np.int64)))
+        self.count += 1
+
+    def columns(self) -> list[np.ndarray]:
+        return [np.concatenate(c) for c in zip(*self.parts)]
+
+
+@njit(inline="always")
+def _u32(buf: np.ndarray, pos: int, big_endian: bool) -> int:
+    v = 0
+    for i in range(4):
+        v |= np.int64(buf[pos + i]) << (8 * (3 - i) if big_endian else 8 * i)
+    return v
+
+
+@njit(cache=True, nogil=True)
+def _walk_packets(buf: np.ndarray, pos: int, big_endian: bool, section_base: int, interfaces: int, frame: int,
+                  max_caplen: int, max_records: int
+                  ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray, int, int]:
+    """The packet blocks (and the blocks that only take a frame number or are skipped) from pos on, up to
+    max_records packets: their columns (as `_NgColumns`), the offset after the last block walked and the
+    frame number reached. Stops, leaving it to the Python walk, at a section header, an interface
+    description, a block cut by the end of buf, and any block the Python walk would refuse: the checks
+    here are the same as `PcapngReader._walk` and `_packet`, in the same order. Compiled because blocks
+    are sequential by nature (each one's place depends on the one before)."""
+    end = buf.shape[0]
+    size = max(0, min(max_records, (end - pos) // (SPB_FIXED + 4)))  # the shortest packet block
+    offset = np.empty(size, np.int64)
+    caplen = np.empty(size, np.int64)
+    wirelen = np.empty(size, np.int64)
+    raw_ts = np.empty(size, np.uint64)
+    iface = np.empty(size, np.int64)
+    frames = np.empty(size, np.int64)
+    n = 0
+    while pos + BLOCK_MIN_LENGTH <= end:
+        btype = _u32(buf, pos, big_endian)
+        length = _u32(buf, pos + 4, big_endian)
+        if btype == SHB_TYPE or btype == IDB_TYPE:
+            break
+        if length % 4 or length < BLOCK_MIN_LENGTH or length > BLOCK_MAX_LENGTH or pos + length > end:
+            break
+        if _u32(buf, pos + length - 4, big_endian) != length:
+            break
+        if btype == EPB_TYPE or btype == PB_TYPE or btype == SPB_TYPE:
+            if n == size:
+                break
+            fixed = SPB_FIXED if btype == SPB_TYPE else EPB_FIXED
+            if length < fixed + 4:
+                break
+            room = min(length - fixed - 4, max_caplen)
+            if btype == SPB_TYPE:
+                wire = _u32(buf, pos + 8, big_endian)
+                cap, ifc, ts = min(wire, room), 0, np.uint64(NO_TIMESTAMP)
+            else:
+                if btype == EPB_TYPE:
+                    ifc = _u32(buf, pos + 8, big_endian)
+                elif big_endian:
+                    ifc = (np.int64(buf[pos + 8]) << 8) | buf[pos + 9]
+                else:
+                    ifc = (np.int64(buf[pos + 9]) << 8) | buf[pos + 8]
+                high, low = _u32(buf, pos + 12, big_endian), _u32(buf, pos + 16, big_endian)
+                ts = (np.uint64(high) << np.uint64(32)) | np.uint64(low)
+                cap = _u32(buf, pos + 20, big_endian)
+                wire = _u32(buf, pos + 24, big_endian)
+                if cap > room:
+                    break
+            if section_base + ifc >= interfaces:
+                break
+            frame += 1
+            offset[n], caplen[n], wirelen[n], raw_ts[n] = pos + fixed, cap, wire, ts
+            iface[n], frames[n] = section_base + ifc, frame
+            n += 1
+        elif btype == SYSTEMD_JOURNAL_TYPE or btype == CB_COPY_TYPE or btype == CB_NO_COPY_TYPE:
+            frame += 1
+        pos += length
+    return offset[:n], caplen[:n], wirelen[:n], raw_ts[:n], iface[:n], frames[:n], pos, frame
 
 
 def _options(buf: bytes, pos: int, end: int, order: str) -> Iterator[tuple[int, bytes]]:
