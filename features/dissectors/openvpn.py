@@ -320,45 +320,30 @@ def _min_data_size(opcode: int) -> int:
     return 1 + (PEER_ID_SIZE if opcode == P_DATA_V2 else 0) + PACKET_ID_SIZE + AEAD_TAG_SIZE + 1
 
 
-def _first_byte_tables() -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-    """Per possible first byte (opcode << 3 | key_id): whether it may start a packet at all (a known
-    opcode; key_id 0 on a hard reset), whether it is a hard reset, a data packet, and the data packet's
-    minimum size (`_min_data_size`). Indexing these beats `np.isin` on every offset of a segment."""
+def _size_bounds() -> tuple[np.ndarray, np.ndarray]:
+    """Per possible first byte (opcode << 3 | key_id): the least and the largest packet size that
+    `_bad_start`/`_bad_size` let it start (the STUN check and the TCP length limit aside); an unknown
+    opcode, or a hard reset with a key_id, gets an empty range. Two table reads and two comparisons per
+    offset, without branches: `_chain_offset` asks this of every offset of a segment of random bytes,
+    where a branch per condition is mispredicted about half the time."""
     first = np.arange(256)
     opcode, key_id = first >> P_OPCODE_SHIFT, first & P_KEY_ID_MASK
     reset = np.isin(opcode, list(HARD_RESETS))
     data = np.isin(opcode, list(DATA_OPCODES))
     known = np.isin(opcode, list(OPCODE_NAMES)) & ~(reset & (key_id != 0))
     min_data = np.array([_min_data_size(int(o)) for o in opcode], np.int64)
-    return known, reset, data, min_data
+    least = np.where(data, min_data, HEADER_SIZE + 1 + PACKET_ID_SIZE)
+    most = np.where(reset, MAX_RESET_SIZE - 1, np.iinfo(np.int64).max)
+    return np.where(known, least, 1).astype(np.int64), np.where(known, most, 0).astype(np.int64)
 
 
-_KNOWN, _RESET, _DATA, _MIN_DATA = _first_byte_tables()
-
-
-@njit(cache=True, nogil=True)
-def _fit(first: int, size: int, known: np.ndarray, reset: np.ndarray, data: np.ndarray,
-         min_data: np.ndarray) -> bool:  # pragma: no cover - compiled
-    """`_bad_start`/`_bad_size` on a first byte (0..255) and packet size, the STUN check aside."""
-    if size <= 0 or not known[first]:
-        return False
-    if data[first]:
-        return size >= min_data[first]
-    return size >= HEADER_SIZE + 1 + PACKET_ID_SIZE and not (reset[first] and size >= MAX_RESET_SIZE)
-
-
-@njit(cache=True, nogil=True)
-def _fits_rows(first: np.ndarray, size: np.ndarray, known: np.ndarray, reset: np.ndarray, data: np.ndarray,
-               min_data: np.ndarray) -> np.ndarray:  # pragma: no cover - compiled
-    out = np.empty(len(first), np.bool_)
-    for i in range(len(first)):
-        out[i] = _fit(first[i], size[i], known, reset, data, min_data)
-    return out
+_LEAST, _MOST = _size_bounds()
 
 
 def _fits(first: np.ndarray, size: np.ndarray) -> np.ndarray:
-    """`_fit` per row (first bytes 0..255)."""
-    return _fits_rows(first.astype(np.int64), size.astype(np.int64), _KNOWN, _RESET, _DATA, _MIN_DATA)
+    """Per row: a packet of `size` bytes may start with byte `first` (0..255) (`_size_bounds`)."""
+    first = first.astype(np.int64)
+    return (size >= _LEAST[first]) & (size <= _MOST[first])
 
 
 @njit(cache=True, nogil=True)
@@ -384,15 +369,15 @@ def _same_sender(b: np.ndarray, x: int, y: int) -> bool:  # pragma: no cover - c
 
 
 @njit(cache=True, nogil=True)
-def _chain_offset(b: np.ndarray, known: np.ndarray, reset: np.ndarray, data: np.ndarray,
-                  min_data: np.ndarray) -> int:  # pragma: no cover - compiled
+def _chain_offset(b: np.ndarray, least: np.ndarray, most: np.ndarray) -> int:  # pragma: no cover - compiled
     n = len(b)
     m = n - 2  # offsets where a length prefix and a first byte fit in `b`
     fit = np.empty(m, np.bool_)
     nxt = np.empty(m, np.int64)
     for i in range(m):
         size = np.int64(b[i]) << 8 | np.int64(b[i + 1])
-        fit[i] = size <= MAX_TCP_PACKET and _fit(np.int64(b[i + 2]), size, known, reset, data, min_data)
+        first = b[i + 2]
+        fit[i] = (size <= MAX_TCP_PACKET) & (size >= least[first]) & (size <= most[first])
         nxt[i] = i + 2 + size
     if fit[0] and nxt[0] == n:  # exactly one packet: the segment(s) start and end on its bounds
         return 0
@@ -418,7 +403,7 @@ def _chain_start(b: bytes) -> int | None:
     `b` fits too. Compiled: a mid-flow connection asks this of every segment until it syncs."""
     if len(b) < 3:
         return None
-    at = _chain_offset(np.frombuffer(b, np.uint8), _KNOWN, _RESET, _DATA, _MIN_DATA)
+    at = _chain_offset(np.frombuffer(b, np.uint8), _LEAST, _MOST)
     return None if at < 0 else at
 
 
