@@ -368,7 +368,7 @@ def _same_sender(b: np.ndarray, x: int, y: int) -> bool:  # pragma: no cover - c
     return True
 
 
-@njit(cache=True, nogil=True)
+@njit(cache=True)
 def _chain_offset(b: np.ndarray, least: np.ndarray, most: np.ndarray) -> int:  # pragma: no cover - compiled
     n = len(b)
     m = n - 2  # offsets where a length prefix and a first byte fit in `b`
