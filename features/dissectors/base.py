@@ -28,6 +28,11 @@ forced on (`FlowTableConfig(prefilter=False)`): the prefilter may pass too much,
   packet of a flow, this packet makes the dissector reject". So it must be True for every packet a flow
   could start with as far as the dissector is concerned: mid-flow data packets (a capture that starts late,
   `--drop-first`), keepalives and whatever the dissector treats as neutral.
+* A window over one packet may close on the flow's first payload packet: where `closes_window` is True
+  for that packet and the prefilter False, a fresh dissector fed it would have rejected on it, raising no
+  risk (e.g. a TLS-carried tunnel on a connection seen to open: only a ClientHello may start it, while
+  one joined mid-flow waits several segments for a record). The flow is then given up for the dissector
+  at once, and its later packets are not looked at (by default a window of 1 closes, a longer one stays).
 * A fresh dissector that has seen no packet must not confirm or raise a risk in `on_end` (a flow without
   payload packets never gets one), and counts as undecided until the flow's first payload packet.
 * Only the `PacketHeads` columns may be used: the first `HEAD_BYTES` payload bytes and the sizes; a rule
@@ -119,6 +124,12 @@ class Dissector:
     def prefilter(p: PacketHeads) -> np.ndarray:
         """Which rows could be this protocol (see the module docstring); default: all of them."""
         return np.ones(len(p), bool)
+
+    @classmethod
+    def closes_window(cls, p: PacketHeads) -> np.ndarray:
+        """Per row, as a flow's first payload packet: whether the prefilter's False on it already rules the
+        dissector out (see the module docstring); default: where the window is one packet."""
+        return np.full(len(p), cls.prefilter_window == 1)
 
     def __init__(self) -> None:
         self.state = State.CANDIDATE
