@@ -506,31 +506,34 @@ class FlowTable:
             return
         off = t.payload_off[rows]
         data, extra, n = memoryview(t.data), memoryview(t.extra), t.data.size
+        before = np.array([b for _, b, _, _ in fed], np.int64)[seg]
+        init_lo = np.array([il for _, _, il, _ in fed], bool)[seg]
         answers = codes.tolist()
         col = {cls: j for j, cls in enumerate(self.dissectors)}
         columns: dict[tuple[type[Dissector], ...], list[int]] = {}  # answer columns of each `unscreened`
         rank_of = self._rank
-        flow = None
+        packet = tuple.__new__  # a FlowPacket from its fields in order, without the named tuple's __new__
+        flow = flows[0]
         current = -1
-        for sid, i, is_lo, ts, a, b, seq, flags, j in zip(
-                seg.tolist(), (pos - starts[seg]).tolist(), lo_s[pos].tolist(), t.ts_ns[rows].tolist(),
-                off.tolist(), (off + t.payload_len[rows]).tolist(), t.tcp_seq[rows].tolist(),
+        index = before + pos - starts[seg] + 1  # packet number within the flow
+        for sid, index, direction, ts, a, b, seq, flags, j in zip(
+                seg.tolist(), index.tolist(), (lo_s[pos] != init_lo).astype(np.int64).tolist(),
+                t.ts_ns[rows].tolist(), off.tolist(), (off + t.payload_len[rows]).tolist(), t.tcp_seq[rows].tolist(),
                 t.tcp_flags[rows].tolist(), sidx.tolist()):
             if sid != current:
                 current = sid
-                flow, before, init_lo, _ = fed[sid]
+                flow = flows[sid]
                 proto = flow.proto
                 opened = bool((flow.tcp_flags[0] | flow.tcp_flags[1]) & TCP_SYN)
             if j < 0 or not flow.unscreened:
-                if not flow.pending:
-                    continue
-                payload = data[a:b].tobytes() if a < n else extra[a - n : b - n].tobytes()
-                flow.feed(FlowPacket(before + i + 1, 0 if is_lo == init_lo else 1, ts / NS, payload, seq, flags,
-                                     proto, opened))
+                if flow.pending:
+                    flow.feed(packet(FlowPacket, (index, direction, ts / NS,
+                                                  data[a:b].tobytes() if a < n else extra[a - n : b - n].tobytes(),
+                                                  seq, flags, proto, opened)))
                 continue
-            payload = data[a:b].tobytes() if a < n else extra[a - n : b - n].tobytes()
-            pkt = FlowPacket(before + i + 1, 0 if is_lo == init_lo else 1, ts / NS, payload, seq, flags, proto,
-                             opened)
+            pkt = packet(FlowPacket, (index, direction, ts / NS,
+                                      data[a:b].tobytes() if a < n else extra[a - n : b - n].tobytes(), seq, flags,
+                                      proto, opened))
             flow.payloads += 1
             ok = answers[j]
             cols = columns.get(flow.unscreened)

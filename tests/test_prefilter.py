@@ -152,7 +152,8 @@ def test_closing_windows_keep_their_contract() -> None:
     joined mid-flow, whose first segments may be the tail of a record."""
     rng = np.random.default_rng(5)
     payloads = [b"GET / HTTP/1.1\r\nHost: example.org\r\n\r\n", b"SSH-2.0-OpenSSH_9.6\r\n",
-                b"\x17\x03\x03\x00\x20" + bytes(32), b"\x16\x03\x01\x00\x40\x01" + bytes(63), b"\x15\x03\x03\x00\x02\x02\x28"]
+                b"\x17\x03\x03\x00\x20" + bytes(32), b"\x16\x03\x01\x00\x40\x01" + bytes(63),
+                b"\x15\x03\x03\x00\x02\x02\x28"]
     payloads += [rng.bytes(int(n)) for n in rng.integers(1, 1500, 300)]
     rows = [(IPPROTO_TCP, b) for b in payloads]
     for cls in (c for c in catalog.ALL if IPPROTO_TCP in c.transports):
