@@ -471,14 +471,15 @@ class FlowTable:
             proto = np.array([f.proto for f in flows], np.uint8)
             init_lo = np.array([il for _, _, il, _ in fed], bool)
             srows, sseg = rows[screened], seg[screened]
+            in_flow = np.array([f.payloads for f in flows], np.int64)[sseg] + rank[screened]
             heads = PacketHeads(proto[sseg], t.payload_len[srows].astype(np.int64),
                                 payload_heads(t, srows, HEAD_BYTES),
                                 (lo_s[pos[screened]] != init_lo[sseg]).astype(np.uint8), t.tcp_flags[srows],
-                                opened[sseg])
+                                opened[sseg], in_flow, t.data, t.extra, t.payload_off[srows].astype(np.int64))
             # Per row and class: PASSED, FAILED, or CLOSED where a flow's first payload packet fails and
             # closes the class's window (and where the class is not for the flow's transport).
             codes = np.zeros((len(srows), len(self.dissectors)), np.int8)
-            opening = (rank[screened] == 0) & (np.array([f.payloads for f in flows], np.int64)[sseg] == 0)
+            opening = in_flow == 0
             for j, cls in enumerate(self.dissectors):
                 ours = np.isin(heads.proto, list(cls.transports))
                 ok = np.asarray(cls.prefilter(heads), bool)

@@ -18,9 +18,10 @@ from vpnid.features.capture import CaptureError
 from vpnid.features.dissectors import catalog
 from vpnid.features.dissectors.base import HEAD_BYTES, FlowPacket, PacketHeads, State
 from vpnid.features.dissectors.cstp import Cstp
+from vpnid.features.dissectors.openvpn import OpenVPN
 from vpnid.features.dissectors.pptp import PPTP
 from vpnid.features.flows import FlowTableConfig
-from vpnid.features.packets import IPPROTO_TCP
+from vpnid.features.packets import IPPROTO_TCP, IPPROTO_UDP
 
 ROOT = Path(__file__).resolve().parents[1]
 CORPUS = sorted(glob.glob(str(ROOT / "pcaps" / "corpus" / "*.pcap")))
@@ -147,21 +148,22 @@ def test_pptp_prefilter_refuses_tcp_streams_without_the_magic_cookie() -> None:
 
 def test_closing_windows_keep_their_contract() -> None:
     """Where a class says its window closes on a flow's first payload packet and its prefilter refuses
-    that packet, a fresh dissector fed it rejects on it and raises no risk. Cstp's window of several
-    packets closes on a connection seen to open (only a ClientHello may start it) and stays open on one
-    joined mid-flow, whose first segments may be the tail of a record."""
+    that packet, a fresh dissector fed it rejects on it and raises no risk, on TCP and UDP. Cstp's and
+    OpenVPN's windows of several packets close on a connection seen to open (only a ClientHello, or an
+    OpenVPN packet behind its length, may start it) and stay open on one joined mid-flow, whose first
+    segments may start inside a record or packet."""
     rng = np.random.default_rng(5)
     payloads = [b"GET / HTTP/1.1\r\nHost: example.org\r\n\r\n", b"SSH-2.0-OpenSSH_9.6\r\n",
                 b"\x17\x03\x03\x00\x20" + bytes(32), b"\x16\x03\x01\x00\x40\x01" + bytes(63),
                 b"\x15\x03\x03\x00\x02\x02\x28"]
     payloads += [rng.bytes(int(n)) for n in rng.integers(1, 1500, 300)]
-    rows = [(IPPROTO_TCP, b) for b in payloads]
-    for cls in (c for c in catalog.ALL if IPPROTO_TCP in c.transports):
+    for proto, cls in ((pr, c) for pr in (IPPROTO_TCP, IPPROTO_UDP) for c in catalog.ALL if pr in c.transports):
+        rows = [(proto, b) for b in payloads]
         for direction in (0, 1):
-            for opened in (True, False):
+            for opened in (True, False) if proto == IPPROTO_TCP else (False,):
                 heads = _heads(rows, direction, opened)
                 shut = np.asarray(cls.closes_window(heads), bool) & ~np.asarray(cls.prefilter(heads), bool)
-                if cls is Cstp:
+                if cls is Cstp or (cls is OpenVPN and proto == IPPROTO_TCP):
                     assert shut.any() == opened  # the case the window closes on is not vacuous
                 for (proto, payload), s in zip(rows, shut.tolist()):
                     if s:

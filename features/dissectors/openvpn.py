@@ -395,6 +395,22 @@ def _chain_offset(b: np.ndarray, least: np.ndarray, most: np.ndarray) -> int:  #
     return -1
 
 
+@njit(cache=True)
+def _chains_rows(data: np.ndarray, extra: np.ndarray, offset: np.ndarray, length: np.ndarray, rows: np.ndarray,
+                 least: np.ndarray, most: np.ndarray) -> np.ndarray:  # pragma: no cover - compiled
+    """`_chain_start(payload) is not None` for each of `rows`, the payloads read in place (`PacketHeads`)."""
+    out = np.zeros(len(rows), np.bool_)
+    split = len(data)
+    for k in range(len(rows)):
+        i = rows[k]
+        a, n = offset[i], length[i]
+        if n < 3:
+            continue
+        b = data[a : a + n] if a < split else extra[a - split : a - split + n]
+        out[k] = _chain_offset(b, least, most) >= 0
+    return out
+
+
 def _chain_start(b: bytes) -> int | None:
     """First offset of `b` from which length-prefixed OpenVPN packets follow each other: `b` is exactly
     one packet, or a header fits and so does another where its packet ends, from the same sender
@@ -416,19 +432,36 @@ class OpenVPN(Dissector):
     transports = frozenset({IPPROTO_UDP, IPPROTO_TCP})
     budget = 16  # nDPI needs up to 12 packets on TCP; data-only flows need 3 per direction
 
+    # A connection joined mid-flow is looked at over its first two payload packets (`prefilter`).
+    prefilter_window = 2
+
     @staticmethod
     def prefilter(p: PacketHeads) -> np.ndarray:
         """The first OpenVPN packet's opcode/key-id byte and size (`_bad_start`, `_bad_size`): on UDP the
         datagram, on TCP the packet behind the 2-byte length prefix (a segment of under 3 bytes passes:
-        the dissector waits for more; so does every segment of a connection joined mid-flow, which may start
-        inside a packet)."""
+        the dissector waits for more). A connection joined mid-flow may start inside a packet: its first
+        segment passes only where a chain of packets starts in it (`_chain_start`, on the whole payload);
+        without one the dissector would only hold the segment, unsynced, and decide nothing, so it is built
+        on the next segment (which always passes: joined to the first it may sync) and fed both."""
         udp, tcp = p.proto == IPPROTO_UDP, p.proto == IPPROTO_TCP
         prefix = np.where(tcp, 2, 0)  # where the OpenVPN packet starts
         rows = np.arange(len(p))
         first = p.head[rows, prefix].astype(np.int64)
         size = np.where(tcp, p.be(0, 2), p.length)
         ok = _fits(first, size)
-        return (udp & ok) | (tcp & (~p.opened | (p.length < 3) | (ok & (size <= MAX_TCP_PACKET))))
+        mid = tcp & ~p.opened
+        waits = mid & p.first()  # a first segment that may not sync by itself
+        if p.data is not None and waits.any():
+            which = np.flatnonzero(waits)
+            waits[which] = ~_chains_rows(p.data, p.extra, p.offset, p.length, which, _LEAST, _MOST)
+        else:
+            waits[:] = False
+        return (udp & ok) | (mid & ~waits) | (tcp & p.opened & ((p.length < 3) | (ok & (size <= MAX_TCP_PACKET))))
+
+    @classmethod
+    def closes_window(cls, p: PacketHeads) -> np.ndarray:
+        """On UDP and on a connection seen to open, the first packet decides (a window of one)."""
+        return ~((p.proto == IPPROTO_TCP) & ~p.opened)
 
     def __init__(self) -> None:
         super().__init__()
