@@ -516,9 +516,9 @@ class FlowTable:
         packet = tuple.__new__  # a FlowPacket from its fields in order, without the named tuple's __new__
         flow = flows[0]
         current = -1
-        index = before + pos - starts[seg] + 1  # packet number within the flow
+        number = before + pos - starts[seg] + 1  # packet number within the flow
         for sid, index, direction, ts, a, b, seq, flags, j in zip(
-                seg.tolist(), index.tolist(), (lo_s[pos] != init_lo).astype(np.int64).tolist(),
+                seg.tolist(), number.tolist(), (lo_s[pos] != init_lo).astype(np.int64).tolist(),
                 t.ts_ns[rows].tolist(), off.tolist(), (off + t.payload_len[rows]).tolist(), t.tcp_seq[rows].tolist(),
                 t.tcp_flags[rows].tolist(), sidx.tolist()):
             if sid != current:
@@ -526,21 +526,19 @@ class FlowTable:
                 flow = flows[sid]
                 proto = flow.proto
                 opened = bool((flow.tcp_flags[0] | flow.tcp_flags[1]) & TCP_SYN)
-            if j < 0 or not flow.unscreened:
-                if flow.pending:
-                    flow.feed(packet(FlowPacket, (index, direction, ts / NS,
-                                                  data[a:b].tobytes() if a < n else extra[a - n : b - n].tobytes(),
-                                                  seq, flags, proto, opened)))
+            screening = j >= 0 and bool(flow.unscreened)
+            if not screening and not flow.pending:
                 continue
             pkt = packet(FlowPacket, (index, direction, ts / NS,
                                       data[a:b].tobytes() if a < n else extra[a - n : b - n].tobytes(), seq, flags,
                                       proto, opened))
-            flow.payloads += 1
-            ok = answers[j]
-            cols = columns.get(flow.unscreened)
-            if cols is None:
-                cols = columns[flow.unscreened] = [col[c] for c in flow.unscreened]
-            flow.screen(pkt, [ok[k] for k in cols], rank_of)
+            if screening:
+                flow.payloads += 1
+                ok = answers[j]
+                cols = columns.get(flow.unscreened)
+                if cols is None:
+                    cols = columns[flow.unscreened] = [col[c] for c in flow.unscreened]
+                flow.screen(pkt, [ok[k] for k in cols], rank_of)
             if flow.pending:
                 flow.feed(pkt)
 
