@@ -264,17 +264,21 @@ def _bulk_mid_flow(rng: random.Random, mss: int = 1448) -> tuple[bytes, bytes]:
     return server[rng.randrange(1, 1400):], client[rng.randrange(1, 70):]
 
 
+def _bulk_mid_flow_segments(seed: int) -> list[FlowPacket]:
+    """`_bulk_mid_flow` as segments: the download in full 1448-byte segments, the client's in 78-byte
+    ones, interleaved while both last."""
+    server, client = _bulk_mid_flow(random.Random(seed))
+    t = TcpStreams()
+    down = t.stream(SERVER, server, 1448)
+    up = [t.segment(CLIENT, client[i : i + 78]) for i in range(0, len(client), 78)]
+    return [p for pair in zip(down[:12], up) for p in pair] + down[12:]
+
+
 @pytest.mark.parametrize("seed", range(6))
 def test_tcp_joined_mid_flow_resyncs_on_packet_boundaries(seed: int) -> None:
     """A capture that starts inside a bulk download: no segment of the saturated direction need start
     a packet; two packets following each other across two segments give the walk its start."""
-    rng = random.Random(seed)
-    server, client = _bulk_mid_flow(rng)
-    t = TcpStreams()
-    down = t.stream(SERVER, server, 1448)
-    up = [t.segment(CLIENT, client[i : i + 78]) for i in range(0, len(client), 78)]
-    packets = [p for pair in zip(down[:12], up) for p in pair] + down[12:]
-    d = run(packets)
+    d = run(_bulk_mid_flow_segments(seed))
     assert d.state is State.CONFIRMED and d.attributes["mid_flow"] == "true"
     assert d.evidence[0].startswith("P_DATA_V2 both ways")
 
@@ -631,12 +635,7 @@ def test_a_mid_flow_first_segment_without_a_chain_defers_the_dissector_to_the_ne
     """Joined mid-flow, a first segment in which no chain of packets starts does not build the OpenVPN
     dissector; the next segment does, fed both, and the resync that needs the two segments joined gives
     the same verdict, evidence and verdict packet as a run with every dissector built from the start."""
-    rng = random.Random(seed)
-    server, client = _bulk_mid_flow(rng)
-    t = TcpStreams()
-    down = t.stream(SERVER, server, 1448)
-    up = [t.segment(CLIENT, client[i : i + 78]) for i in range(0, len(client), 78)]
-    packets = [p for pair in zip(down[:12], up) for p in pair] + down[12:]
+    packets = _bulk_mid_flow_segments(seed)
     assert _chain_start(packets[0].payload) is None  # the case under test: the first segment alone cannot sync
     fast, built = _through_table(packets)
     forced, _ = _through_table(packets, prefilter=False)
