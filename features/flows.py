@@ -28,6 +28,7 @@ from vpnid.features.gather import payload_heads
 from vpnid.features.packets import PORTED, TCP_ACK, TCP_FIN, TCP_RST, TCP_SYN, PacketTable
 
 NS = 1_000_000_000
+CLOSED, FAILED, PASSED = 0, 1, 2  # the cheap stage's answer for one class on one packet (`Flow.screen`)
 KEY_BYTES = 37  # proto(1) + low address(16) + high address(16) + low port(2) + high port(2)
 
 
@@ -102,19 +103,20 @@ class Flow:
             reason = "fin"
         self.end_reason = reason
 
-    def screen(self, pkt: FlowPacket, passed: list[bool], rank: dict[type[Dissector], int]) -> None:
+    def screen(self, pkt: FlowPacket, passed: list[int], rank: dict[type[Dissector], int]) -> None:
         """The cheap stage's answer on one of the flow's first payload packets, for each class of
-        `unscreened` (in that order): a class that passed gets its dissector, fed the packets of the window
-        before this one; one whose window is over without a pass is ruled out. `rank`: catalog order."""
+        `unscreened` (in that order): PASSED, a class that gets its dissector, fed the packets of the window
+        before this one; FAILED, one that is ruled out once its window is over; CLOSED, one ruled out now
+        (`Dissector.closes_window`). `rank`: catalog order."""
         keep: list[type[Dissector]] = []
         created: list[Dissector] = []
         for cls, ok in zip(self.unscreened, passed):
-            if ok:
+            if ok == PASSED:
                 d = cls()
                 created.append(d)
                 for earlier in self.window or ():
                     d.feed(earlier)
-            elif self.payloads < cls.prefilter_window:
+            elif ok == FAILED and self.payloads < cls.prefilter_window:
                 keep.append(cls)
         self.unscreened = tuple(keep)
         if self.window is not None:
@@ -462,25 +464,37 @@ class FlowTable:
         want = np.array([_screen_rows(f) for f in flows], np.int64)
         screened = rank < want[seg]
         sidx = np.full(len(pos), -1, np.int64)
-        passed = np.zeros((0, len(self.dissectors)), bool)
+        codes = np.zeros((0, len(self.dissectors)), np.int8)
         live = np.array([bool(f.pending) for f in flows], bool)
         if screened.any():
             opened = np.array([bool((f.tcp_flags[0] | f.tcp_flags[1]) & TCP_SYN) for f in flows], bool)
             proto = np.array([f.proto for f in flows], np.uint8)
             init_lo = np.array([il for _, _, il, _ in fed], bool)
             srows, sseg = rows[screened], seg[screened]
+            in_flow = np.array([f.payloads for f in flows], np.int64)[sseg] + rank[screened]
             heads = PacketHeads(proto[sseg], t.payload_len[srows].astype(np.int64),
                                 payload_heads(t, srows, HEAD_BYTES),
                                 (lo_s[pos[screened]] != init_lo[sseg]).astype(np.uint8), t.tcp_flags[srows],
-                                opened[sseg])
-            passed = np.zeros((len(srows), len(self.dissectors)), bool)
+                                opened[sseg], in_flow, t.data, t.extra, t.payload_off[srows].astype(np.int64))
+            # Per row and class: PASSED, FAILED, or CLOSED where a flow's first payload packet fails and
+            # closes the class's window (and where the class is not for the flow's transport).
+            codes = np.zeros((len(srows), len(self.dissectors)), np.int8)
+            opening = in_flow == 0
             for j, cls in enumerate(self.dissectors):
-                passed[:, j] = np.asarray(cls.prefilter(heads), bool) & np.isin(heads.proto, list(cls.transports))
+                ours = np.isin(heads.proto, list(cls.transports))
+                ok = np.asarray(cls.prefilter(heads), bool)
+                shut = opening & np.asarray(cls.closes_window(heads), bool)
+                codes[:, j] = np.where(~ours, CLOSED, np.where(ok, PASSED, np.where(shut, CLOSED, FAILED)))
+            # A flow whose classes all closed on its first payload packet is screened no further.
+            want[sseg[opening & (codes == CLOSED).all(axis=1)]] = 1
+            on = rank[screened] < want[sseg]
+            screened[screened] = on
+            srows, sseg, codes = srows[on], sseg[on], codes[on]
             sidx[screened] = np.arange(len(srows))
             # A flow lives on if a dissector runs or a prefilter passed one of its packets (or its window
             # stays open past this chunk); the others are ruled out here, without a visit per packet.
             hit = np.zeros(len(fed), bool)
-            hit[sseg[passed.any(axis=1)]] = True
+            hit[sseg[(codes == PASSED).any(axis=1)]] = True
             n_screened = np.bincount(sseg, minlength=len(fed))
             live |= hit | (n_screened < want)
             for i in np.flatnonzero(~live & (want > 0)).tolist():
@@ -493,37 +507,38 @@ class FlowTable:
             return
         off = t.payload_off[rows]
         data, extra, n = memoryview(t.data), memoryview(t.extra), t.data.size
-        answers = passed.tolist()
+        before = np.array([b for _, b, _, _ in fed], np.int64)[seg]
+        init_lo = np.array([il for _, _, il, _ in fed], bool)[seg]
+        answers = codes.tolist()
         col = {cls: j for j, cls in enumerate(self.dissectors)}
         columns: dict[tuple[type[Dissector], ...], list[int]] = {}  # answer columns of each `unscreened`
         rank_of = self._rank
-        flow = None
+        packet = tuple.__new__  # a FlowPacket from its fields in order, without the named tuple's __new__
+        flow = flows[0]
         current = -1
-        for sid, i, is_lo, ts, a, b, seq, flags, j in zip(
-                seg.tolist(), (pos - starts[seg]).tolist(), lo_s[pos].tolist(), t.ts_ns[rows].tolist(),
-                off.tolist(), (off + t.payload_len[rows]).tolist(), t.tcp_seq[rows].tolist(),
+        number = before + pos - starts[seg] + 1  # packet number within the flow
+        for sid, index, direction, ts, a, b, seq, flags, j in zip(
+                seg.tolist(), number.tolist(), (lo_s[pos] != init_lo).astype(np.int64).tolist(),
+                t.ts_ns[rows].tolist(), off.tolist(), (off + t.payload_len[rows]).tolist(), t.tcp_seq[rows].tolist(),
                 t.tcp_flags[rows].tolist(), sidx.tolist()):
             if sid != current:
                 current = sid
-                flow, before, init_lo, _ = fed[sid]
+                flow = flows[sid]
                 proto = flow.proto
                 opened = bool((flow.tcp_flags[0] | flow.tcp_flags[1]) & TCP_SYN)
-            if j < 0 or not flow.unscreened:
-                if not flow.pending:
-                    continue
-                payload = data[a:b].tobytes() if a < n else extra[a - n : b - n].tobytes()
-                flow.feed(FlowPacket(before + i + 1, 0 if is_lo == init_lo else 1, ts / NS, payload, seq, flags,
-                                     proto, opened))
+            screening = j >= 0 and bool(flow.unscreened)
+            if not screening and not flow.pending:
                 continue
-            payload = data[a:b].tobytes() if a < n else extra[a - n : b - n].tobytes()
-            pkt = FlowPacket(before + i + 1, 0 if is_lo == init_lo else 1, ts / NS, payload, seq, flags, proto,
-                             opened)
-            flow.payloads += 1
-            ok = answers[j]
-            cols = columns.get(flow.unscreened)
-            if cols is None:
-                cols = columns[flow.unscreened] = [col[c] for c in flow.unscreened]
-            flow.screen(pkt, [ok[k] for k in cols], rank_of)
+            pkt = packet(FlowPacket, (index, direction, ts / NS,
+                                      data[a:b].tobytes() if a < n else extra[a - n : b - n].tobytes(), seq, flags,
+                                      proto, opened))
+            if screening:
+                flow.payloads += 1
+                ok = answers[j]
+                cols = columns.get(flow.unscreened)
+                if cols is None:
+                    cols = columns[flow.unscreened] = [col[c] for c in flow.unscreened]
+                flow.screen(pkt, [ok[k] for k in cols], rank_of)
             if flow.pending:
                 flow.feed(pkt)
 

@@ -10,7 +10,7 @@ import pytest
 
 from vpnid.classifier.running.pipeline import Options, classify_capture
 from vpnid.features.dissectors.base import FlowPacket, State
-from vpnid.features.dissectors.cstp import Cstp, RecordWalker, record_overhead
+from vpnid.features.dissectors.cstp import HEAD, Cstp, RecordWalker, record_overhead
 
 ROOT = Path(__file__).resolve().parents[1]
 GCM, CHACHA, TLS13_AES, CBC = 0xC02C, 0xCCA9, 0x1301, 0xC014
@@ -146,6 +146,34 @@ def test_records_are_followed_across_segments_and_retransmissions():
     assert w.push(1, stream[:50]) == []  # retransmitted
     assert [(c, n) for c, n, _ in w.push(51, stream[50:])] == [(23, 100), (23, 30)]
     assert w.push(500, tls_record(23, bytes(5))) == [] and w.broken  # a gap: framing lost for good
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_records_and_their_first_bytes_do_not_depend_on_how_segments_cut_the_stream(seed: int) -> None:
+    """Bulk records give the same types, lengths and first body bytes
+    whether the stream comes whole, in MSS-sized or tiny segments, or with retransmissions overlapping a
+    record's header and body; a bad header after them is still refused."""
+    import random
+
+    rng = random.Random(seed)
+    bodies = [rng.randbytes(n) for n in (16384, HEAD - 1, HEAD, HEAD + 1, 0, 1, 3000, 16384, 120)]
+    types = [rng.choice((22, 23)) for _ in bodies]
+    stream = b"".join(tls_record(c, b) for c, b in zip(types, bodies))
+
+    def records(got: list[tuple[int, int, bytes]]) -> list[tuple[int, int, bytes]]:
+        return [(c, n, head[: min(n, HEAD)]) for c, n, head in got]  # past a short body: the next record's bytes
+
+    want = [(c, len(b), b[:HEAD]) for c, b in zip(types, bodies)]
+    assert records(RecordWalker().push(7, stream)) == want
+    for cut in (1, 5, 1448, None):
+        w, pos, got = RecordWalker(), 0, []
+        while pos < len(stream):
+            n = cut or rng.randint(1, 4000)
+            start = max(0, pos - rng.randint(0, 60)) if cut is None else pos  # retransmitted overlap
+            got += w.push(7 + start, stream[start : pos + n])
+            pos += n
+        assert records(got) == want, cut
+        assert w.push(7 + len(stream), b"\x17\x09\x09\x00\x01x") is None  # not a TLS record header
 
 
 def test_lab_capture_of_cstp_without_dtls_is_labelled_and_https_is_not():

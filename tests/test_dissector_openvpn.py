@@ -264,17 +264,21 @@ def _bulk_mid_flow(rng: random.Random, mss: int = 1448) -> tuple[bytes, bytes]:
     return server[rng.randrange(1, 1400):], client[rng.randrange(1, 70):]
 
 
+def _bulk_mid_flow_segments(seed: int) -> list[FlowPacket]:
+    """`_bulk_mid_flow` as segments: the download in full 1448-byte segments, the client's in 78-byte
+    ones, interleaved while both last."""
+    server, client = _bulk_mid_flow(random.Random(seed))
+    t = TcpStreams()
+    down = t.stream(SERVER, server, 1448)
+    up = [t.segment(CLIENT, client[i : i + 78]) for i in range(0, len(client), 78)]
+    return [p for pair in zip(down[:12], up) for p in pair] + down[12:]
+
+
 @pytest.mark.parametrize("seed", range(6))
 def test_tcp_joined_mid_flow_resyncs_on_packet_boundaries(seed: int) -> None:
     """A capture that starts inside a bulk download: no segment of the saturated direction need start
     a packet; two packets following each other across two segments give the walk its start."""
-    rng = random.Random(seed)
-    server, client = _bulk_mid_flow(rng)
-    t = TcpStreams()
-    down = t.stream(SERVER, server, 1448)
-    up = [t.segment(CLIENT, client[i : i + 78]) for i in range(0, len(client), 78)]
-    packets = [p for pair in zip(down[:12], up) for p in pair] + down[12:]
-    d = run(packets)
+    d = run(_bulk_mid_flow_segments(seed))
     assert d.state is State.CONFIRMED and d.attributes["mid_flow"] == "true"
     assert d.evidence[0].startswith("P_DATA_V2 both ways")
 
@@ -597,3 +601,57 @@ def test_compiled_first_packet_check_agrees_with_the_reasons_it_stands_for() -> 
     expected = [d._bad_start(bytes([f]) + bytes(8)) is None and d._bad_size(int(s), f >> 3) is None
                 for f, s in zip(firsts.tolist(), tiled.tolist())]
     assert _fits(firsts, tiled).tolist() == expected
+
+
+def _through_table(packets: list[FlowPacket], prefilter: bool = True) -> tuple[object, int]:
+    """Run TCP segments (client = direction 0) through a flow table with every dissector: the flow, and
+    how many OpenVPN dissectors were built for it."""
+    from tests.flowbuild import P, table
+    from vpnid.features.dissectors.catalog import ALL
+    from vpnid.features.flows import FlowTable, FlowTableConfig
+
+    built = []
+    original = OpenVPN.__init__
+
+    def init(self: OpenVPN) -> None:
+        built.append(self)
+        original(self)
+
+    a, b = "198.18.0.1", "198.18.0.2"
+    pkts = [P(p.ts, *((a, b, 40000, 443) if p.direction == CLIENT else (b, a, 443, 40000)), 6, p.tcp_flags,
+              p.payload, p.tcp_seq) for p in packets]
+    OpenVPN.__init__ = init
+    try:
+        ft = FlowTable(list(ALL), FlowTableConfig(prefilter=prefilter))
+        ft.add(table(pkts))
+        (flow,) = ft.close()
+    finally:
+        OpenVPN.__init__ = original
+    return flow, len(built)
+
+
+@pytest.mark.parametrize("seed", range(3))
+def test_a_mid_flow_first_segment_without_a_chain_defers_the_dissector_to_the_next(seed: int) -> None:
+    """Joined mid-flow, a first segment in which no chain of packets starts does not build the OpenVPN
+    dissector; the next segment does, fed both, and the resync that needs the two segments joined gives
+    the same verdict, evidence and verdict packet as a run with every dissector built from the start."""
+    packets = _bulk_mid_flow_segments(seed)
+    assert _chain_start(packets[0].payload) is None  # the case under test: the first segment alone cannot sync
+    fast, built = _through_table(packets)
+    forced, _ = _through_table(packets, prefilter=False)
+    assert built == 1 and fast.verdict is not None and fast.verdict.family == "openvpn"
+    assert (fast.verdict.evidence, fast.verdict.packet) == (forced.verdict.evidence, forced.verdict.packet)
+
+
+def test_a_lone_mid_flow_segment_gets_the_dissector_only_if_a_chain_starts_in_it() -> None:
+    """A one-segment flow joined mid-flow: noise builds no OpenVPN dissector, a segment holding two packets
+    of one sender does; a second segment after noise always builds it."""
+    rng = random.Random(3)
+    t = TcpStreams()
+    noise = t.segment(CLIENT, rng.randbytes(900))
+    assert _chain_start(noise.payload) is None
+    two = b"\xff" * 5 + framed(data_v2(7, 10, 60, rng)) + framed(data_v2(7, 11, 90, rng))
+    chained = TcpStreams().segment(CLIENT, two)
+    assert [_through_table([p])[1] for p in (noise, chained)] == [0, 1]
+    flow, built = _through_table([noise, t.segment(CLIENT, rng.randbytes(300))])
+    assert built == 1 and flow.verdict is None  # the second segment always passes: joined, it may sync

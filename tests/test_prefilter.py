@@ -17,9 +17,11 @@ from vpnid.classifier.running.pipeline import Options, classify_capture
 from vpnid.features.capture import CaptureError
 from vpnid.features.dissectors import catalog
 from vpnid.features.dissectors.base import HEAD_BYTES, FlowPacket, PacketHeads, State
+from vpnid.features.dissectors.cstp import Cstp
+from vpnid.features.dissectors.openvpn import OpenVPN
 from vpnid.features.dissectors.pptp import PPTP
 from vpnid.features.flows import FlowTableConfig
-from vpnid.features.packets import IPPROTO_TCP
+from vpnid.features.packets import IPPROTO_TCP, IPPROTO_UDP
 
 ROOT = Path(__file__).resolve().parents[1]
 CORPUS = sorted(glob.glob(str(ROOT / "pcaps" / "corpus" / "*.pcap")))
@@ -142,3 +144,54 @@ def test_pptp_prefilter_refuses_tcp_streams_without_the_magic_cookie() -> None:
     assert mask[: len(pptp) + len(bent)] == [True] * (len(pptp) + len(bent))
     assert not any(mask[len(pptp) + len(bent) : -7])  # what the old prefilter passed
     assert all(mask[-7:])  # under 8 bytes: the dissector waits for more
+
+
+def test_closing_windows_keep_their_contract() -> None:
+    """Where a class says its window closes on a flow's first payload packet and its prefilter refuses
+    that packet, a fresh dissector fed it rejects on it and raises no risk, on TCP and UDP. Cstp's and
+    OpenVPN's windows of several packets close on a connection seen to open (only a ClientHello, or an
+    OpenVPN packet behind its length, may start it) and stay open on one joined mid-flow, whose first
+    segments may start inside a record or packet."""
+    rng = np.random.default_rng(5)
+    payloads = [b"GET / HTTP/1.1\r\nHost: example.org\r\n\r\n", b"SSH-2.0-OpenSSH_9.6\r\n",
+                b"\x17\x03\x03\x00\x20" + bytes(32), b"\x16\x03\x01\x00\x40\x01" + bytes(63),
+                b"\x15\x03\x03\x00\x02\x02\x28"]
+    payloads += [rng.bytes(int(n)) for n in rng.integers(1, 1500, 300)]
+    for proto, cls in ((pr, c) for pr in (IPPROTO_TCP, IPPROTO_UDP) for c in catalog.ALL if pr in c.transports):
+        rows = [(proto, b) for b in payloads]
+        for direction in (0, 1):
+            for opened in (True, False) if proto == IPPROTO_TCP else (False,):
+                heads = _heads(rows, direction, opened)
+                shut = np.asarray(cls.closes_window(heads), bool) & ~np.asarray(cls.prefilter(heads), bool)
+                if cls is Cstp or (cls is OpenVPN and proto == IPPROTO_TCP):
+                    assert shut.any() == opened  # the case the window closes on is not vacuous
+                for (proto, payload), s in zip(rows, shut.tolist()):
+                    if s:
+                        d = cls()
+                        d.feed(FlowPacket(1, direction, 0.0, payload, 1000, 0x18, proto, opened))
+                        assert d.state is State.REJECTED and not d.risks, (cls.__name__, payload[:16].hex())
+
+
+
+def test_a_closed_window_builds_no_dissector_and_an_open_one_waits(monkeypatch) -> None:
+    """On a connection seen to open whose first segment no prefilter passes, no dissector is built even
+    when a later segment starts like a TLS record (Cstp's window closed on the first); joined mid-flow, the
+    same later segment still gets Cstp, fed from the flow's first payload packet."""
+    from tests.flowbuild import P, table
+    from vpnid.features.flows import FlowTable
+    from vpnid.features.packets import TCP_ACK, TCP_PSH, TCP_SYN
+
+    fed: list[int] = []
+    original = Cstp.on_packet
+    monkeypatch.setattr(Cstp, "on_packet", lambda self, pkt: (fed.append(pkt.index), original(self, pkt)))
+    a, b = "198.18.0.1", "198.18.0.2"
+    text, record = b"SSH-2.0-OpenSSH_9.6\r\n", b"\x17\x03\x03\x00\x20" + bytes(32)
+    syn = [P(0.5, a, b, 40000, 8443, 6, TCP_SYN, b"", 999)]
+    data = [P(1.0, a, b, 40000, 8443, 6, TCP_ACK | TCP_PSH, text, 1000),
+            P(2.0, a, b, 40000, 8443, 6, TCP_ACK | TCP_PSH, record, 1000 + len(text))]
+    for opened, want in ((True, []), (False, [1, 2])):
+        fed.clear()
+        ft = FlowTable([Cstp])
+        ft.add(table(syn + data if opened else data))
+        (flow,) = ft.close()
+        assert fed == want and flow.verdict is None, opened

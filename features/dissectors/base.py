@@ -28,10 +28,16 @@ forced on (`FlowTableConfig(prefilter=False)`): the prefilter may pass too much,
   packet of a flow, this packet makes the dissector reject". So it must be True for every packet a flow
   could start with as far as the dissector is concerned: mid-flow data packets (a capture that starts late,
   `--drop-first`), keepalives and whatever the dissector treats as neutral.
+* A window over one packet may close on the flow's first payload packet: where `closes_window` is True
+  for that packet and the prefilter False, a fresh dissector fed it would have rejected on it, raising no
+  risk (e.g. a TLS-carried tunnel on a connection seen to open: only a ClientHello may start it, while
+  one joined mid-flow waits several segments for a record). The flow is then given up for the dissector
+  at once, and its later packets are not looked at (by default a window of 1 closes, a longer one stays).
 * A fresh dissector that has seen no packet must not confirm or raise a risk in `on_end` (a flow without
   payload packets never gets one), and counts as undecided until the flow's first payload packet.
-* Only the `PacketHeads` columns may be used: the first `HEAD_BYTES` payload bytes and the sizes; a rule
-  that needs more bytes must pass the packet.
+* Only the `PacketHeads` columns may be used: the first `HEAD_BYTES` payload bytes, the sizes and the
+  row's rank in its flow; a rule that needs more bytes reads the whole payloads in place (compiled, where
+  `data` is given) or passes the packet.
 
 The default prefilter passes everything, so a dissector without one behaves as if there were no cheap
 stage. Adding a protocol is still adding one file (and a line in `catalog`).
@@ -80,9 +86,21 @@ class PacketHeads:
     direction: np.ndarray  # uint8: 0 initiator -> responder, 1 the other way
     tcp_flags: np.ndarray  # uint8
     opened: np.ndarray  # bool: TCP, the flow's opening SYN was seen (as `FlowPacket.opened`)
+    # Payload packets of the row's flow before it (0: the flow's first); None: every row is a first one.
+    rank: np.ndarray | None = None
+    # Where whole payloads can be read in place, for a compiled rule that needs more than the head: row i's
+    # payload is `data[offset[i]:][:length[i]]`, or `extra[offset[i] - len(data):][:length[i]]` beyond
+    # `data` (as in `PacketTable`); None: only the heads are known, and such a rule must pass the row.
+    data: np.ndarray | None = None
+    extra: np.ndarray | None = None
+    offset: np.ndarray | None = None
 
     def __len__(self) -> int:
         return int(self.length.shape[0])
+
+    def first(self) -> np.ndarray:
+        """Rows that are their flow's first payload packet."""
+        return np.ones(len(self), bool) if self.rank is None else self.rank == 0
 
     def u8(self, off: int) -> np.ndarray:
         return self.head[:, off].astype(np.int64)
@@ -119,6 +137,12 @@ class Dissector:
     def prefilter(p: PacketHeads) -> np.ndarray:
         """Which rows could be this protocol (see the module docstring); default: all of them."""
         return np.ones(len(p), bool)
+
+    @classmethod
+    def closes_window(cls, p: PacketHeads) -> np.ndarray:
+        """Per row, as a flow's first payload packet: whether the prefilter's False on it already rules the
+        dissector out (see the module docstring); default: where the window is one packet."""
+        return np.full(len(p), cls.prefilter_window == 1)
 
     def __init__(self) -> None:
         self.state = State.CANDIDATE

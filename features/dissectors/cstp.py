@@ -195,6 +195,12 @@ class Cstp(Dissector):
         application = (p.length >= len(APPLICATION_HEADER)) & (p.be(0, 3) == int.from_bytes(APPLICATION_HEADER, "big"))
         return (p.proto == IPPROTO_TCP) & (hello | application)
 
+    @classmethod
+    def closes_window(cls, p: PacketHeads) -> np.ndarray:
+        """A connection seen to open must start with the client's handshake record, or is rejected on its
+        first payload packet: only one joined mid-flow needs the window."""
+        return p.opened.copy()
+
     def __init__(self) -> None:
         super().__init__()
         self._streams = RecordStreams()

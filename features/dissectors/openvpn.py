@@ -330,45 +330,30 @@ def _min_data_size(opcode: int) -> int:
     return 1 + (PEER_ID_SIZE if opcode == P_DATA_V2 else 0) + PACKET_ID_SIZE + AEAD_TAG_SIZE + 1
 
 
-def _first_byte_tables() -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-    """Per possible first byte (opcode << 3 | key_id): whether it may start a packet at all (a known
-    opcode; key_id 0 on a hard reset), whether it is a hard reset, a data packet, and the data packet's
-    minimum size (`_min_data_size`). Indexing these beats `np.isin` on every offset of a segment."""
+def _size_bounds() -> tuple[np.ndarray, np.ndarray]:
+    """Per possible first byte (opcode << 3 | key_id): the least and the largest packet size that
+    `_bad_start`/`_bad_size` let it start (the STUN check and the TCP length limit aside); an unknown
+    opcode, or a hard reset with a key_id, gets an empty range. Two table reads and two comparisons per
+    offset, without branches: `_chain_offset` asks this of every offset of a segment of random bytes,
+    where a branch per condition is mispredicted about half the time."""
     first = np.arange(256)
     opcode, key_id = first >> P_OPCODE_SHIFT, first & P_KEY_ID_MASK
     reset = np.isin(opcode, list(HARD_RESETS))
     data = np.isin(opcode, list(DATA_OPCODES))
     known = np.isin(opcode, list(OPCODE_NAMES)) & ~(reset & (key_id != 0))
     min_data = np.array([_min_data_size(int(o)) for o in opcode], np.int64)
-    return known, reset, data, min_data
+    least = np.where(data, min_data, HEADER_SIZE + 1 + PACKET_ID_SIZE)
+    most = np.where(reset, MAX_RESET_SIZE - 1, np.iinfo(np.int64).max)
+    return np.where(known, least, 1).astype(np.int64), np.where(known, most, 0).astype(np.int64)
 
 
-_KNOWN, _RESET, _DATA, _MIN_DATA = _first_byte_tables()
-
-
-@njit(cache=True, nogil=True)
-def _fit(first: int, size: int, known: np.ndarray, reset: np.ndarray, data: np.ndarray,
-         min_data: np.ndarray) -> bool:  # pragma: no cover - compiled
-    """`_bad_start`/`_bad_size` on a first byte (0..255) and packet size, the STUN check aside."""
-    if size <= 0 or not known[first]:
-        return False
-    if data[first]:
-        return size >= min_data[first]
-    return size >= HEADER_SIZE + 1 + PACKET_ID_SIZE and not (reset[first] and size >= MAX_RESET_SIZE)
-
-
-@njit(cache=True, nogil=True)
-def _fits_rows(first: np.ndarray, size: np.ndarray, known: np.ndarray, reset: np.ndarray, data: np.ndarray,
-               min_data: np.ndarray) -> np.ndarray:  # pragma: no cover - compiled
-    out = np.empty(len(first), np.bool_)
-    for i in range(len(first)):
-        out[i] = _fit(first[i], size[i], known, reset, data, min_data)
-    return out
+_LEAST, _MOST = _size_bounds()
 
 
 def _fits(first: np.ndarray, size: np.ndarray) -> np.ndarray:
-    """`_fit` per row (first bytes 0..255)."""
-    return _fits_rows(first.astype(np.int64), size.astype(np.int64), _KNOWN, _RESET, _DATA, _MIN_DATA)
+    """Per row: a packet of `size` bytes may start with byte `first` (0..255) (`_size_bounds`)."""
+    first = first.astype(np.int64)
+    return (size >= _LEAST[first]) & (size <= _MOST[first])
 
 
 @njit(cache=True, nogil=True)
@@ -393,16 +378,16 @@ def _same_sender(b: np.ndarray, x: int, y: int) -> bool:  # pragma: no cover - c
     return True
 
 
-@njit(cache=True, nogil=True)
-def _chain_offset(b: np.ndarray, known: np.ndarray, reset: np.ndarray, data: np.ndarray,
-                  min_data: np.ndarray) -> int:  # pragma: no cover - compiled
+@njit(cache=True)
+def _chain_offset(b: np.ndarray, least: np.ndarray, most: np.ndarray) -> int:  # pragma: no cover - compiled
     n = len(b)
     m = n - 2  # offsets where a length prefix and a first byte fit in `b`
     fit = np.empty(m, np.bool_)
     nxt = np.empty(m, np.int64)
     for i in range(m):
         size = np.int64(b[i]) << 8 | np.int64(b[i + 1])
-        fit[i] = size <= MAX_TCP_PACKET and _fit(np.int64(b[i + 2]), size, known, reset, data, min_data)
+        first = b[i + 2]
+        fit[i] = (size <= MAX_TCP_PACKET) & (size >= least[first]) & (size <= most[first])
         nxt[i] = i + 2 + size
     if fit[0] and nxt[0] == n:  # exactly one packet: the segment(s) start and end on its bounds
         return 0
@@ -420,6 +405,22 @@ def _chain_offset(b: np.ndarray, known: np.ndarray, reset: np.ndarray, data: np.
     return -1
 
 
+@njit(cache=True)
+def _chains_rows(data: np.ndarray, extra: np.ndarray, offset: np.ndarray, length: np.ndarray, rows: np.ndarray,
+                 least: np.ndarray, most: np.ndarray) -> np.ndarray:  # pragma: no cover - compiled
+    """`_chain_start(payload) is not None` for each of `rows`, the payloads read in place (`PacketHeads`)."""
+    out = np.zeros(len(rows), np.bool_)
+    split = len(data)
+    for k in range(len(rows)):
+        i = rows[k]
+        a, n = offset[i], length[i]
+        if n < 3:
+            continue
+        b = data[a : a + n] if a < split else extra[a - split : a - split + n]
+        out[k] = _chain_offset(b, least, most) >= 0
+    return out
+
+
 def _chain_start(b: bytes) -> int | None:
     """First offset of `b` from which length-prefixed OpenVPN packets follow each other: `b` is exactly
     one packet, or a header fits and so does another where its packet ends, from the same sender
@@ -428,7 +429,7 @@ def _chain_start(b: bytes) -> int | None:
     `b` fits too. Compiled: a mid-flow connection asks this of every segment until it syncs."""
     if len(b) < 3:
         return None
-    at = _chain_offset(np.frombuffer(b, np.uint8), _KNOWN, _RESET, _DATA, _MIN_DATA)
+    at = _chain_offset(np.frombuffer(b, np.uint8), _LEAST, _MOST)
     return None if at < 0 else at
 
 
@@ -441,19 +442,36 @@ class OpenVPN(Dissector):
     transports = frozenset({IPPROTO_UDP, IPPROTO_TCP})
     budget = 16  # nDPI needs up to 12 packets on TCP; data-only flows need 3 per direction
 
+    # A connection joined mid-flow is looked at over its first two payload packets (`prefilter`).
+    prefilter_window = 2
+
     @staticmethod
     def prefilter(p: PacketHeads) -> np.ndarray:
         """The first OpenVPN packet's opcode/key-id byte and size (`_bad_start`, `_bad_size`): on UDP the
         datagram, on TCP the packet behind the 2-byte length prefix (a segment of under 3 bytes passes:
-        the dissector waits for more; so does every segment of a connection joined mid-flow, which may start
-        inside a packet)."""
+        the dissector waits for more). A connection joined mid-flow may start inside a packet: its first
+        segment passes only where a chain of packets starts in it (`_chain_start`, on the whole payload);
+        without one the dissector would only hold the segment, unsynced, and decide nothing, so it is built
+        on the next segment (which always passes: joined to the first it may sync) and fed both."""
         udp, tcp = p.proto == IPPROTO_UDP, p.proto == IPPROTO_TCP
         prefix = np.where(tcp, 2, 0)  # where the OpenVPN packet starts
         rows = np.arange(len(p))
         first = p.head[rows, prefix].astype(np.int64)
         size = np.where(tcp, p.be(0, 2), p.length)
         ok = _fits(first, size)
-        return (udp & ok) | (tcp & (~p.opened | (p.length < 3) | (ok & (size <= MAX_TCP_PACKET))))
+        mid = tcp & ~p.opened
+        waits = mid & p.first()  # a first segment that may not sync by itself
+        if p.data is not None and waits.any():
+            which = np.flatnonzero(waits)
+            waits[which] = ~_chains_rows(p.data, p.extra, p.offset, p.length, which, _LEAST, _MOST)
+        else:
+            waits[:] = False
+        return (udp & ok) | (mid & ~waits) | (tcp & p.opened & ((p.length < 3) | (ok & (size <= MAX_TCP_PACKET))))
+
+    @classmethod
+    def closes_window(cls, p: PacketHeads) -> np.ndarray:
+        """On UDP and on a connection seen to open, the first packet decides (a window of one)."""
+        return ~((p.proto == IPPROTO_TCP) & ~p.opened)
 
     def __init__(self) -> None:
         super().__init__()
