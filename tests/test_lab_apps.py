@@ -7,7 +7,6 @@ get no tunnel label on any flow.
 """
 from __future__ import annotations
 
-import os
 import socket
 import subprocess
 import sys
@@ -16,14 +15,14 @@ import urllib.request
 
 import pytest
 
+from tests.labrun import pki_fixture
 from vpnid.classifier.labelling.loading import DEFAULT_MODEL
 from vpnid.classifier.labelling.model import load
 from vpnid.classifier.running.pipeline import Options, classify_capture
 from vpnid.features.families import NONE
-from vpnid.pcaps.lab import manifest, system
+from vpnid.pcaps.lab import manifest
 from vpnid.pcaps.lab.cli import capture
 from vpnid.pcaps.lab.families import negatives_apps
-from vpnid.pcaps.lab.pki import Pki
 
 MIN_PACKETS = 100  # the application's flow, not only a handshake: each run here makes thousands
 
@@ -57,20 +56,7 @@ def test_tracker_answers_each_peer_with_the_others_in_compact_form():
         p.wait(5)
 
 
-def _skip_reason() -> str | None:
-    if os.geteuid() != 0:
-        return "needs root: network namespaces and tcpdump"
-    debs, mods = system.missing(negatives_apps.VARIANTS)
-    if debs or mods:
-        return f"lab packages missing: {' '.join(debs + mods)} (vpnid lab --install)"
-    return None
-
-
-@pytest.fixture(scope="module")
-def pki(tmp_path_factory):
-    if reason := _skip_reason():
-        pytest.skip(reason)
-    return Pki.create(tmp_path_factory.mktemp("pki"))
+pki = pki_fixture(negatives_apps.VARIANTS)
 
 
 @pytest.mark.lab

@@ -106,12 +106,15 @@ def media(lab: Lab, pki: Pki, v: Variant, scale: int) -> None:
 
 
 def turn(lab: Lab, pki: Pki, v: Variant, scale: int) -> None:
-    """coturn in b relays for turnutils_uclient in a: Allocate with long-term credentials, permissions,
-    channel binds, then ChannelData every 20 ms to an echoing peer (turnutils_peer) behind the relay."""
+    """coturn in b relays for turnutils_uclient in a (over UDP, TCP, or DTLS with the lab's server
+    certificate): Allocate with long-term credentials, permissions, channel binds, then ChannelData
+    every 20 ms to an echoing peer (turnutils_peer) behind the relay."""
     user, password = "lab", "lab-turn-password"
+    secure = ["--tls-listening-port", str(v.server_port), "--cert", str(pki.crt("server")), "--pkey",
+              str(pki.key("server")), "--no-tcp", "--no-udp"] if "-S" in v.opts["flags"] else ["--no-tls", "--no-dtls"]
     lab.spawn("b", f"{v.name}-server", "turnserver", "-n", "--listening-ip", SERVER_IP, "--relay-ip", SERVER_IP,
               "--listening-port", str(v.server_port), "--realm", "lab", "--lt-cred-mech", "--user",
-              f"{user}:{password}", "--no-tls", "--no-dtls", "--no-cli", "--log-file", "stdout",
+              f"{user}:{password}", *secure, "--no-cli", "--log-file", "stdout",
               "--pidfile", str(lab.workdir / "turnserver.pid"), "--simple-log", "--allow-loopback-peers",
               "--min-port", "49160", "--max-port", "49260")  # a short relay range initialises in a moment
     lab.spawn("b", f"{v.name}-peer", "turnutils_peer", "-L", SERVER_IP, "-p", "3480")
@@ -192,6 +195,9 @@ VARIANTS = [
     neg("turn-tcp-3478", turn, 3478, "tcp", "coturn",
         "coturn TURN over TCP, turnutils_uclient -t: Allocate, ChannelData every 20 ms, 3 sessions", 60,
         opts=dict(calls=3, flags=("-t",)), needs=("coturn",)),
+    neg("turn-dtls-5349", turn, 5349, "udp", "coturn",
+        "coturn TURN over DTLS (turnutils_uclient -S): Allocate, ChannelData every 20 ms, 3 sessions", 60,
+        opts=dict(calls=3, flags=("-S",)), needs=("coturn",)),
     neg("mqtt-tls-8883", mqtt, 8883, "tcp", "mosquitto",
         "mosquitto TLS, a subscriber and a publisher held open (keepalive 10 s), chat-sized messages and pauses", 130,
         opts=dict(messages=25), needs=("mosquitto", "mosquitto-clients")),
