@@ -2,7 +2,7 @@
 TCP with MSE, SRTP/RTP calls, TURN relaying, MQTT over TLS, scp/sftp.
 
 The tracker test runs anywhere (loopback only). Regenerating the captures needs root and the packages:
-marked ``lab``, about 6 minutes; each run must carry the application's own flow on its server port and
+marked ``lab``, about 7 minutes; each run must carry the application's own flow on its server port and
 get no tunnel label on any flow.
 """
 from __future__ import annotations
