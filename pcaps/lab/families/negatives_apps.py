@@ -73,7 +73,9 @@ def bittorrent(lab: Lab, pki: Pki, v: Variant, scale: int) -> None:
     lab.wait_for(lambda: "100%" in _remote(lab, "b", "-l"), "the seeder to verify its data", timeout=120)
     _transmission(lab, "a", v, leech_dir)
     _remote(lab, "a", "-a", str(torrent))
-    lab.wait_for(lambda: "Percent Done: 100%" in _remote(lab, "a", "-t", "1", "-i"), "the leecher to finish", timeout=60 + 4 * v.opts["megabytes"] * scale * 1024 / v.opts["rate_kib"])
+    download_s = v.opts["megabytes"] * scale * 1024 / v.opts["rate_kib"]
+    lab.wait_for(lambda: "Percent Done: 100%" in _remote(lab, "a", "-t", "1", "-i"), "the leecher to finish",
+                 timeout=60 + 4 * download_s)
     time.sleep(rng.uniform(3, 6))  # both seeding: keepalives and have-messages only
 
 
