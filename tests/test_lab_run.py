@@ -5,17 +5,15 @@ Slow (about 3 minutes) and needs root plus the lab's packages: marked ``lab``.
 """
 from __future__ import annotations
 
-import os
-
 import pytest
 
+from tests.labrun import pki_fixture
 from vpnid.classifier.labelling.loading import DEFAULT_MODEL
 from vpnid.classifier.labelling.model import load
 from vpnid.classifier.running.pipeline import Options, classify_capture
 from vpnid.features.risks import WRAPPED_TUNNEL
-from vpnid.pcaps.lab import catalog, manifest, pcapfile, system
+from vpnid.pcaps.lab import catalog, manifest, pcapfile
 from vpnid.pcaps.lab.cli import capture
-from vpnid.pcaps.lab.pki import Pki
 from vpnid.pcaps.lab.variant import FAMILIES
 
 pytestmark = pytest.mark.lab
@@ -28,20 +26,7 @@ SLACK = 8  # ... and in a capture of a few control exchanges (L2TP: 13 and 20 pa
 VARIANTS = catalog.select(",".join(ONE_PER_FAMILY))
 
 
-def _skip_reason() -> str | None:
-    if os.geteuid() != 0:
-        return "needs root: network namespaces, TUN devices and tcpdump"
-    debs, mods = system.missing(VARIANTS)
-    if debs or mods:
-        return f"lab packages missing: {' '.join(debs + mods)} (python -m vpnid.pcaps.lab --install)"
-    return None
-
-
-@pytest.fixture(scope="module")
-def pki(tmp_path_factory):
-    if reason := _skip_reason():
-        pytest.skip(reason)
-    return Pki.create(tmp_path_factory.mktemp("pki"))
+pki = pki_fixture(VARIANTS)
 
 
 def test_one_variant_per_family():

@@ -5,6 +5,7 @@ from vpnid.pcaps.lab.families import (
     ipsec,
     l2tp,
     negatives,
+    negatives_apps,
     openconnect,
     openvpn,
     openvpn_wrapped,
@@ -17,6 +18,7 @@ from vpnid.pcaps.lab.variant import Variant
 VARIANTS: list[Variant] = [
     *openvpn.VARIANTS, *openvpn_wrapped.VARIANTS, *wireguard.VARIANTS, *ipsec.VARIANTS, *openconnect.VARIANTS,
     *shadowsocks.VARIANTS, *pptp.VARIANTS, *l2tp.VARIANTS, *negatives.VARIANTS,
+    *negatives_apps.VARIANTS,
 ]
 
 

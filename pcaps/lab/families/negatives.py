@@ -76,7 +76,9 @@ def dns(lab: Lab, pki: Pki, v: Variant, scale: int) -> None:
         time.sleep(rng.expovariate(1.5))
 
 
-def ssh(lab: Lab, pki: Pki, v: Variant, scale: int) -> None:
+def sshd(lab: Lab, v: Variant, *options: str) -> list[str]:
+    """OpenSSH's server on the variant's port in namespace b (fresh ed25519 keys, more ``-o`` options if
+    given); the client options to reach it."""
     d = lab.workdir / v.name
     d.mkdir(exist_ok=True)
     for key in ("host", "client"):
@@ -85,10 +87,14 @@ def ssh(lab: Lab, pki: Pki, v: Variant, scale: int) -> None:
     lab.spawn("b", v.name, "/usr/sbin/sshd", "-D", "-e", "-f", "/dev/null", "-o", f"ListenAddress={SERVER_IP}",
               "-o", f"Port={v.server_port}", "-o", f"HostKey={d}/host", "-o", f"AuthorizedKeysFile={d}/client.pub",
               "-o", "PermitRootLogin=prohibit-password", "-o", "StrictModes=no", "-o", "PidFile=none",
-              "-o", "UsePAM=no")
+              "-o", "UsePAM=no", *(a for o in options for a in ("-o", o)))
     lab.wait_log(v.name, "Server listening")
-    opts = ["-i", f"{d}/client", "-p", str(v.server_port), "-o", "UserKnownHostsFile=/dev/null",
-            "-o", "StrictHostKeyChecking=no", "-o", "LogLevel=ERROR", "-o", "BatchMode=yes", f"root@{SERVER_IP}"]
+    return ["-i", f"{d}/client", "-o", "UserKnownHostsFile=/dev/null", "-o", "StrictHostKeyChecking=no",
+            "-o", "LogLevel=ERROR", "-o", "BatchMode=yes"]
+
+
+def ssh(lab: Lab, pki: Pki, v: Variant, scale: int) -> None:
+    opts = [*sshd(lab, v), "-p", str(v.server_port), f"root@{SERVER_IP}"]
     rng = random.Random(v.seed)
     shell = lab.spawn("a", f"{v.name}-client", "ssh", "-tt", *opts, stdin=subprocess.PIPE)
     for _ in range(8 * scale):  # typing: keys 80-350 ms apart, Enter, reading time
@@ -136,23 +142,23 @@ def dtls(lab: Lab, pki: Pki, v: Variant, scale: int) -> None:
     procs["a"].stdin.close()
 
 
-def _neg(name: str, drive, port: int, transport: str, package: str, config: str, seconds: int, **extra) -> Variant:
+def neg(name: str, drive, port: int, transport: str, package: str, config: str, seconds: int, **extra) -> Variant:
     return Variant(name=f"neg-{name}", family="none", package=package, transport=transport, server_port=port,
                    config=config, drive=drive, seconds=seconds, **extra)
 
 
 VARIANTS = [
-    _neg("http-80", http, 80, "tcp", "python3", "python http.server, curl page loads + 400 kB/s download", 15,
+    neg("http-80", http, 80, "tcp", "python3", "python http.server, curl page loads + 400 kB/s download", 15,
          needs=("curl",)),
-    _neg("https-tls13-443", https, 443, "tcp", "openssl", "openssl s_server -WWW, curl TLS 1.3", 15,
+    neg("https-tls13-443", https, 443, "tcp", "openssl", "openssl s_server -WWW, curl TLS 1.3", 15,
          opts=dict(curl=("--tlsv1.3",)), needs=("curl",)),
-    _neg("https-tls12-8443", https, 8443, "tcp", "openssl", "openssl s_server -WWW, curl TLS 1.2 (--tls-max 1.2)", 15,
+    neg("https-tls12-8443", https, 8443, "tcp", "openssl", "openssl s_server -WWW, curl TLS 1.2 (--tls-max 1.2)", 15,
          opts=dict(curl=("--tlsv1.2", "--tls-max", "1.2")), needs=("curl",)),
-    _neg("dns-53", dns, 53, "udp", "dnsmasq-base", "dnsmasq authoritative for .lab, dig A/AAAA/MX/TXT, every 10th over TCP",
+    neg("dns-53", dns, 53, "udp", "dnsmasq-base", "dnsmasq authoritative for .lab, dig A/AAAA/MX/TXT, every 10th over TCP",
          20, needs=("dnsmasq-base", "bind9-dnsutils")),
-    _neg("ssh-22", ssh, 22, "tcp", "openssh-server", "OpenSSH ed25519: typed interactive shell, then 300 kB exec output",
+    neg("ssh-22", ssh, 22, "tcp", "openssh-server", "OpenSSH ed25519: typed interactive shell, then 300 kB exec output",
          30, needs=("openssh-server", "openssh-client")),
-    _neg("quic-443", quic, 443, "udp", "aioquic", "aioquic HTTP/3: 20 GETs with think times + 300 kB", 15,
+    neg("quic-443", quic, 443, "udp", "aioquic", "aioquic HTTP/3: 20 GETs with think times + 300 kB", 15,
          modules=("aioquic",)),
-    _neg("dtls-4433", dtls, 4433, "udp", "openssl", "openssl s_server/s_client DTLS 1.2, 2x50 lines/s bursts", 30),
+    neg("dtls-4433", dtls, 4433, "udp", "openssl", "openssl s_server/s_client DTLS 1.2, 2x50 lines/s bursts", 30),
 ]
