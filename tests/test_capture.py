@@ -123,6 +123,31 @@ def test_pcapng_timestamp_resolutions(tmp_path, tsresol, raw, ts_ns):
     assert frames[0][1] == ts_ns
 
 
+@pytest.mark.parametrize("chunk_frames", [1, 2, 7, 262_144])
+def test_pcapng_runs_of_packet_blocks_in_both_byte_orders_whatever_the_chunk_size(tmp_path, chunk_frames):
+    """Long runs of EPB, SPB and PB (the compiled walk) between section headers and interfaces (the Python
+    walk), in both byte orders, cut at every chunk size: each frame once, in order, numbered as Wireshark
+    numbers them (the custom block takes a number), with its interface's link type and timestamp (PBs on
+    the section's second interface)."""
+    def section(order: str) -> tuple[bytes, list[tuple[bytes, int, int, int]]]:
+        blocks, want = [pb.shb(order), pb.idb(LINKTYPE_ETHERNET, order), pb.idb(LINKTYPE_RAW, order)], []
+        for i in range(12):
+            data, ts = bytes([i]) * (20 + i), (T0 + i) * 10**6
+            kind = i % 4
+            if kind == 3:
+                blocks.append(pb.block(pb.CUSTOM_TYPE, b"vendor", order))
+                continue
+            blocks.append([pb.epb(0, ts, data, order), pb.spb(data, order), pb.pb(1, ts, data, order)][kind])
+            want.append((data, 0 if kind == 1 else ts * 1000, LINKTYPE_RAW if kind == 2 else LINKTYPE_ETHERNET, i))
+        return b"".join(blocks), want
+
+    (little, want_little), (big, want_big) = section("<"), section(">")
+    frames, warnings = read_all(write(tmp_path, little + big + little), chunk_frames=chunk_frames)
+    sections = ((0, want_little), (12, want_big), (24, want_little))
+    expected = [(d, ts, len(d), lt, base + i + 1) for base, want in sections for d, ts, lt, i in want]
+    assert frames == expected and warnings == []
+
+
 def test_pcapng_sections_switch_byte_order_and_restart_interface_ids(tmp_path):
     second = pb.shb(">") + pb.idb(LINKTYPE_LINUX_SLL, ">") + pb.epb(0, T0 * 10**6, FRAMES[4], ">")
     data = two_interface_pcapng() + second
