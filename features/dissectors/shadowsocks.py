@@ -84,14 +84,23 @@ def exemption(p: bytes, client: bool = True) -> str | None:
     if not MIN_BITS_PER_BYTE < bits < MAX_BITS_PER_BYTE:
         return f"{bits:.2f} set bits per byte"
     printable = p.translate(_PRINTABLE)
-    if client and all(printable[:PRINTABLE_PREFIX]):
+    if client and _printable_prefix(p):
         return "printable first bytes"
     if printable.count(1) * 2 > n:
         return "mostly printable"
     if b"\1" * PRINTABLE_RUN in printable:
         return f"{PRINTABLE_RUN} printable bytes in a row"
-    head = p[:HEADER]
-    if head.count(0) >= 3:
+    return _header_fields(p)
+
+
+def _printable_prefix(p: bytes) -> bool:
+    return all(0x20 <= b <= 0x7E for b in p[:PRINTABLE_PREFIX])
+
+
+def _header_fields(p: bytes) -> str | None:
+    """Zeroed header fields or a length field near the start of `p`, or None."""
+    n = len(p)
+    if p[:HEADER].count(0) >= 3:
         return "zeroed header fields"
     for off in LENGTH_OFFSETS:
         for value in (int.from_bytes(p[off : off + 2], "big"), int.from_bytes(p[off : off + 2], "little")):
@@ -102,11 +111,8 @@ def exemption(p: bytes, client: bool = True) -> str | None:
 
 def visible(p: bytes) -> bool:
     """What `visible_heads` says of one segment of at least HEADER bytes: printable first bytes, zeroed
-    header fields or a length field near the start."""
-    n = len(p)
-    return (all(0x20 <= b <= 0x7E for b in p[:PRINTABLE_PREFIX]) or p[:HEADER].count(0) >= 3
-            or any(n - LENGTH_SLACK <= int.from_bytes(p[off : off + 2], order) <= n
-                   for off in LENGTH_OFFSETS for order in ("big", "little")))
+    header fields or a length field near the start (the checks of `exemption` that need no more bytes)."""
+    return _printable_prefix(p) or _header_fields(p) is not None
 
 
 def visible_heads(p: PacketHeads) -> np.ndarray:
