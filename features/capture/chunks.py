@@ -7,10 +7,21 @@ import dataclasses
 from collections.abc import Iterable, Iterator
 
 import numpy as np
+from numba import njit
 
 from vpnid.features.packets import LINKTYPE_RAW, RAW_IP_DLTS, RawChunk
 
 NS_PER_S = 1_000_000_000
+
+
+@njit(inline="always")
+def u32(buf: np.ndarray, pos: int, big_endian: bool) -> int:  # pragma: no cover - compiled
+    """The 32-bit unsigned field at `pos` of a capture's bytes, in the file's byte order (pcap record
+    headers, pcapng blocks): for the compiled walks, which read one field at a time."""
+    v = 0
+    for i in range(4):
+        v |= np.int64(buf[pos + i]) << (8 * (3 - i) if big_endian else 8 * i)
+    return v
 
 
 def normalise_linktype(linktype: int) -> int:

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 import numpy as np
 from numba import njit
 
-from vpnid.features.capture.chunks import NS_PER_S, new_piece, normalise_linktype
+from vpnid.features.capture.chunks import NS_PER_S, new_piece, normalise_linktype, u32
 from vpnid.features.capture.sources import MAX_CAPLEN, RELEASE_LAG, Stream, Warn, truncation
 from vpnid.features.packets import CaptureError, RawChunk
 
@@ -105,10 +105,7 @@ def _walk_pcap(buf: np.ndarray, pos: int, big_endian: bool, max_caplen: int,
     n = 0
     while n < size and pos + PCAP_RECORD_HEADER <= end:
         for f in range(4):  # four 32-bit fields
-            v = 0
-            for i in range(4):
-                v |= np.int64(buf[pos + 4 * f + i]) << (8 * (3 - i) if big_endian else 8 * i)
-            headers[n, f] = v
+            headers[n, f] = u32(buf, pos + 4 * f, big_endian)
         caplen = headers[n, 2]
         if caplen > max_caplen:
             return starts[:n], headers[:n], pos, caplen

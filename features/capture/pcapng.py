@@ -13,7 +13,7 @@ from dataclasses import dataclass
 import numpy as np
 from numba import njit
 
-from vpnid.features.capture.chunks import NS_PER_S, new_piece, normalise_linktype
+from vpnid.features.capture.chunks import NS_PER_S, new_piece, normalise_linktype, u32
 from vpnid.features.capture.sources import MAX_CAPLEN, Stream, Warn, truncation
 from vpnid.features.packets import CaptureError, RawChunk
 
@@ -295,14 +295,6 @@ class _NgColumns:
         return [np.concatenate(c) for c in zip(*self.parts)]
 
 
-@njit(inline="always")
-def _u32(buf: np.ndarray, pos: int, big_endian: bool) -> int:
-    v = 0
-    for i in range(4):
-        v |= np.int64(buf[pos + i]) << (8 * (3 - i) if big_endian else 8 * i)
-    return v
-
-
 @njit(cache=True, nogil=True)
 def _walk_packets(buf: np.ndarray, pos: int, big_endian: bool, section_base: int, interfaces: int, frame: int,
                   max_caplen: int, max_records: int
@@ -323,13 +315,13 @@ def _walk_packets(buf: np.ndarray, pos: int, big_endian: bool, section_base: int
     frames = np.empty(size, np.int64)
     n = 0
     while pos + BLOCK_MIN_LENGTH <= end:
-        btype = _u32(buf, pos, big_endian)
-        length = _u32(buf, pos + 4, big_endian)
+        btype = u32(buf, pos, big_endian)
+        length = u32(buf, pos + 4, big_endian)
         if btype == SHB_TYPE or btype == IDB_TYPE:
             break
         if length % 4 or length < BLOCK_MIN_LENGTH or length > BLOCK_MAX_LENGTH or pos + length > end:
             break
-        if _u32(buf, pos + length - 4, big_endian) != length:
+        if u32(buf, pos + length - 4, big_endian) != length:
             break
         if btype == EPB_TYPE or btype == PB_TYPE or btype == SPB_TYPE:
             if n == size:
@@ -339,19 +331,19 @@ def _walk_packets(buf: np.ndarray, pos: int, big_endian: bool, section_base: int
                 break
             room = min(length - fixed - 4, max_caplen)
             if btype == SPB_TYPE:
-                wire = _u32(buf, pos + 8, big_endian)
+                wire = u32(buf, pos + 8, big_endian)
                 cap, ifc, ts = min(wire, room), 0, np.uint64(NO_TIMESTAMP)
             else:
                 if btype == EPB_TYPE:
-                    ifc = _u32(buf, pos + 8, big_endian)
+                    ifc = u32(buf, pos + 8, big_endian)
                 elif big_endian:
                     ifc = (np.int64(buf[pos + 8]) << 8) | buf[pos + 9]
                 else:
                     ifc = (np.int64(buf[pos + 9]) << 8) | buf[pos + 8]
-                high, low = _u32(buf, pos + 12, big_endian), _u32(buf, pos + 16, big_endian)
+                high, low = u32(buf, pos + 12, big_endian), u32(buf, pos + 16, big_endian)
                 ts = (np.uint64(high) << np.uint64(32)) | np.uint64(low)
-                cap = _u32(buf, pos + 20, big_endian)
-                wire = _u32(buf, pos + 24, big_endian)
+                cap = u32(buf, pos + 20, big_endian)
+                wire = u32(buf, pos + 24, big_endian)
                 if cap > room:
                     break
             if section_base + ifc >= interfaces:
