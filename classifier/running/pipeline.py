@@ -31,7 +31,11 @@ class Options:
     idle_timeout: float = 120.0
     active_timeout: float = 1800.0
     max_flows: int = 1_000_000
-    chunk_frames: int = 65_536  # at most ~100 MB of frames per chunk: peak memory stays flat
+    # Frames per chunk: peak memory stays flat whatever the capture size. 32,768 (not 65,536): peak RSS
+    # 342 -> 269 MB on the 2 M-packet short-flow benchmark input, 313 -> 255 MB on the lab one, at the same CPU
+    # time. Flows leave as the chunk they end in is done, so in a capture of more than one chunk the record
+    # order depends on this size; the records themselves do not (sorted, the output is identical).
+    chunk_frames: int = 32_768
     eager: bool = False  # process packets as they arrive instead of in full chunks (live capture)
     matcher: Matcher | None = None  # cross-check tunnel flows against it (records gain registry fields)
     drop_first: int = 0  # withhold each flow's first N packets (mid-flow evaluation)
