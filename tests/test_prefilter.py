@@ -19,6 +19,7 @@ from vpnid.features.dissectors import catalog
 from vpnid.features.dissectors.base import HEAD_BYTES, FlowPacket, PacketHeads, State
 from vpnid.features.dissectors.cstp import Cstp
 from vpnid.features.dissectors.openvpn import OpenVPN
+from vpnid.features.dissectors.openvpn_wrapped import OpenVPNWrapped
 from vpnid.features.dissectors.pptp import PPTP
 from vpnid.features.flows import FlowTableConfig
 from vpnid.features.packets import IPPROTO_TCP, IPPROTO_UDP
@@ -148,10 +149,10 @@ def test_pptp_prefilter_refuses_tcp_streams_without_the_magic_cookie() -> None:
 
 def test_closing_windows_keep_their_contract() -> None:
     """Where a class says its window closes on a flow's first payload packet and its prefilter refuses
-    that packet, a fresh dissector fed it rejects on it and raises no risk, on TCP and UDP. Cstp's and
-    OpenVPN's windows of several packets close on a connection seen to open (only a ClientHello, or an
-    OpenVPN packet behind its length, may start it) and stay open on one joined mid-flow, whose first
-    segments may start inside a record or packet."""
+    that packet, a fresh dissector fed it rejects on it and raises no risk, on TCP and UDP. Cstp's,
+    OpenVPNWrapped's and OpenVPN's windows of several packets close on a connection seen to open (only a
+    ClientHello, a fully encrypted client segment or an OpenVPN packet behind its length may start it) and
+    stay open on one joined mid-flow, whose first segments may start inside a record or packet."""
     rng = np.random.default_rng(5)
     payloads = [b"GET / HTTP/1.1\r\nHost: example.org\r\n\r\n", b"SSH-2.0-OpenSSH_9.6\r\n",
                 b"\x17\x03\x03\x00\x20" + bytes(32), b"\x16\x03\x01\x00\x40\x01" + bytes(63),
@@ -163,7 +164,7 @@ def test_closing_windows_keep_their_contract() -> None:
             for opened in (True, False) if proto == IPPROTO_TCP else (False,):
                 heads = _heads(rows, direction, opened)
                 shut = np.asarray(cls.closes_window(heads), bool) & ~np.asarray(cls.prefilter(heads), bool)
-                if cls is Cstp or (cls is OpenVPN and proto == IPPROTO_TCP):
+                if cls in (Cstp, OpenVPNWrapped) or (cls is OpenVPN and proto == IPPROTO_TCP):
                     assert shut.any() == opened  # the case the window closes on is not vacuous
                 for (proto, payload), s in zip(rows, shut.tolist()):
                     if s:

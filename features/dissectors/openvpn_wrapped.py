@@ -143,6 +143,13 @@ class OpenVPNWrapped(Dissector):
         return ((tcp & p.opened & (p.direction == 0) & hello) | Shadowsocks.prefilter(p)
                 | (tcp & ~p.opened & (record | sealed)))
 
+    @classmethod
+    def closes_window(cls, p: PacketHeads) -> np.ndarray:
+        """A connection seen to open is judged on its first payload packet (`_open`: the client's ClientHello
+        or fully encrypted segment, else rejected), so only one joined mid-flow needs the window; without
+        this every opened TCP flow that is neither (HTTP, SSH, ...) was screened in Python for five packets."""
+        return p.opened.copy()
+
     def __init__(self) -> None:
         super().__init__()
         self._wrapper = ""
