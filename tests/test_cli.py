@@ -111,3 +111,37 @@ def test_table_lists_tunnels_and_a_summary(mixed_pcap):
 def test_help_teaches_with_examples():
     res = vpnid("classify", "--help")
     assert res.returncode == 0 and "examples:" in res.stdout and "--idle-timeout" in res.stdout
+
+
+def test_the_terminal_spinner_counts_frames_and_ended_flows_once_per_chunk(mixed_pcap, monkeypatch):
+    """On a terminal, `classify` shows how far it got in a capture (frames read, flows ended), updated as each
+    chunk's flows come out rather than once per record (flows that end mid-capture: a short idle timeout)."""
+    from vpnid.classifier.cli import classify
+    from vpnid.classifier.running.pipeline import Options
+
+    shown: list[str] = []
+
+    class Status:
+        def __enter__(self) -> Status:
+            return self
+
+        def __exit__(self, *exc: object) -> None:
+            return None
+
+        def update(self, text: object) -> None:
+            shown.append(str(text))
+
+    class Terminal:
+        is_terminal = True
+
+        def status(self, text: object, spinner: str) -> Status:
+            shown.append(str(text))
+            return Status()
+
+    monkeypatch.setattr(classify, "err", Terminal())
+    stats: dict = {}
+    records = list(classify._records([str(mixed_pcap)], Options(idle_timeout=0.5, chunk_frames=8), stats, []))
+    counts = [tuple(int(s.split(": ")[1].split()[i].replace(",", "")) for i in (0, 2)) for s in shown[1:]]
+    assert shown[0] == f"reading {mixed_pcap}" and len({frames for frames, _ in counts}) >= 2
+    assert counts == sorted(set(counts))  # one update per chunk or group of ended flows, none per record
+    assert shown[-1] == f"reading {mixed_pcap}: {stats[str(mixed_pcap)].frames} frames, {len(records)} flows ended"

@@ -68,14 +68,21 @@ examples:
 
 def _each_capture(captures: list[str], stats: dict[str, CaptureStats], failed: list[str],
                   read: Callable[[str, CaptureStats], Iterator[T]]) -> Iterator[T]:
-    """What `read` gives for each capture in turn, with a spinner; a capture error is reported and the
-    capture named in `failed`, and the others still run."""
+    """What `read` gives for each capture in turn, with a spinner on a terminal that counts the frames and
+    ended flows so far (a multi-GB capture takes minutes); a capture error is reported and the capture
+    named in `failed`, and the others still run."""
     for path in captures:
         st = stats.setdefault(path, CaptureStats())
         try:
-            reading = Text(f"reading {printable(path)}")
-            with err.status(reading, spinner="dots") if err.is_terminal else contextlib.nullcontext():
-                yield from read(path, st)
+            name, shown_counts = printable(path), (0, 0)
+            spinner = err.status(Text(f"reading {name}"), spinner="dots") if err.is_terminal else None
+            with spinner or contextlib.nullcontext():
+                for item in read(path, st):
+                    yield item
+                    counts = (st.counters.get("frames", 0), st.flows)
+                    if spinner is not None and counts != shown_counts:  # once per chunk, not per record
+                        shown_counts = counts
+                        spinner.update(Text(f"reading {name}: {counts[0]:,} frames, {counts[1]:,} flows ended"))
         except CaptureError as e:
             error(str(e))
             failed.append(path)
