@@ -26,7 +26,7 @@ STDIN_NAME = "<stdin>"
 # Mapped pages are handed back this many pieces behind the piece being walked: the piece before it is
 # still in the flow table (`vpnid.features.stream` reads and decodes one chunk ahead, no more). Pages
 # released early are still valid (they fault back in from the page cache); pages kept late are resident
-# memory, a piece each (~20-40 MB at 65,536 frames).
+# memory, a piece each (~10-20 MB at the 32,768 frames of a chunk).
 RELEASE_LAG = 1
 
 
