@@ -23,7 +23,7 @@ from typing import Protocol
 import numpy as np
 from numba import njit
 
-from vpnid.features.dissectors.base import HEAD_BYTES, Dissector, FlowPacket, PacketHeads, State
+from vpnid.features.dissectors.base import HEAD_BYTES, Dissector, FlowPacket, PacketHeads, PayloadRuns, State
 from vpnid.features.gather import payload_heads
 from vpnid.features.packets import PORTED, TCP_ACK, TCP_FIN, TCP_RST, TCP_SYN, PacketTable
 
@@ -467,7 +467,7 @@ class FlowTable:
         codes = np.zeros((0, len(self.dissectors)), np.int8)
         live = np.array([bool(f.pending) for f in flows], bool)
         if screened.any():
-            opened = np.array([bool((f.tcp_flags[0] | f.tcp_flags[1]) & TCP_SYN) for f in flows], bool)
+            opened = np.array([_opened(f) for f in flows], bool)
             proto = np.array([f.proto for f in flows], np.uint8)
             init_lo = np.array([il for _, _, il, _ in fed], bool)
             srows, sseg = rows[screened], seg[screened]
@@ -513,34 +513,74 @@ class FlowTable:
         col = {cls: j for j, cls in enumerate(self.dissectors)}
         columns: dict[tuple[type[Dissector], ...], list[int]] = {}  # answer columns of each `unscreened`
         rank_of = self._rank
-        packet = tuple.__new__  # a FlowPacket from its fields in order, without the named tuple's __new__
+        make = tuple.__new__  # a FlowPacket from its fields in order, without the named tuple's __new__
+
+        def packet(index: int, direction: int, ts: int, a: int, b: int, seq: int, flags: int, proto: int,
+                   opened: bool) -> FlowPacket:
+            return make(FlowPacket, (index, direction, ts / NS,
+                                     data[a:b].tobytes() if a < n else extra[a - n : b - n].tobytes(), seq, flags,
+                                     proto, opened))
+
         flow = flows[0]
         current = -1
         number = before + pos - starts[seg] + 1  # packet number within the flow
-        for sid, index, direction, ts, a, b, seq, flags, j in zip(
-                seg.tolist(), number.tolist(), (lo_s[pos] != init_lo).astype(np.int64).tolist(),
-                t.ts_ns[rows].tolist(), off.tolist(), (off + t.payload_len[rows]).tolist(), t.tcp_seq[rows].tolist(),
-                t.tcp_flags[rows].tolist(), sidx.tolist()):
+        direction = (lo_s[pos] != init_lo).astype(np.int64)
+        fields = (number.tolist(), direction.tolist(), t.ts_ns[rows].tolist(), off.tolist(),
+                  (off + t.payload_len[rows]).tolist(), t.tcp_seq[rows].tolist(), t.tcp_flags[rows].tolist())
+        skimmed: list[tuple[int, int]] = []  # a segment, and where its packets are left to a compiled stage
+        skimming = -1
+        for k, (sid, index, d, ts, a, b, seq, flags, j) in enumerate(zip(seg.tolist(), *fields, sidx.tolist())):
             if sid != current:
                 current = sid
                 flow = flows[sid]
                 proto = flow.proto
-                opened = bool((flow.tcp_flags[0] | flow.tcp_flags[1]) & TCP_SYN)
+                opened = _opened(flow)
+                if _skims(flow):
+                    skimmed.append((sid, k))
+                    skimming = sid
+            if sid == skimming:
+                continue
             screening = j >= 0 and bool(flow.unscreened)
             if not screening and not flow.pending:
                 continue
-            pkt = packet(FlowPacket, (index, direction, ts / NS,
-                                      data[a:b].tobytes() if a < n else extra[a - n : b - n].tobytes(), seq, flags,
-                                      proto, opened))
+            pkt = packet(index, d, ts, a, b, seq, flags, proto, opened)
             if screening:
                 flow.payloads += 1
                 ok = answers[j]
                 cols = columns.get(flow.unscreened)
                 if cols is None:
                     cols = columns[flow.unscreened] = [col[c] for c in flow.unscreened]
-                flow.screen(pkt, [ok[k] for k in cols], rank_of)
+                flow.screen(pkt, [ok[c] for c in cols], rank_of)
             if flow.pending:
                 flow.feed(pkt)
+                if _skims(flow):
+                    skimmed.append((sid, k + 1))
+                    skimming = sid
+        if not skimmed:
+            return
+        # The compiled stage, per dissector class for all its flows at once; the packet that would decide a
+        # flow, and what follows it, go through `feed`.
+        sids = np.array([s for s, _ in skimmed], np.int64)
+        head = np.array([k for _, k in skimmed], np.int64)
+        tail = np.searchsorted(seg, sids, "right")
+        by_class: dict[type[Dissector], list[int]] = {}
+        for i in np.flatnonzero(tail > head).tolist():
+            by_class.setdefault(type(flows[sids[i]].pending[0]), []).append(i)
+        for cls, which in by_class.items():
+            w = np.array(which, np.int64)
+            size = tail[w] - head[w]
+            bounds = np.r_[0, np.cumsum(size)]
+            at = np.repeat(head[w] - bounds[:-1], size) + np.arange(int(bounds[-1]))
+            runs = PayloadRuns(bounds, direction[at], t.tcp_seq[rows[at]].astype(np.int64), off[at].astype(np.int64),
+                               t.payload_len[rows[at]].astype(np.int64), t.data, t.extra)
+            taken = cls.skim([flows[sids[i]].pending[0] for i in which], runs)
+            for i, k0 in zip(which, (head[w] + taken).tolist()):
+                flow = flows[sids[i]]
+                proto, opened = flow.proto, _opened(flow)
+                for k in range(k0, int(tail[i])):
+                    if not flow.pending:
+                        break
+                    flow.feed(packet(*(f[k] for f in fields), proto, opened))
 
     def _end(self, flow: Flow, reason: str) -> None:
         if flow.total_packets == 0:
@@ -596,6 +636,17 @@ def _wanted(flow: Flow) -> int:
     counting those the cheap stage has not ruled out yet."""
     screening = [_limits(flow.unscreened)[0] - flow.payloads] if flow.unscreened else []
     return max([d.budget - d.seen for d in flow.pending] + screening)
+
+
+def _opened(flow: Flow) -> bool:
+    """TCP: the flow's opening SYN was seen (`FlowPacket.opened`)."""
+    return bool((flow.tcp_flags[0] | flow.tcp_flags[1]) & TCP_SYN)
+
+
+def _skims(flow: Flow) -> bool:
+    """Whether the flow's next packets go to a compiled stage: its one undecided dissector (no other can
+    join once the cheap stage is done) says its state allows it (`Dissector.skims`)."""
+    return len(flow.pending) == 1 and not flow.unscreened and flow.pending[0].skims()
 
 
 def _screen_rows(flow: Flow) -> int:

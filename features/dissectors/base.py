@@ -41,6 +41,15 @@ forced on (`FlowTableConfig(prefilter=False)`): the prefilter may pass too much,
 
 The default prefilter passes everything, so a dissector without one behaves as if there were no cheap
 stage. Adding a protocol is still adding one file (and a line in `catalog`).
+
+The compiled stage. A dissector that follows most ordinary connections a long way (a TLS-carried tunnel
+reading every HTTPS connection's records) may also take packets in bulk: once it is its flow's only
+undecided dissector (nothing else can join it then) and `skims()` says its state allows it, the flow
+table hands the rest of the flow's payload packets in the chunk, for all such flows of the chunk at once,
+to the class's `skim` (`PayloadRuns`: columns, no object per packet). `skim` must take each packet
+exactly as `feed` would and stop before the first packet that would decide (confirm, reject, or use up
+the budget): that packet and any after it go through `feed` as usual, so verdicts, evidence and packet
+numbers are those of `feed` alone. By default no dissector skims.
 """
 
 from __future__ import annotations
@@ -117,6 +126,21 @@ class PacketHeads:
         return (self.length >= off + width) & ~self.head[:, off : off + width].any(axis=1)
 
 
+@dataclass(slots=True)
+class PayloadRuns:
+    """Payload packets of several flows for `Dissector.skim`: flow i's are rows `starts[i]:starts[i + 1]`,
+    in capture order; row j's payload is `data[offset[j]:][:length[j]]`, or `extra[offset[j] - len(data):]`
+    beyond `data` (as in `PacketTable`)."""
+
+    starts: np.ndarray  # int64, one more than there are flows
+    direction: np.ndarray  # int64, 0 initiator -> responder
+    tcp_seq: np.ndarray  # int64
+    offset: np.ndarray  # int64
+    length: np.ndarray  # int64
+    data: np.ndarray  # uint8
+    extra: np.ndarray  # uint8
+
+
 class Dissector:
     """Base class: subclasses set the class attributes and implement `on_packet`."""
 
@@ -164,6 +188,18 @@ class Dissector:
         return self.state
 
     def on_packet(self, pkt: FlowPacket) -> None:
+        raise NotImplementedError
+
+    def skims(self) -> bool:
+        """Whether the flow's next packets may go to `skim` (asked while this is the flow's only undecided
+        dissector; see the module docstring). Default: never."""
+        return False
+
+    @classmethod
+    def skim(cls, dissectors: list[Dissector], runs: PayloadRuns) -> np.ndarray:
+        """Take, for each of `dissectors` (of this class, each `skims()`), its flow's packets in `runs` in
+        order as `feed` would, up to the first that would decide it; returns how many each took (counted in
+        `seen`)."""
         raise NotImplementedError
 
     def on_end(self) -> None:
