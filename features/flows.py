@@ -23,7 +23,7 @@ from typing import Protocol
 import numpy as np
 from numba import njit
 
-from vpnid.features.dissectors.base import HEAD_BYTES, Dissector, FlowPacket, PacketHeads, PayloadRuns, State
+from vpnid.features.dissectors.base import HEAD_BYTES, Dissector, FlowPacket, PacketHeads, FlowPayloads, State
 from vpnid.features.gather import payload_heads
 from vpnid.features.packets import PORTED, TCP_ACK, TCP_FIN, TCP_RST, TCP_SYN, PacketTable
 
@@ -70,6 +70,7 @@ class Flow:
     risks: set[str] = field(default_factory=set)  # raised by dissectors that have left `pending`
     ext: dict[str, object] = field(default_factory=dict)  # plugin state, one key per plugin
     hidden: int = 0  # leading packets withheld by `drop_first` (counted in no other field)
+    ahead: int = 0  # next payload packets every dissector in `pending` has taken already (`Dissector.skim`)
 
     @property
     def total_packets(self) -> int:
@@ -138,9 +139,19 @@ class Flow:
         self._retire([d for d in created if d.state is State.REJECTED])
         self.pending = sorted(self.pending + [d for d in created if d.state is State.CANDIDATE],
                               key=lambda d: rank[type(d)])
+        self.ahead = min(d.ahead for d in self.pending) if self.pending else 0
+
+    def pass_over(self) -> None:
+        """One payload packet that every undecided dissector has taken already (`ahead`)."""
+        self.ahead -= 1
+        for d in self.pending:
+            d.ahead -= 1
 
     def feed(self, pkt: FlowPacket) -> None:
         """Hand one payload packet to every undecided dissector; the first to confirm decides."""
+        if self.ahead:
+            self.pass_over()
+            return
         settled = False
         for d in self.pending:
             state = d.feed(pkt)
@@ -153,6 +164,7 @@ class Flow:
         if settled:
             self._retire([d for d in self.pending if d.state is State.REJECTED])
             self.pending = [d for d in self.pending if d.state is State.CANDIDATE]
+            self.ahead = min(d.ahead for d in self.pending) if self.pending else 0
 
     def _decide(self, d: Dissector) -> None:
         self.unscreened, self.window = (), None
@@ -527,23 +539,33 @@ class FlowTable:
         direction = (lo_s[pos] != init_lo).astype(np.int64)
         fields = (number.tolist(), direction.tolist(), t.ts_ns[rows].tolist(), off.tolist(),
                   (off + t.payload_len[rows]).tolist(), t.tcp_seq[rows].tolist(), t.tcp_flags[rows].tolist())
-        skimmed: list[tuple[int, int]] = []  # a segment, and where its packets are left to a compiled stage
-        skimming = -1
-        for k, (sid, index, d, ts, a, b, seq, flags, j) in enumerate(zip(seg.tolist(), *fields, sidx.tolist())):
+        # The compiled stage's view of the same packets (`Dissector.skim`): a flow's rest of the chunk.
+        seq, offset, length = (t.tcp_seq[rows].astype(np.int64), off.astype(np.int64),
+                               t.payload_len[rows].astype(np.int64))
+        seg_end = np.searchsorted(seg, np.arange(len(fed)), "right").tolist()
+
+        def skim(flow: Flow, k: int, end: int) -> None:
+            """Hand the flow's packets from position `k` on to its dissectors that can take them in bulk."""
+            for d in flow.pending:
+                if not d.ahead and k < end and d.skims():
+                    d.ahead = d.skim(FlowPayloads(direction[k:end], seq[k:end], offset[k:end], length[k:end],
+                                                  t.data, t.extra))
+                    flow.ahead = min(p.ahead for p in flow.pending)
+
+        for k, (sid, index, d, ts, a, b, sq, flags, j) in enumerate(zip(seg.tolist(), *fields, sidx.tolist())):
             if sid != current:
                 current = sid
                 flow = flows[sid]
                 proto = flow.proto
                 opened = _opened(flow)
-                if _skims(flow):
-                    skimmed.append((sid, k))
-                    skimming = sid
-            if sid == skimming:
-                continue
+                end = seg_end[sid]
+                skim(flow, k, end)
             screening = j >= 0 and bool(flow.unscreened)
-            if not screening and not flow.pending:
+            if not screening and (not flow.pending or flow.ahead):
+                if flow.ahead:
+                    flow.pass_over()
                 continue
-            pkt = packet(index, d, ts, a, b, seq, flags, proto, opened)
+            pkt = packet(index, d, ts, a, b, sq, flags, proto, opened)
             if screening:
                 flow.payloads += 1
                 ok = answers[j]
@@ -553,34 +575,7 @@ class FlowTable:
                 flow.screen(pkt, [ok[c] for c in cols], rank_of)
             if flow.pending:
                 flow.feed(pkt)
-                if _skims(flow):
-                    skimmed.append((sid, k + 1))
-                    skimming = sid
-        if not skimmed:
-            return
-        # The compiled stage, per dissector class for all its flows at once; the packet that would decide a
-        # flow, and what follows it, go through `feed`.
-        sids = np.array([s for s, _ in skimmed], np.int64)
-        head = np.array([k for _, k in skimmed], np.int64)
-        tail = np.searchsorted(seg, sids, "right")
-        by_class: dict[type[Dissector], list[int]] = {}
-        for i in np.flatnonzero(tail > head).tolist():
-            by_class.setdefault(type(flows[sids[i]].pending[0]), []).append(i)
-        for cls, which in by_class.items():
-            w = np.array(which, np.int64)
-            size = tail[w] - head[w]
-            bounds = np.r_[0, np.cumsum(size)]
-            at = np.repeat(head[w] - bounds[:-1], size) + np.arange(int(bounds[-1]))
-            runs = PayloadRuns(bounds, direction[at], t.tcp_seq[rows[at]].astype(np.int64), off[at].astype(np.int64),
-                               t.payload_len[rows[at]].astype(np.int64), t.data, t.extra)
-            taken = cls.skim([flows[sids[i]].pending[0] for i in which], runs)
-            for i, k0 in zip(which, (head[w] + taken).tolist()):
-                flow = flows[sids[i]]
-                proto, opened = flow.proto, _opened(flow)
-                for k in range(k0, int(tail[i])):
-                    if not flow.pending:
-                        break
-                    flow.feed(packet(*(f[k] for f in fields), proto, opened))
+                skim(flow, k + 1, end)
 
     def _end(self, flow: Flow, reason: str) -> None:
         if flow.total_packets == 0:

@@ -43,13 +43,15 @@ The default prefilter passes everything, so a dissector without one behaves as i
 stage. Adding a protocol is still adding one file (and a line in `catalog`).
 
 The compiled stage. A dissector that follows most ordinary connections a long way (a TLS-carried tunnel
-reading every HTTPS connection's records) may also take packets in bulk: once it is its flow's only
-undecided dissector (nothing else can join it then) and `skims()` says its state allows it, the flow
-table hands the rest of the flow's payload packets in the chunk, for all such flows of the chunk at once,
-to the class's `skim` (`PayloadRuns`: columns, no object per packet). `skim` must take each packet
-exactly as `feed` would and stop before the first packet that would decide (confirm, reject, or use up
-the budget): that packet and any after it go through `feed` as usual, so verdicts, evidence and packet
-numbers are those of `feed` alone. By default no dissector skims.
+reading every HTTPS connection's records) may take packets in bulk: whenever `skims()` says its state
+allows it, the flow table hands `skim` the rest of the flow's payload packets in the chunk as columns
+(`FlowPayloads`, no object per packet). `skim` takes them as `feed` would, one by one, and stops before
+the first that would decide (confirm, reject, or use up the budget); those it took are counted in `seen`
+and in `ahead`, and `feed` passes over that many packets. So the packet that decides, and those after it,
+go through `feed` and `on_packet` as usual, in catalog order with the flow's other dissectors, which may
+still decide the flow first: verdicts, evidence and packet numbers are those of `feed` alone. `skim`
+raises no risk, and a dissector whose state it moved takes that state back in its own methods. By
+default no dissector skims.
 """
 
 from __future__ import annotations
@@ -127,12 +129,11 @@ class PacketHeads:
 
 
 @dataclass(slots=True)
-class PayloadRuns:
-    """Payload packets of several flows for `Dissector.skim`: flow i's are rows `starts[i]:starts[i + 1]`,
-    in capture order; row j's payload is `data[offset[j]:][:length[j]]`, or `extra[offset[j] - len(data):]`
-    beyond `data` (as in `PacketTable`)."""
+class FlowPayloads:
+    """Payload packets of one flow for `Dissector.skim`, one row each in capture order: row j's payload is
+    `data[offset[j]:][:length[j]]`, or `extra[offset[j] - len(data):][:length[j]]` beyond `data` (as in
+    `PacketTable`)."""
 
-    starts: np.ndarray  # int64, one more than there are flows
     direction: np.ndarray  # int64, 0 initiator -> responder
     tcp_seq: np.ndarray  # int64
     offset: np.ndarray  # int64
@@ -176,10 +177,14 @@ class Dissector:
         self.risks: set[str] = set()  # `vpnid.features.risks` names this dissector raised, kept whatever its verdict
         self.verdict_packet = 0
         self.seen = 0
+        self.ahead = 0  # packets `skim` has taken that `feed` has not been handed yet
 
     def feed(self, pkt: FlowPacket) -> State:
         """Look at one more packet; returns the state after it."""
         if self.state is not State.CANDIDATE:
+            return self.state
+        if self.ahead:  # taken by `skim`, which leaves the packet that decides to `on_packet`
+            self.ahead -= 1
             return self.state
         self.seen += 1
         self.on_packet(pkt)
@@ -191,15 +196,12 @@ class Dissector:
         raise NotImplementedError
 
     def skims(self) -> bool:
-        """Whether the flow's next packets may go to `skim` (asked while this is the flow's only undecided
-        dissector; see the module docstring). Default: never."""
+        """Whether the flow's next packets may go to `skim` (see the module docstring). Default: never."""
         return False
 
-    @classmethod
-    def skim(cls, dissectors: list[Dissector], runs: PayloadRuns) -> np.ndarray:
-        """Take, for each of `dissectors` (of this class, each `skims()`), its flow's packets in `runs` in
-        order as `feed` would, up to the first that would decide it; returns how many each took (counted in
-        `seen`)."""
+    def skim(self, packets: FlowPayloads) -> int:
+        """Take the flow's next `packets` in order as `feed` would, up to the first that would decide;
+        returns how many it took (counted in `seen`)."""
         raise NotImplementedError
 
     def on_end(self) -> None:

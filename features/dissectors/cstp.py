@@ -26,12 +26,12 @@ When DTLS carries the data, the TLS connection stays quiet; the DTLS flow names 
 
 from __future__ import annotations
 
-from typing import ClassVar, cast
+from typing import ClassVar
 
 import numpy as np
 from numba import njit
 
-from vpnid.features.dissectors.base import Dissector, FlowPacket, PacketHeads, PayloadRuns, State
+from vpnid.features.dissectors.base import Dissector, FlowPacket, PacketHeads, FlowPayloads, State
 from vpnid.features.dissectors.ipshape import (
     ACK_SIZES,
     PACKED_FIXED,
@@ -278,23 +278,18 @@ def _skim_packet(row: np.ndarray, d: int, seq: int, payload: np.ndarray, budget:
 
 
 @njit(cache=True, nogil=True)
-def _skim_runs(state: np.ndarray, starts: np.ndarray, direction: np.ndarray, seq: np.ndarray, offset: np.ndarray,
-               length: np.ndarray, data: np.ndarray, extra: np.ndarray, budget: int) -> np.ndarray:  # pragma: no cover - compiled
-    """`_skim_packet` over each flow's run of packets, up to the first that would decide; returns the
-    packets taken per flow, with `state` (one packed row per flow) as after them."""
-    taken = np.zeros(len(starts) - 1, np.int64)
-    for i in range(len(starts) - 1):
-        row = state[i].copy()
-        for p in range(starts[i], starts[i + 1]):
-            trial = row.copy()
-            a = offset[p]
-            payload = data[a : a + length[p]] if a < data.size else extra[a - data.size : a - data.size + length[p]]
-            if not _skim_packet(trial, direction[p], seq[p], payload, budget):
-                break
-            row = trial
-            taken[i] += 1
-        state[i] = row
-    return taken
+def _skim_run(row: np.ndarray, direction: np.ndarray, seq: np.ndarray, offset: np.ndarray, length: np.ndarray,
+              data: np.ndarray, extra: np.ndarray, budget: int) -> int:  # pragma: no cover - compiled
+    """`_skim_packet` over a flow's packets, up to the first that would decide; returns how many it took,
+    with `row` as after them."""
+    for p in range(len(direction)):
+        trial = row.copy()
+        a = offset[p]
+        payload = data[a : a + length[p]] if a < data.size else extra[a - data.size : a - data.size + length[p]]
+        if not _skim_packet(trial, direction[p], seq[p], payload, budget):
+            return p
+        row[:] = trial
+    return len(direction)
 
 
 class Cstp(Dissector):
@@ -342,15 +337,12 @@ class Cstp(Dissector):
         inner sizes until one decides: the compiled stage's work (ordinary HTTPS spends its life here)."""
         return self._packed is not None or (self._readings is None and len(self._sizes) == 1 and all(self._heard))
 
-    @classmethod
-    def skim(cls, dissectors: list[Dissector], runs: PayloadRuns) -> np.ndarray:
-        cstps = cast(list[Cstp], dissectors)
-        state = np.array([d._pack() if d._packed is None else d._packed for d in cstps], np.int64)
-        taken = _skim_runs(state, runs.starts, runs.direction, runs.tcp_seq, runs.offset, runs.length, runs.data,
-                           runs.extra, cls.budget)
-        for d, row in zip(cstps, state):
-            d._packed = row
-            d.seen = int(row[SKIM_SEEN])
+    def skim(self, packets: FlowPayloads) -> int:
+        if self._packed is None:
+            self._packed = np.array(self._pack(), np.int64)
+        taken = _skim_run(self._packed, packets.direction, packets.tcp_seq, packets.offset, packets.length,
+                          packets.data, packets.extra, self.budget)
+        self.seen = int(self._packed[SKIM_SEEN])
         return taken
 
     def _pack(self) -> list[int]:
