@@ -23,7 +23,7 @@ from typing import Protocol
 import numpy as np
 from numba import njit
 
-from vpnid.features.dissectors.base import HEAD_BYTES, Dissector, FlowPacket, PacketHeads, State
+from vpnid.features.dissectors.base import HEAD_BYTES, Dissector, FlowPacket, PacketHeads, FlowPayloads, State
 from vpnid.features.gather import payload_heads
 from vpnid.features.packets import PORTED, TCP_ACK, TCP_FIN, TCP_RST, TCP_SYN, PacketTable
 
@@ -70,6 +70,7 @@ class Flow:
     risks: set[str] = field(default_factory=set)  # raised by dissectors that have left `pending`
     ext: dict[str, object] = field(default_factory=dict)  # plugin state, one key per plugin
     hidden: int = 0  # leading packets withheld by `drop_first` (counted in no other field)
+    ahead: int = 0  # next payload packets every dissector in `pending` has taken already (`Dissector.skim`)
 
     @property
     def total_packets(self) -> int:
@@ -138,9 +139,19 @@ class Flow:
         self._retire([d for d in created if d.state is State.REJECTED])
         self.pending = sorted(self.pending + [d for d in created if d.state is State.CANDIDATE],
                               key=lambda d: rank[type(d)])
+        self.ahead = min(d.ahead for d in self.pending) if self.pending else 0
+
+    def pass_over(self) -> None:
+        """One payload packet that every undecided dissector has taken already (`ahead`)."""
+        self.ahead -= 1
+        for d in self.pending:
+            d.ahead -= 1
 
     def feed(self, pkt: FlowPacket) -> None:
         """Hand one payload packet to every undecided dissector; the first to confirm decides."""
+        if self.ahead:
+            self.pass_over()
+            return
         settled = False
         for d in self.pending:
             state = d.feed(pkt)
@@ -153,6 +164,7 @@ class Flow:
         if settled:
             self._retire([d for d in self.pending if d.state is State.REJECTED])
             self.pending = [d for d in self.pending if d.state is State.CANDIDATE]
+            self.ahead = min(d.ahead for d in self.pending) if self.pending else 0
 
     def _decide(self, d: Dissector) -> None:
         self.unscreened, self.window = (), None
@@ -467,7 +479,7 @@ class FlowTable:
         codes = np.zeros((0, len(self.dissectors)), np.int8)
         live = np.array([bool(f.pending) for f in flows], bool)
         if screened.any():
-            opened = np.array([bool((f.tcp_flags[0] | f.tcp_flags[1]) & TCP_SYN) for f in flows], bool)
+            opened = np.array([_opened(f) for f in flows], bool)
             proto = np.array([f.proto for f in flows], np.uint8)
             init_lo = np.array([il for _, _, il, _ in fed], bool)
             srows, sseg = rows[screened], seg[screened]
@@ -513,34 +525,57 @@ class FlowTable:
         col = {cls: j for j, cls in enumerate(self.dissectors)}
         columns: dict[tuple[type[Dissector], ...], list[int]] = {}  # answer columns of each `unscreened`
         rank_of = self._rank
-        packet = tuple.__new__  # a FlowPacket from its fields in order, without the named tuple's __new__
+        make = tuple.__new__  # a FlowPacket from its fields in order, without the named tuple's __new__
+
+        def packet(index: int, direction: int, ts: int, a: int, b: int, seq: int, flags: int, proto: int,
+                   opened: bool) -> FlowPacket:
+            return make(FlowPacket, (index, direction, ts / NS,
+                                     data[a:b].tobytes() if a < n else extra[a - n : b - n].tobytes(), seq, flags,
+                                     proto, opened))
+
         flow = flows[0]
         current = -1
         number = before + pos - starts[seg] + 1  # packet number within the flow
-        for sid, index, direction, ts, a, b, seq, flags, j in zip(
-                seg.tolist(), number.tolist(), (lo_s[pos] != init_lo).astype(np.int64).tolist(),
-                t.ts_ns[rows].tolist(), off.tolist(), (off + t.payload_len[rows]).tolist(), t.tcp_seq[rows].tolist(),
-                t.tcp_flags[rows].tolist(), sidx.tolist()):
+        direction = (lo_s[pos] != init_lo).astype(np.int64)
+        fields = (number.tolist(), direction.tolist(), t.ts_ns[rows].tolist(), off.tolist(),
+                  (off + t.payload_len[rows]).tolist(), t.tcp_seq[rows].tolist(), t.tcp_flags[rows].tolist())
+        # The compiled stage's view of the same packets (`Dissector.skim`): a flow's rest of the chunk.
+        seq, offset, length = (t.tcp_seq[rows].astype(np.int64), off.astype(np.int64),
+                               t.payload_len[rows].astype(np.int64))
+        seg_end = np.searchsorted(seg, np.arange(len(fed)), "right").tolist()
+
+        def skim(flow: Flow, k: int, end: int) -> None:
+            """Hand the flow's packets from position `k` on to its dissectors that can take them in bulk."""
+            for d in flow.pending:
+                if not d.ahead and k < end and d.skims():
+                    d.ahead = d.skim(FlowPayloads(direction[k:end], seq[k:end], offset[k:end], length[k:end],
+                                                  t.data, t.extra))
+                    flow.ahead = min(p.ahead for p in flow.pending)
+
+        for k, (sid, index, d, ts, a, b, sq, flags, j) in enumerate(zip(seg.tolist(), *fields, sidx.tolist())):
             if sid != current:
                 current = sid
                 flow = flows[sid]
                 proto = flow.proto
-                opened = bool((flow.tcp_flags[0] | flow.tcp_flags[1]) & TCP_SYN)
+                opened = _opened(flow)
+                end = seg_end[sid]
+                skim(flow, k, end)
             screening = j >= 0 and bool(flow.unscreened)
-            if not screening and not flow.pending:
+            if not screening and (not flow.pending or flow.ahead):
+                if flow.ahead:
+                    flow.pass_over()
                 continue
-            pkt = packet(FlowPacket, (index, direction, ts / NS,
-                                      data[a:b].tobytes() if a < n else extra[a - n : b - n].tobytes(), seq, flags,
-                                      proto, opened))
+            pkt = packet(index, d, ts, a, b, sq, flags, proto, opened)
             if screening:
                 flow.payloads += 1
                 ok = answers[j]
                 cols = columns.get(flow.unscreened)
                 if cols is None:
                     cols = columns[flow.unscreened] = [col[c] for c in flow.unscreened]
-                flow.screen(pkt, [ok[k] for k in cols], rank_of)
+                flow.screen(pkt, [ok[c] for c in cols], rank_of)
             if flow.pending:
                 flow.feed(pkt)
+                skim(flow, k + 1, end)
 
     def _end(self, flow: Flow, reason: str) -> None:
         if flow.total_packets == 0:
@@ -596,6 +631,17 @@ def _wanted(flow: Flow) -> int:
     counting those the cheap stage has not ruled out yet."""
     screening = [_limits(flow.unscreened)[0] - flow.payloads] if flow.unscreened else []
     return max([d.budget - d.seen for d in flow.pending] + screening)
+
+
+def _opened(flow: Flow) -> bool:
+    """TCP: the flow's opening SYN was seen (`FlowPacket.opened`)."""
+    return bool((flow.tcp_flags[0] | flow.tcp_flags[1]) & TCP_SYN)
+
+
+def _skims(flow: Flow) -> bool:
+    """Whether the flow's next packets go to a compiled stage: its one undecided dissector (no other can
+    join once the cheap stage is done) says its state allows it (`Dissector.skims`)."""
+    return len(flow.pending) == 1 and not flow.unscreened and flow.pending[0].skims()
 
 
 def _screen_rows(flow: Flow) -> int:

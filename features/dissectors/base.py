@@ -41,6 +41,17 @@ forced on (`FlowTableConfig(prefilter=False)`): the prefilter may pass too much,
 
 The default prefilter passes everything, so a dissector without one behaves as if there were no cheap
 stage. Adding a protocol is still adding one file (and a line in `catalog`).
+
+The compiled stage. A dissector that follows most ordinary connections a long way (a TLS-carried tunnel
+reading every HTTPS connection's records) may take packets in bulk: whenever `skims()` says its state
+allows it, the flow table hands `skim` the rest of the flow's payload packets in the chunk as columns
+(`FlowPayloads`, no object per packet). `skim` takes them as `feed` would, one by one, and stops before
+the first that would decide (confirm, reject, or use up the budget); those it took are counted in `seen`
+and in `ahead`, and `feed` passes over that many packets. So the packet that decides, and those after it,
+go through `feed` and `on_packet` as usual, in catalog order with the flow's other dissectors, which may
+still decide the flow first: verdicts, evidence and packet numbers are those of `feed` alone. `skim`
+raises no risk, and a dissector whose state it moved takes that state back in its own methods. By
+default no dissector skims.
 """
 
 from __future__ import annotations
@@ -117,6 +128,20 @@ class PacketHeads:
         return (self.length >= off + width) & ~self.head[:, off : off + width].any(axis=1)
 
 
+@dataclass(slots=True)
+class FlowPayloads:
+    """Payload packets of one flow for `Dissector.skim`, one row each in capture order: row j's payload is
+    `data[offset[j]:][:length[j]]`, or `extra[offset[j] - len(data):][:length[j]]` beyond `data` (as in
+    `PacketTable`)."""
+
+    direction: np.ndarray  # int64, 0 initiator -> responder
+    tcp_seq: np.ndarray  # int64
+    offset: np.ndarray  # int64
+    length: np.ndarray  # int64
+    data: np.ndarray  # uint8
+    extra: np.ndarray  # uint8
+
+
 class Dissector:
     """Base class: subclasses set the class attributes and implement `on_packet`."""
 
@@ -152,10 +177,14 @@ class Dissector:
         self.risks: set[str] = set()  # `vpnid.features.risks` names this dissector raised, kept whatever its verdict
         self.verdict_packet = 0
         self.seen = 0
+        self.ahead = 0  # packets `skim` has taken that `feed` has not been handed yet
 
     def feed(self, pkt: FlowPacket) -> State:
         """Look at one more packet; returns the state after it."""
         if self.state is not State.CANDIDATE:
+            return self.state
+        if self.ahead:  # taken by `skim`, which leaves the packet that decides to `on_packet`
+            self.ahead -= 1
             return self.state
         self.seen += 1
         self.on_packet(pkt)
@@ -164,6 +193,15 @@ class Dissector:
         return self.state
 
     def on_packet(self, pkt: FlowPacket) -> None:
+        raise NotImplementedError
+
+    def skims(self) -> bool:
+        """Whether the flow's next packets may go to `skim` (see the module docstring). Default: never."""
+        return False
+
+    def skim(self, packets: FlowPayloads) -> int:
+        """Take the flow's next `packets` in order as `feed` would, up to the first that would decide;
+        returns how many it took (counted in `seen`)."""
         raise NotImplementedError
 
     def on_end(self) -> None:

@@ -29,18 +29,29 @@ from __future__ import annotations
 from typing import ClassVar
 
 import numpy as np
+from numba import njit
 
-from vpnid.features.dissectors.base import Dissector, FlowPacket, PacketHeads, State
-from vpnid.features.dissectors.ipshape import ACK_SIZES, SHAPED, InnerSizes, Reading, Readings
+from vpnid.features.dissectors.base import Dissector, FlowPacket, PacketHeads, FlowPayloads, State
+from vpnid.features.dissectors.ipshape import (
+    ACK_SIZES,
+    PACKED_FIXED,
+    RECORDS,
+    SHAPED,
+    InnerSizes,
+    Reading,
+    Readings,
+    add_packed,
+)
 from vpnid.features.dissectors.openvpn import PING_SIZE, TCP_AEAD_DATA_FRAMINGS
-from vpnid.features.dissectors.tcpstream import InOrderStream
+from vpnid.features.dissectors.tcpstream import SEQ_MOD, InOrderStream
 from vpnid.features.families import OPENCONNECT, OPENVPN
 from vpnid.features.packets import IPPROTO_TCP
 
 # TLS record layer (RFC 5246 section 6.2; RFC 8446 section 5.1).
 RECORD_HEADER = 5
 CONTENT_HANDSHAKE, CONTENT_APPLICATION_DATA = 22, 23
-CONTENT_TYPES = frozenset({20, 21, 22, 23})
+CONTENT_LOW, CONTENT_HIGH = 20, 23  # change_cipher_spec, alert, handshake, application_data
+CONTENT_TYPES = frozenset(range(CONTENT_LOW, CONTENT_HIGH + 1))
 MAX_RECORD = 2**14 + 2048  # RFC 5246 section 6.2.3: TLSCiphertext.length limit
 SERVER_HELLO = 2
 RANDOM_SIZE = 32
@@ -131,6 +142,22 @@ class RecordWalker(InOrderStream):
 
     __slots__ = ()
 
+    def pack(self) -> list[int]:
+        """The walk as a compiled stage keeps it: a WALK_SLOTS row (see `WALK_NEXT`)."""
+        kept = self.buf[:KEPT]
+        return [-1 if self.next_seq is None else self.next_seq, int(self.broken), len(self.buf), *kept,
+                *[0] * (KEPT - len(kept))]
+
+    def unpack(self, row: np.ndarray) -> None:
+        """Take the walk back from a row `pack` made and a compiled stage advanced. Bytes of the current
+        record beyond its first KEPT are not kept there; `push` reads only those, so they come back as
+        zeros that hold their place."""
+        next_seq, broken, have = row[:WALK_BYTES].tolist()
+        self.next_seq = None if next_seq < 0 else next_seq
+        self.broken = bool(broken)
+        kept = min(have, KEPT)
+        self.buf = bytearray(row[WALK_BYTES : WALK_BYTES + kept].astype(np.uint8).tobytes()) + bytearray(have - kept)
+
     def push(self, seq: int, data: bytes) -> list[tuple[int, int, bytes]] | None:
         """Add one segment; returns the (content type, length, first body bytes) of the records it
         completed, None if the bytes cannot be TLS records."""
@@ -146,6 +173,14 @@ class RecordWalker(InOrderStream):
             out.append((self.buf[0], size, bytes(self.buf[RECORD_HEADER : RECORD_HEADER + HEAD])))
             del self.buf[: RECORD_HEADER + size]
         return out
+
+
+# A direction's walk in a compiled stage (`RecordWalker.pack`): the next sequence number (-1: none yet),
+# whether a gap broke it, the bytes of the current record so far, and the first KEPT of them (its header
+# and the head `push` reports).
+WALK_NEXT, WALK_BROKEN, WALK_HAVE, WALK_BYTES = range(4)
+KEPT = RECORD_HEADER + HEAD
+WALK_SLOTS = WALK_BYTES + KEPT
 
 
 class RecordStreams:
@@ -170,6 +205,91 @@ class RecordStreams:
             self.walkers[d] = RecordWalker()
         records = self.walkers[d].push(seq, payload)
         return "the stream is not a sequence of TLS records" if records is None else records
+
+
+# `Cstp`'s state in its compiled stage (`Cstp.skim`): packets seen, the suite's overhead, then per direction
+# the application records still to skip, the walk (WALK_SLOTS) and the inner sizes (`InnerSizes.pack`).
+SKIM_SEEN, SKIM_OVERHEAD = 0, 1
+SKIM_DIRECTION = 2
+SKIP_AT, WALK_AT, SIZES_AT = 0, 1, 1 + WALK_SLOTS
+SKIM_SHAPED = np.array(sorted(SHAPED), np.int64)
+DIRECTION_SLOTS = SIZES_AT + PACKED_FIXED + 2 * len(SHAPED)
+
+
+@njit(cache=True, nogil=True)
+def _skim_packet(row: np.ndarray, d: int, seq: int, payload: np.ndarray, budget: int) -> bool:  # pragma: no cover - compiled
+    """`Cstp.feed` on one packet in the state `Cstp.skims` allows (the suite known, both directions heard),
+    on a packed row: False where it would decide (the row is then left part-way)."""
+    row[SKIM_SEEN] += 1
+    base = SKIM_DIRECTION + d * DIRECTION_SLOTS
+    w = base + WALK_AT
+    if row[w + WALK_BROKEN]:
+        return row[SKIM_SEEN] < budget
+    cut = 0
+    if row[w + WALK_NEXT] >= 0:  # `InOrderStream.append`
+        ahead = (seq - row[w + WALK_NEXT]) % SEQ_MOD
+        if ahead >= SEQ_MOD // 2:
+            cut = (row[w + WALK_NEXT] - seq) % SEQ_MOD
+            seq = row[w + WALK_NEXT]
+        elif ahead:
+            row[w + WALK_BROKEN] = 1
+            return row[SKIM_SEEN] < budget
+    n = len(payload)
+    row[w + WALK_NEXT] = (seq + max(n - cut, 0)) % SEQ_MOD
+    q = cut
+    while q < n:  # `RecordWalker.push`, a record handed to `Cstp._application` as it completes
+        have = row[w + WALK_HAVE]
+        if have < RECORD_HEADER:
+            row[w + WALK_BYTES + have] = payload[q]
+            have += 1
+            q += 1
+            if have == RECORD_HEADER:
+                content, version = row[w + WALK_BYTES], row[w + WALK_BYTES + 1]
+                size = (row[w + WALK_BYTES + 3] << 8) | row[w + WALK_BYTES + 4]
+                if not CONTENT_LOW <= content <= CONTENT_HIGH or version != 3 or size > MAX_RECORD:
+                    return False  # not TLS records: rejected
+        else:
+            size = (row[w + WALK_BYTES + 3] << 8) | row[w + WALK_BYTES + 4]
+            take = min(RECORD_HEADER + size - have, n - q)
+            for j in range(min(take, max(KEPT - have, 0))):
+                row[w + WALK_BYTES + have + j] = payload[q + j]
+            have += take
+            q += take
+        row[w + WALK_HAVE] = have
+        if have < RECORD_HEADER:
+            continue
+        size = (row[w + WALK_BYTES + 3] << 8) | row[w + WALK_BYTES + 4]
+        if have < RECORD_HEADER + size:
+            continue
+        row[w + WALK_HAVE] = 0
+        if row[w + WALK_BYTES] != CONTENT_APPLICATION_DATA:
+            continue
+        if row[base + SKIP_AT]:
+            row[base + SKIP_AT] -= 1
+            continue
+        if size > MAX_RECORD_SIZE:
+            return False
+        if add_packed(row, base + SIZES_AT, SKIM_SHAPED, size - row[SKIM_OVERHEAD] - CSTP_HEADER):
+            return False
+        sizes = SKIM_DIRECTION + SIZES_AT + RECORDS
+        if row[sizes] + row[sizes + DIRECTION_SLOTS] >= MAX_RECORDS:
+            return False
+    return row[SKIM_SEEN] < budget
+
+
+@njit(cache=True, nogil=True)
+def _skim_run(row: np.ndarray, direction: np.ndarray, seq: np.ndarray, offset: np.ndarray, length: np.ndarray,
+              data: np.ndarray, extra: np.ndarray, budget: int) -> int:  # pragma: no cover - compiled
+    """`_skim_packet` over a flow's packets, up to the first that would decide; returns how many it took,
+    with `row` as after them."""
+    for p in range(len(direction)):
+        trial = row.copy()
+        a = offset[p]
+        payload = data[a : a + length[p]] if a < data.size else extra[a - data.size : a - data.size + length[p]]
+        if not _skim_packet(trial, direction[p], seq[p], payload, budget):
+            return p
+        row[:] = trial
+    return len(direction)
 
 
 class Cstp(Dissector):
@@ -210,8 +330,45 @@ class Cstp(Dissector):
         self._skip = [SKIP_RECORDS, SKIP_RECORDS]
         self._heard = [False, False]  # a payload packet of each direction seen
         self._sizes: dict[int, InnerSizes] = {}
+        self._packed: np.ndarray | None = None  # the state while the compiled stage holds it (`skim`)
+
+    def skims(self) -> bool:
+        """Once the suite is known and both directions heard, every packet only walks records and counts
+        inner sizes until one decides: the compiled stage's work (ordinary HTTPS spends its life here)."""
+        return self._packed is not None or (self._readings is None and len(self._sizes) == 1 and all(self._heard))
+
+    def skim(self, packets: FlowPayloads) -> int:
+        if self._packed is None:
+            self._packed = np.array(self._pack(), np.int64)
+        taken = _skim_run(self._packed, packets.direction, packets.tcp_seq, packets.offset, packets.length,
+                          packets.data, packets.extra, self.budget)
+        self.seen = int(self._packed[SKIM_SEEN])
+        return taken
+
+    def _pack(self) -> list[int]:
+        """The state `skims` allows as one row (`SKIM_SEEN`)."""
+        (overhead, sizes), = self._sizes.items()
+        row = [self.seen, overhead]
+        for d, walker in enumerate(self._streams.walkers):
+            assert walker is not None  # seen to open: both directions are walked from the start
+            row += [self._skip[d], *walker.pack(), *sizes.pack(d)]
+        return row
+
+    def _unpack(self) -> None:
+        """Take the state back from the compiled stage, for `on_packet`."""
+        row, self._packed = self._packed, None
+        assert row is not None
+        sizes = next(iter(self._sizes.values()))
+        for d, walker in enumerate(self._streams.walkers):
+            assert walker is not None
+            base = SKIM_DIRECTION + d * DIRECTION_SLOTS
+            self._skip[d] = int(row[base + SKIP_AT])
+            walker.unpack(row[base + WALK_AT : base + SIZES_AT])
+            sizes.unpack(d, row[base + SIZES_AT : base + DIRECTION_SLOTS])
 
     def on_packet(self, pkt: FlowPacket) -> None:
+        if self._packed is not None:
+            self._unpack()
         d = pkt.direction
         self._heard[d] = True
         if self.seen == 1 and (d != 0 or pkt.payload[:1] != bytes([CONTENT_HANDSHAKE])):

@@ -22,6 +22,9 @@ from collections import Counter, deque
 from collections.abc import Callable
 from typing import NamedTuple
 
+import numpy as np
+from numba import njit
+
 ACK_SIZES = frozenset({40, 52, 60, 72})  # pure TCP ACK over IPv4 / IPv6, without or with timestamps
 SHAPED = ACK_SIZES | {0}  # ... and a bare tunnel header (keepalive, dead-peer detection)
 MIN_SHAPED = 8  # tunnel-shaped records in one direction needed
@@ -70,6 +73,74 @@ class InnerSizes:
         sizes = ", ".join(f"{n}× {s}" for s, n in counts.most_common())
         return (f"inner sizes {sizes} bytes (bare tunnel headers and pure TCP ACKs) in {run} of the last "
                 f"{WINDOW} of {self.records[direction]} records from the {side}")
+
+
+    # One direction's counts as a compiled stage keeps them (`pack`, `unpack`, `add_packed`): an int64 row of
+    # PACKED_FIXED + 2 * len(sizes) slots: records, shaped, shaped among the recent, how many recent, the
+    # recent inner lengths (oldest first), then per tunnel-shaped length (ascending) its count and the
+    # order in which it first appeared (-1: not yet), which keeps `shaped`'s order of insertion (evidence
+    # lists equal counts in that order).
+
+    def pack(self, direction: int) -> list[int]:
+        """`direction`'s counts as a row (see above)."""
+        recent, shaped = self.recent[direction], self.shaped[direction]
+        order = {s: i for i, s in enumerate(shaped)}
+        return [self.records[direction], self._shaped[direction], self._recent_shaped[direction], len(recent),
+                *recent, *[0] * (WINDOW - len(recent)), *[shaped[s] for s in sorted(self._sizes)],
+                *[order.get(s, -1) for s in sorted(self._sizes)]]
+
+    def unpack(self, direction: int, row: np.ndarray) -> None:
+        """Take `direction`'s counts back from a row `pack` made and a compiled stage advanced."""
+        values = row.tolist()
+        k = len(self._sizes)
+        self.records[direction], self._shaped[direction], self._recent_shaped[direction], n = values[:RECENT]
+        self.recent[direction].clear()
+        self.recent[direction].extend(values[RECENT : RECENT + n])
+        counts, first = values[PACKED_FIXED : PACKED_FIXED + k], values[PACKED_FIXED + k : PACKED_FIXED + 2 * k]
+        seen = sorted((f, s, c) for f, s, c in zip(first, sorted(self._sizes), counts) if f >= 0)
+        self.shaped[direction] = Counter({s: c for _, s, c in seen})
+
+
+RECORDS, SHAPED_ALL, RECENT_SHAPED, RECENT_LEN = range(4)  # slots of an `InnerSizes.pack` row
+RECENT = 4
+PACKED_FIXED = RECENT + WINDOW
+
+
+@njit(cache=True, nogil=True)
+def add_packed(row: np.ndarray, base: int, sizes: np.ndarray, inner: int) -> bool:  # pragma: no cover - compiled
+    """`InnerSizes.add` on a packed row at `row[base:]` (`sizes`: the tunnel-shaped lengths, ascending):
+    count one record; True where `add` would return its evidence."""
+    k = len(sizes)
+    slot = -1
+    for j in range(k):
+        if sizes[j] == inner:
+            slot = j
+    row[base + RECORDS] += 1
+    n = row[base + RECENT_LEN]
+    if n == WINDOW:
+        oldest = row[base + RECENT]
+        for j in range(k):
+            if sizes[j] == oldest:
+                row[base + RECENT_SHAPED] -= 1
+        for j in range(WINDOW - 1):
+            row[base + RECENT + j] = row[base + RECENT + j + 1]
+        row[base + RECENT + WINDOW - 1] = inner
+    else:
+        row[base + RECENT + n] = inner
+        row[base + RECENT_LEN] = n + 1
+    if slot >= 0:
+        if row[base + PACKED_FIXED + slot] == 0:
+            present = 0
+            for j in range(k):
+                present += row[base + PACKED_FIXED + k + j] >= 0
+            row[base + PACKED_FIXED + k + slot] = present
+        row[base + PACKED_FIXED + slot] += 1
+        row[base + SHAPED_ALL] += 1
+        row[base + RECENT_SHAPED] += 1
+    records, shaped = row[base + RECORDS], row[base + SHAPED_ALL]
+    if shaped >= MIN_SHAPED and shaped >= MIN_SHARE * records:
+        return True
+    return records > WINDOW and row[base + RECENT_SHAPED] >= MIN_SHARE * WINDOW
 
 
 class Reading(NamedTuple):
