@@ -23,7 +23,7 @@ from typing import Protocol
 import numpy as np
 from numba import njit
 
-from vpnid.features.dissectors.base import HEAD_BYTES, Dissector, FlowPacket, PacketHeads, FlowPayloads, State
+from vpnid.features.dissectors.base import HEAD_BYTES, Dissector, FlowPacket, FlowPayloads, PacketHeads, State
 from vpnid.features.gather import payload_heads
 from vpnid.features.packets import PORTED, TCP_ACK, TCP_FIN, TCP_RST, TCP_SYN, PacketTable
 

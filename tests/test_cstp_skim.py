@@ -14,7 +14,7 @@ import pytest
 from tests.flowbuild import P, table
 from tests.test_dissector_cstp import CHACHA, GCM, TLS13_AES, handshake, http_phase, tls_record, tunnel
 from vpnid.features.dissectors import catalog
-from vpnid.features.dissectors.base import FlowPayloads, FlowPacket, State
+from vpnid.features.dissectors.base import FlowPacket, FlowPayloads, State
 from vpnid.features.dissectors.cstp import Cstp, record_overhead
 from vpnid.features.flows import FlowTable
 from vpnid.features.packets import TCP_ACK, TCP_PSH, TCP_SYN

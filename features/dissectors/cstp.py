@@ -31,7 +31,7 @@ from typing import ClassVar
 import numpy as np
 from numba import njit
 
-from vpnid.features.dissectors.base import Dissector, FlowPacket, PacketHeads, FlowPayloads, State
+from vpnid.features.dissectors.base import Dissector, FlowPacket, FlowPayloads, PacketHeads, State
 from vpnid.features.dissectors.ipshape import (
     ACK_SIZES,
     PACKED_FIXED,
