@@ -638,12 +638,6 @@ def _opened(flow: Flow) -> bool:
     return bool((flow.tcp_flags[0] | flow.tcp_flags[1]) & TCP_SYN)
 
 
-def _skims(flow: Flow) -> bool:
-    """Whether the flow's next packets go to a compiled stage: its one undecided dissector (no other can
-    join once the cheap stage is done) says its state allows it (`Dissector.skims`)."""
-    return len(flow.pending) == 1 and not flow.unscreened and flow.pending[0].skims()
-
-
 def _screen_rows(flow: Flow) -> int:
     """How many of the flow's next payload packets the cheap stage still asks about."""
     return _limits(flow.unscreened)[1] - flow.payloads if flow.unscreened else 0

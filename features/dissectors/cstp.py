@@ -216,6 +216,12 @@ SKIM_SHAPED = np.array(sorted(SHAPED), np.int64)
 DIRECTION_SLOTS = SIZES_AT + PACKED_FIXED + 2 * len(SHAPED)
 
 
+@njit(inline="always")
+def _record_size(row: np.ndarray, w: int) -> int:  # pragma: no cover - compiled
+    """The length field of the record header kept in the walk at `row[w:]`."""
+    return (row[w + WALK_BYTES + 3] << 8) | row[w + WALK_BYTES + 4]
+
+
 @njit(cache=True, nogil=True)
 def _skim_packet(row: np.ndarray, d: int, seq: int, payload: np.ndarray, budget: int) -> bool:  # pragma: no cover - compiled
     """`Cstp.feed` on one packet in the state `Cstp.skims` allows (the suite known, both directions heard),
@@ -245,12 +251,10 @@ def _skim_packet(row: np.ndarray, d: int, seq: int, payload: np.ndarray, budget:
             q += 1
             if have == RECORD_HEADER:
                 content, version = row[w + WALK_BYTES], row[w + WALK_BYTES + 1]
-                size = (row[w + WALK_BYTES + 3] << 8) | row[w + WALK_BYTES + 4]
-                if not CONTENT_LOW <= content <= CONTENT_HIGH or version != 3 or size > MAX_RECORD:
+                if not CONTENT_LOW <= content <= CONTENT_HIGH or version != 3 or _record_size(row, w) > MAX_RECORD:
                     return False  # not TLS records: rejected
         else:
-            size = (row[w + WALK_BYTES + 3] << 8) | row[w + WALK_BYTES + 4]
-            take = min(RECORD_HEADER + size - have, n - q)
+            take = min(RECORD_HEADER + _record_size(row, w) - have, n - q)
             for j in range(min(take, max(KEPT - have, 0))):
                 row[w + WALK_BYTES + have + j] = payload[q + j]
             have += take
@@ -258,7 +262,7 @@ def _skim_packet(row: np.ndarray, d: int, seq: int, payload: np.ndarray, budget:
         row[w + WALK_HAVE] = have
         if have < RECORD_HEADER:
             continue
-        size = (row[w + WALK_BYTES + 3] << 8) | row[w + WALK_BYTES + 4]
+        size = _record_size(row, w)
         if have < RECORD_HEADER + size:
             continue
         row[w + WALK_HAVE] = 0

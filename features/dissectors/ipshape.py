@@ -74,7 +74,6 @@ class InnerSizes:
         return (f"inner sizes {sizes} bytes (bare tunnel headers and pure TCP ACKs) in {run} of the last "
                 f"{WINDOW} of {self.records[direction]} records from the {side}")
 
-
     # One direction's counts as a compiled stage keeps them (`pack`, `unpack`, `add_packed`): an int64 row of
     # PACKED_FIXED + 2 * len(sizes) slots: records, shaped, shaped among the recent, how many recent, the
     # recent inner lengths (oldest first), then per tunnel-shaped length (ascending) its count and the
