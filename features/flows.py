@@ -233,6 +233,8 @@ class FlowTable:
                  plugins: Sequence[FlowPlugin] = ()) -> None:
         self.dissectors = tuple(dissectors)
         self._rank = {d: i for i, d in enumerate(self.dissectors)}
+        # Classes with a compiled stage (`Dissector.skim`): only their dissectors are asked `skims`.
+        self._skimmers = frozenset(d for d in self.dissectors if d.skim is not Dissector.skim)
         self._by_proto: dict[int, tuple[type[Dissector], ...]] = {}
         self.config = config or FlowTableConfig()
         self.plugins = tuple(plugins)
@@ -544,10 +546,14 @@ class FlowTable:
                                t.payload_len[rows].astype(np.int64))
         seg_end = np.searchsorted(seg, np.arange(len(fed)), "right").tolist()
 
+        skimmers = self._skimmers
+
         def skim(flow: Flow, k: int, end: int) -> None:
             """Hand the flow's packets from position `k` on to its dissectors that can take them in bulk."""
+            if k >= end:
+                return
             for d in flow.pending:
-                if not d.ahead and k < end and d.skims():
+                if type(d) in skimmers and not d.ahead and d.skims():
                     d.ahead = d.skim(FlowPayloads(direction[k:end], seq[k:end], offset[k:end], length[k:end],
                                                   t.data, t.extra))
                     flow.ahead = min(p.ahead for p in flow.pending)

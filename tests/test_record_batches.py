@@ -14,8 +14,11 @@ from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
+import pytest
 
 from vpnid.classifier.audit.text import csv_cell
+from vpnid.classifier.labelling.loading import DEFAULT_MODEL, load
+from vpnid.classifier.running import pipeline
 from vpnid.classifier.running.community import community_id
 from vpnid.classifier.running.output import write_csv_batches, write_jsonl_batches
 from vpnid.classifier.running.pipeline import Options, classify_batches, classify_capture
@@ -131,3 +134,44 @@ def test_classify_does_not_import_pandas(tmp_path: Path) -> None:
     runs = [subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
                            cwd=ROOT.parent).stdout.strip() for _ in range(2)]  # the first fills the model cache
     assert runs[1] == "False" and (tmp_path / "o.jsonl").stat().st_size > 0
+
+
+def test_batches_built_beside_the_flow_table_leave_in_drain_order() -> None:
+    """`classify_batches` builds a group's batch on a second thread while the table reads on: with the
+    model scoring, small chunks and a short idle timeout (many groups per capture), the batches hold what
+    the record path (one thread) gives, in the same order."""
+    fields = output_fields(False)
+    opts = Options(model=load(DEFAULT_MODEL), chunk_frames=256, idle_timeout=0.5)
+    groups, records, batches = 0, [], []
+    for p in PATHS:
+        try:
+            records += classify_capture(p, opts)
+            got = list(classify_batches(p, opts))
+        except CaptureError:
+            continue
+        groups += len(got)
+        batches += got
+    assert groups > 2 * len(PATHS)  # many captures end flows in more than one group
+    jsonl = io.StringIO()
+    write_jsonl_batches(batches, jsonl, fields)
+    assert jsonl.getvalue() == "".join(json.dumps({k: r.as_dict()[k] for k in fields}, ensure_ascii=False) + "\n"
+                                       for r in records)
+
+
+def test_a_failing_batch_build_reaches_the_caller(monkeypatch) -> None:
+    """An error on the batch thread is raised from `classify_batches`, not lost with the thread."""
+    built = []
+
+    def batch(path: str, flows: list, opts: Options) -> pa.RecordBatch:
+        built.append(len(flows))
+        if len(built) == 2:
+            raise RuntimeError("batch failed")
+        return real(path, flows, opts)
+
+    real = pipeline._batch
+    monkeypatch.setattr(pipeline, "_batch", batch)
+    path = str(ROOT / "pcaps" / "corpus" / "neg-srtp-video-call-5004.pcap")
+    out = classify_batches(path, Options(chunk_frames=256, idle_timeout=0.5))
+    with pytest.raises(RuntimeError, match="batch failed"):
+        list(out)
+    assert len(built) >= 2

@@ -7,6 +7,7 @@ re-implements a step.
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
@@ -162,9 +163,22 @@ def classify_batches(path: str, opts: Options | None = None, *, warn: Warn = lam
     """`classify_capture`'s records as Arrow record batches, one per drained group of flows, built column
     by column (no record object per flow): what the JSONL, CSV and Parquet writers take."""
     opts = opts or Options()
-    for flows in _flow_groups(path, opts, warn, stats, carry, None):
-        if flows:
-            yield _batch(path, flows, opts)
+    groups = (flows for flows in _flow_groups(path, opts, warn, stats, carry, None) if flows)
+    if opts.eager or opts.matcher is not None:  # live: no batch waits for the next chunk; sqlite stays on its thread
+        yield from (_batch(path, flows, opts) for flows in groups)
+        return
+    # A group's batch is built on a second thread while the flow table takes the next chunk: the model's
+    # compiled scoring and Arrow's column building release the GIL, so the two overlap on two cores.
+    # Ended flows are not touched by the table again, and batches still leave in drain order.
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="vpnid-batch") as pool:
+        building: Future[pa.RecordBatch] | None = None
+        for flows in groups:
+            following = pool.submit(_batch, path, flows, opts)
+            if building is not None:
+                yield building.result()
+            building = following
+        if building is not None:
+            yield building.result()
 
 
 def end_carry_batch(carry: Carry, opts: Options | None = None) -> pa.RecordBatch | None:
