@@ -8,6 +8,7 @@ in the evidence. `method` says which of the three. The flow's risks are listed w
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
 from vpnid.features.families import NONE, SHADOWSOCKS
@@ -21,18 +22,47 @@ if TYPE_CHECKING:
 SIGNATURE_ONLY = frozenset({SHADOWSOCKS})
 
 
+COLUMNS = ("label", "confidence", "method", "evidence", "verdict_packet", "risks")  # `label`'s fields, in order
+_UNJUDGED = (NONE, 0.0, "none", [], None)  # a flow nothing vouches for and the model was not asked about
+
+
 def label(flow: Flow, judgement: Judgement | None = None) -> dict:
     """The labelling fields of a flow record; `risks` are every dissector's, whatever the label."""
-    risks = sorted(flow.risks)
+    return dict(zip(COLUMNS, (*_fields(flow, judgement), sorted(flow.risks))))
+
+
+def label_columns(flows: Sequence[Flow], judgements: Sequence[Judgement | None]) -> dict[str, list]:
+    """`label` of each flow (with its judgement), as one list per field: what a record batch is built from.
+    Most flows of ordinary traffic carry no verdict and no risk, and their judgement names no family (one
+    judgement object is shared by every flow too short to be asked): their fields are made once per
+    judgement. Rows share those values, the empty evidence list too: a column is read, never changed."""
+    made: dict[int, tuple] = {}
+    rows = []
+    for f, j in zip(flows, judgements):
+        if f.verdict is not None or (j is not None and j.family not in (NONE, *SIGNATURE_ONLY)):
+            rows.append(_fields(f, j))  # depends on the flow
+        elif j is None:
+            rows.append(_UNJUDGED)
+        else:
+            row = made.get(id(j))
+            if row is None:
+                row = made[id(j)] = _fields(f, j)
+            rows.append(row)
+    cols = dict(zip(COLUMNS, map(list, zip(*rows)))) if rows else {k: [] for k in COLUMNS}
+    cols["risks"] = [sorted(f.risks) if f.risks else [] for f in flows]
+    return cols
+
+
+def _fields(flow: Flow, judgement: Judgement | None) -> tuple:
+    """(label, confidence, method, evidence, verdict_packet): the signature's verdict, else the model's
+    judgement where it names a family a model may name, else none."""
     v = flow.verdict
     if v is not None:
-        return {"label": v.family, "confidence": v.confidence, "method": "signature", "evidence": list(v.evidence),
-                "verdict_packet": v.packet, "risks": risks}
+        return v.family, v.confidence, "signature", list(v.evidence), v.packet
     if judgement is not None and judgement.family not in (NONE, *SIGNATURE_ONLY):
-        return {"label": judgement.family, "confidence": round(judgement.probability, 4), "method": "model",
-                "evidence": [judgement.evidence], "verdict_packet": flow.total_packets, "risks": risks}
+        return (judgement.family, round(judgement.probability, 4), "model", [judgement.evidence],
+                flow.total_packets)
     evidence = [judgement.evidence] if judgement else []
     if judgement is not None and judgement.family in SIGNATURE_ONLY:
         evidence = [f"{judgement.evidence}; not taken: {judgement.family} is named by its signature only"]
-    return {"label": NONE, "confidence": 0.0, "method": "none", "evidence": evidence, "verdict_packet": None,
-            "risks": risks}
+    return NONE, 0.0, "none", evidence, None

@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING
 import pyarrow as pa
 
 from vpnid.classifier.audit.registry.match import Matcher
-from vpnid.classifier.labelling.labels import label
+from vpnid.classifier.labelling.labels import label, label_columns
 from vpnid.classifier.running.records import FlowRecord, base_record, record_batch, records_schema
 from vpnid.features.dissectors import catalog
 from vpnid.features.flows import Flow, FlowTable, FlowTableConfig
@@ -77,26 +77,28 @@ def _new_table(opts: Options) -> FlowTable:
     return FlowTable(catalog.ALL, config, plugins=plugins)
 
 
-def _labels(flows: list[Flow], opts: Options) -> list[dict]:
-    """The labelling fields of each ended flow: its signature verdict, else the model's judgement."""
+def _judgements(flows: list[Flow], opts: Options) -> list[Judgement | None]:
+    """The model's judgement of each ended flow signatures left undecided (None: decided, or no model)."""
     model = opts.model
-    judged = {}
-    if model is not None:
-        undecided = [f for f in flows if f.verdict is None]
-        asked = [f for f in undecided if f.total_packets >= model.min_packets]
-        judged = dict(zip(map(id, asked), model.judge(vectors(asked, model.n_first))))
-        short: dict[int, Judgement] = {}  # one (immutable) judgement per packet count
-        for f in undecided:
-            if id(f) not in judged:
-                n = f.total_packets
-                judged[id(f)] = short.get(n) or short.setdefault(n, model.unasked(n))
-    return [label(flow, judged.get(id(flow))) for flow in flows]
+    if model is None:
+        return [None] * len(flows)
+    out: list[Judgement | None] = [None] * len(flows)
+    undecided = [i for i, f in enumerate(flows) if f.verdict is None]
+    asked = [i for i in undecided if flows[i].total_packets >= model.min_packets]
+    for i, j in zip(asked, model.judge(vectors([flows[i] for i in asked], model.n_first))):
+        out[i] = j
+    short: dict[int, Judgement] = {}  # one (immutable) judgement per packet count
+    for i in undecided:
+        if out[i] is None:
+            n = flows[i].total_packets
+            out[i] = short.get(n) or short.setdefault(n, model.unasked(n))
+    return out
 
 
 def _records(path: str, flows: list[Flow], opts: Options) -> list[FlowRecord]:
     """Records of ended flows; a flow carried over from an earlier file keeps the file it started in."""
-    batch = [FlowRecord(**base_record(flow.ext.get(ORIGIN, path), flow), **lab)
-             for flow, lab in zip(flows, _labels(flows, opts))]
+    batch = [FlowRecord(**base_record(flow.ext.get(ORIGIN, path), flow), **label(flow, j))
+             for flow, j in zip(flows, _judgements(flows, opts))]
     if opts.matcher is not None:  # one vectorised check per drained group, not per flow
         for record, verdict in zip(batch, opts.matcher.check(batch)):
             if verdict is not None:
@@ -111,7 +113,8 @@ def _batch(path: str, flows: list[Flow], opts: Options) -> pa.RecordBatch:
     if opts.matcher is not None:  # the registry check works on records
         schema = records_schema(True)
         return pa.RecordBatch.from_pylist([r.as_dict() for r in _records(path, flows, opts)], schema=schema)
-    return record_batch([flow.ext.get(ORIGIN, path) for flow in flows], flows, _labels(flows, opts))
+    return record_batch([flow.ext.get(ORIGIN, path) for flow in flows], flows,
+                        label_columns(flows, _judgements(flows, opts)))
 
 
 def _flow_groups(path: str, opts: Options, warn: Warn, stats: CaptureStats | None, carry: Carry | None,
