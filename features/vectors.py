@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 import numpy as np
+from numba import njit
 
 from vpnid.features.dissectors import catalog
 from vpnid.features.families import IPSEC, OPENCONNECT, OPENVPN, WIREGUARD
@@ -260,47 +261,10 @@ class FeaturePlugin:
         for di, dn in enumerate(DIRS):
             sums[:, _SUMS[f"{dn}_empty"]] = np.bincount(sid, weights=(~has & (d == di)), minlength=n_seg)
 
-        # Payload packets grouped by (segment, direction), capture order inside each group.
-        p = np.flatnonzero(has)
-        grp = sid[p] * 2 + d[p]
-        o = np.argsort(grp, kind="stable")
-        p, grp = p[o], grp[o]
-        first = np.r_[True, grp[1:] != grp[:-1]] if len(p) else np.zeros(0, bool)
-        hdr, hlen = _header_bytes(t, rows[p], 12)
-        # The previous payload packet of the same direction: the one before in the group, or the flow's
-        # last one from earlier chunks.
-        prev_ts = np.r_[np.int64(-1), ts[p][:-1]] if len(p) else np.zeros(0, np.int64)
-        prev_hdr = np.vstack([np.zeros((1, 12), np.uint8), hdr[:-1]]) if len(p) else hdr
-        prev_len = np.r_[0, hlen[:-1]] if len(p) else hlen
-        g = grp[first]
-        prev_ts[first], prev_hdr[first], prev_len[first] = (a[slot[g // 2], g % 2] for a in (T.last_ts, T.last_hdr,
-                                                                                         T.last_len))
-        paired = prev_ts >= 0
-        size = plen[p].astype(np.float64)
-        gap = (ts[p] - prev_ts) / NS
-        n_grp = n_seg * 2
-        for name, vals, mask in (("size", size, np.ones(len(p), bool)), ("iat", gap, paired)):
-            cnt, tot, sq, lo, hi = _grouped(vals, grp, n_grp, mask)
-            for di, dn in enumerate(DIRS):
-                sums[:, _SUMS[f"{dn}_{name}_n"]] = cnt[di::2]
-                sums[:, _SUMS[f"{dn}_{name}_sum"]] = tot[di::2]
-                sums[:, _SUMS[f"{dn}_{name}_sq"]] = sq[di::2]
-                mins[:, _EXTREMES.index(f"{dn}_{name}")] = lo[di::2]
-                maxs[:, _EXTREMES.index(f"{dn}_{name}")] = hi[di::2]
-        pos = np.arange(12)
-        both = (pos < hlen[:, None]) & (pos < prev_len[:, None]) & paired[:, None]
-        same = (hdr == prev_hdr) & both
-        be = _uint32(hdr[:, 4:8], big=True) - _uint32(prev_hdr[:, 4:8], big=True)
-        le = _uint32(hdr[:, 8:12], big=False) - _uint32(prev_hdr[:, 8:12], big=False)
-        ctr_be = both[:, 7] & (be >= 1) & (be <= COUNTER_STEP)
-        ctr_le = both[:, 11] & (le >= 1) & (le <= COUNTER_STEP)
-        for di, dn in enumerate(DIRS):
-            pick = lambda w: np.bincount(grp, weights=w, minlength=n_grp)[di::2]  # noqa: E731
-            sums[:, _SUMS[f"{dn}_pairs"]] = pick(paired)
-            for j in range(HDR):
-                sums[:, _SUMS[f"{dn}_eq{j}"]] = pick(same[:, j])
-            sums[:, _SUMS[f"{dn}_ctr_be"]] = pick(ctr_be)
-            sums[:, _SUMS[f"{dn}_ctr_le"]] = pick(ctr_le)
+        # Per (segment, direction): payload sizes, gaps, header-byte repeats and counters, in capture order,
+        # each packet paired with the one before it in its direction (from earlier chunks: the tables).
+        _fold_payloads(sid, d, ts, plen, t.payload_off[rows].astype(np.int64), t.data, t.extra, slot,
+                       T.last_ts, T.last_hdr, T.last_len, _FOLD_COLUMNS, sums, mins, maxs)
 
         # Rank of each payload packet within its flow (capture order), for the head and the entropy.
         payloads_before = T.payloads[slot]
@@ -315,10 +279,6 @@ class FeaturePlugin:
         opcode = np.where(olen > opcode_at, ohdr[np.arange(len(young)), opcode_at] >> 3, 255).astype(np.int64)
         young_bounds = np.searchsorted(sid[young], np.arange(n_seg + 1))
 
-        last = np.r_[grp[1:] != grp[:-1], True] if len(p) else np.zeros(0, bool)
-        g = grp[last]
-        T.last_ts[slot[g // 2], g % 2], T.last_hdr[slot[g // 2], g % 2], T.last_len[slot[g // 2], g % 2] = (
-            ts[p[last]], hdr[last], hlen[last])
         T.sums[slot] += sums
         T.mins[slot] = np.minimum(T.mins[slot], mins)
         T.maxs[slot] = np.maximum(T.maxs[slot], maxs)
@@ -452,23 +412,70 @@ def _header_bytes(t, rows: np.ndarray, width: int) -> tuple[np.ndarray, np.ndarr
     return payload_heads(t, rows, width), np.minimum(t.payload_len[rows], width).astype(np.int64)
 
 
-def _uint32(b: np.ndarray, big: bool) -> np.ndarray:
-    """Four bytes per row as an int64 value; differences of these are taken modulo 2**32 by callers."""
-    b = b.astype(np.int64)
-    v = (b[:, 0] << 24 | b[:, 1] << 16 | b[:, 2] << 8 | b[:, 3]) if big else \
-        (b[:, 3] << 24 | b[:, 2] << 16 | b[:, 1] << 8 | b[:, 0])
-    return v % (1 << 32)
+# Per direction, the `sums` columns `_fold_payloads` fills, in its order.
+_FOLD_COLUMNS = np.array([[_SUMS[f"{dn}_{k}"] for k in ("size_n", "size_sum", "size_sq", "iat_n", "iat_sum", "iat_sq",
+                                                         "pairs", *(f"eq{j}" for j in range(HDR)), "ctr_be", "ctr_le")]
+                          for dn in DIRS], np.int64)
+_PAIRED = 12  # leading payload bytes a packet is compared on with the previous one of its direction
 
 
-def _grouped(vals: np.ndarray, grp: np.ndarray, n: int, mask: np.ndarray):
-    """Count, sum, sum of squares, min and max of `vals[mask]` per group id."""
-    v, g = vals[mask], grp[mask]
-    lo = np.full(n, np.inf)
-    hi = np.full(n, -np.inf)
-    np.minimum.at(lo, g, v)
-    np.maximum.at(hi, g, v)
-    return (np.bincount(g, minlength=n), np.bincount(g, weights=v, minlength=n),
-            np.bincount(g, weights=v * v, minlength=n), lo, hi)
+@njit(cache=True, nogil=True)
+def _fold_payloads(sid: np.ndarray, d: np.ndarray, ts: np.ndarray, plen: np.ndarray, off: np.ndarray,
+                   data: np.ndarray, extra: np.ndarray, slot: np.ndarray, last_ts: np.ndarray,
+                   last_hdr: np.ndarray, last_len: np.ndarray, cols: np.ndarray, sums: np.ndarray,
+                   mins: np.ndarray, maxs: np.ndarray) -> None:  # pragma: no cover - compiled
+    """Fold one chunk's payload packets (per row: segment, direction, time, payload length and offset) into
+    the chunk's per-segment `sums`, `mins` and `maxs` (columns `cols` per direction; mins/maxs: size then
+    gap, per direction), pairing each packet with the previous payload packet of its direction, which an
+    earlier chunk may have left in `last_*` (rows `slot`); the last one of each is left there. Sums run in
+    capture order, so chunks merge to the same floats whatever their sizes."""
+    split = len(data)
+    hdr = np.zeros(_PAIRED, np.int64)
+    for i in range(len(sid)):
+        n = plen[i]
+        if n <= 0:
+            continue
+        s, di = sid[i], d[i]
+        c, row = cols[di], slot[s]
+        hlen = min(n, _PAIRED)
+        for j in range(_PAIRED):
+            k = off[i] + j
+            hdr[j] = (data[k] if k < split else extra[k - split]) if j < hlen else 0
+        size = float(n)
+        sums[s, c[0]] += 1.0
+        sums[s, c[1]] += size
+        sums[s, c[2]] += size * size
+        mins[s, di] = min(mins[s, di], size)
+        maxs[s, di] = max(maxs[s, di], size)
+        prev = last_ts[row, di]
+        if prev >= 0:
+            gap = (ts[i] - prev) / NS
+            sums[s, c[3]] += 1.0
+            sums[s, c[4]] += gap
+            sums[s, c[5]] += gap * gap
+            mins[s, 2 + di] = min(mins[s, 2 + di], gap)
+            maxs[s, 2 + di] = max(maxs[s, 2 + di], gap)
+            sums[s, c[6]] += 1.0
+            both = min(hlen, last_len[row, di])  # bytes real in both packets
+            for j in range(HDR):
+                if j < both and hdr[j] == last_hdr[row, di, j]:
+                    sums[s, c[7 + j]] += 1.0
+            if both >= 8:
+                be = (hdr[4] << 24 | hdr[5] << 16 | hdr[6] << 8 | hdr[7]) - (
+                    np.int64(last_hdr[row, di, 4]) << 24 | np.int64(last_hdr[row, di, 5]) << 16
+                    | np.int64(last_hdr[row, di, 6]) << 8 | np.int64(last_hdr[row, di, 7]))
+                if 1 <= be <= COUNTER_STEP:
+                    sums[s, c[7 + HDR]] += 1.0
+            if both >= 12:
+                le = (hdr[11] << 24 | hdr[10] << 16 | hdr[9] << 8 | hdr[8]) - (
+                    np.int64(last_hdr[row, di, 11]) << 24 | np.int64(last_hdr[row, di, 10]) << 16
+                    | np.int64(last_hdr[row, di, 9]) << 8 | np.int64(last_hdr[row, di, 8]))
+                if 1 <= le <= COUNTER_STEP:
+                    sums[s, c[8 + HDR]] += 1.0
+        last_ts[row, di] = ts[i]
+        last_len[row, di] = hlen
+        for j in range(_PAIRED):
+            last_hdr[row, di, j] = hdr[j]
 
 
 def _entropy(hist: np.ndarray) -> float:
