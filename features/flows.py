@@ -252,7 +252,7 @@ class FlowTable:
         idle_ns, active_ns = int(cfg.idle_timeout * NS), int(cfg.active_timeout * NS)
         keys, src_is_lo = _flow_keys(t)
         ukeys, inv = _unique_keys(keys)
-        order = np.argsort(inv, kind="stable")
+        order = _stable_order(inv, len(ukeys))
         inv_s = inv[order]
         ts_s = t.ts_ns[order]
         flags_s = t.tcp_flags[order]
@@ -687,32 +687,71 @@ def _key_hashes(buf: np.ndarray) -> np.ndarray:  # pragma: no cover - compiled
 
 
 @njit(cache=True, nogil=True)
-def _rows_equal(buf: np.ndarray, other: np.ndarray) -> bool:  # pragma: no cover - compiled
-    """Whether row i of `buf` equals row other[i], for every i."""
-    for i in range(buf.shape[0]):
-        j = other[i]
-        for b in range(buf.shape[1]):
-            if buf[i, b] != buf[j, b]:
-                return False
-    return True
+def _group_rows(buf: np.ndarray, hashes: np.ndarray) -> tuple[np.ndarray, np.ndarray]:  # pragma: no cover - compiled
+    """Rows of `buf` (n, width) grouped by their bytes in one pass over an open-addressing table keyed by
+    `hashes`: the first row of each group, in order of first appearance, and each row's group. Rows whose
+    hashes collide are told apart by their bytes, so the hash only has to spread them."""
+    n, width = buf.shape
+    size = 16
+    while size < 2 * n:
+        size *= 2
+    mask = np.uint64(size - 1)
+    table = np.full(size, -1, np.int64)
+    first = np.empty(n, np.int64)
+    group = np.empty(n, np.int64)
+    groups = 0
+    for i in range(n):
+        h = hashes[i]
+        j = (h ^ (h >> np.uint64(31))) & mask
+        while True:
+            g = table[j]
+            if g < 0:
+                table[j] = groups
+                first[groups] = i
+                group[i] = groups
+                groups += 1
+                break
+            r = first[g]
+            if hashes[r] == h:
+                b = 0
+                while b < width and buf[r, b] == buf[i, b]:
+                    b += 1
+                if b == width:
+                    group[i] = g
+                    break
+            j = (j + np.uint64(1)) & mask
+    return first[:groups], group
+
+
+@njit(cache=True, nogil=True)
+def _stable_order(inv: np.ndarray, groups: int) -> np.ndarray:  # pragma: no cover - compiled
+    """`np.argsort(inv, kind="stable")` for group ids 0..groups-1, as a counting sort (one pass to count,
+    one to place)."""
+    start = np.zeros(groups + 1, np.int64)
+    for g in inv:
+        start[g + 1] += 1
+    for g in range(groups):
+        start[g + 1] += start[g]
+    order = np.empty(len(inv), np.int64)
+    for i in range(len(inv)):
+        g = inv[i]
+        order[start[g]] = i
+        start[g] += 1
+    return order
 
 
 def _unique_keys(keys: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """`np.unique(keys, return_inverse=True)` for flow keys, without sorting 37-byte values per packet
-    (a memcmp sort, ~0.4 s per million packets): packets are grouped by a 64-bit hash of their key, and
-    only the few distinct keys are sorted. A hash collision (checked) falls back to the plain sort."""
+    (a memcmp sort, ~0.4 s per million packets) or even their 64-bit hashes: packets are grouped by key in
+    one compiled pass (`_group_rows`), and only the few distinct keys are sorted."""
     n = len(keys)
     buf = keys.view(np.uint8).reshape(n, KEY_BYTES)
-    uh, inv_h = np.unique(_key_hashes(buf), return_inverse=True)
-    rep = np.empty(len(uh), np.int64)
-    rep[inv_h] = np.arange(n)  # one packet per hash value
-    if not _rows_equal(buf, rep[inv_h]):
-        return np.unique(keys, return_inverse=True)
-    reps = keys[rep]
+    first, group = _group_rows(buf, _key_hashes(buf))
+    reps = keys[first]
     order = np.argsort(reps)  # byte order of the distinct keys, as np.unique gives them
     rank = np.empty(len(order), np.int64)
     rank[order] = np.arange(len(order))
-    return reps[order], rank[inv_h]
+    return reps[order], rank[group]
 
 
 @njit(cache=True, nogil=True)

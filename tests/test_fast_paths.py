@@ -19,7 +19,7 @@ from vpnid.classifier.running.pipeline import classify_capture
 from vpnid.features import flows
 from vpnid.features.capture import read_chunks
 from vpnid.features.capture import sources as capture
-from vpnid.features.flows import KEY_BYTES, _unique_keys
+from vpnid.features.flows import KEY_BYTES, _group_rows, _stable_order, _unique_keys
 from vpnid.features.packets import CaptureError, ipv4_mapped
 
 EXTERNAL = Path(__file__).resolve().parents[2] / "shared" / "corpus" / "external" / "ndpi" / "pcap"
@@ -94,6 +94,27 @@ def test_hashed_key_grouping_equals_sorting_the_keys():
         want_keys, want_inv = np.unique(keys, return_inverse=True)
         got_keys, got_inv = _unique_keys(keys)
         assert np.array_equal(got_keys, want_keys) and np.array_equal(got_inv, want_inv.ravel())
+
+
+def test_key_grouping_tells_colliding_hashes_apart_by_their_bytes():
+    """Every hash equal (the worst collision there is) or taking two values: the groups still follow the keys'
+    bytes, numbered in order of first appearance."""
+    rng = np.random.default_rng(11)
+    buf = rng.integers(0, 3, (2_000, KEY_BYTES), dtype=np.uint8)
+    buf[:, 2:-1] = 0  # keys differ only in their first two and last byte: 27 distinct keys
+    for hashes in (np.zeros(len(buf), np.uint64), (buf[:, 0] % 2).astype(np.uint64)):
+        first, group = _group_rows(buf, hashes)
+        seen: dict[bytes, int] = {}
+        want = np.array([seen.setdefault(row.tobytes(), len(seen)) for row in buf])
+        assert np.array_equal(group, want)
+        assert np.array_equal(first, [int(np.flatnonzero(want == g)[0]) for g in range(len(seen))])
+
+
+def test_counting_sort_orders_packets_as_a_stable_argsort():
+    rng = np.random.default_rng(5)
+    for n, groups in ((0, 1), (1, 1), (5_000, 3), (50_000, 40_000)):
+        inv = rng.integers(0, groups, n)
+        assert np.array_equal(_stable_order(inv, groups), np.argsort(inv, kind="stable"))
 
 
 @pytest.mark.skipif(not CAPTURES, reason=f"no external corpus at {EXTERNAL}")
