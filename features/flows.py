@@ -16,6 +16,7 @@ from __future__ import annotations
 import base64
 import functools
 import hashlib
+import heapq
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Protocol
@@ -239,6 +240,9 @@ class FlowTable:
         self.config = config or FlowTableConfig()
         self.plugins = tuple(plugins)
         self.open: dict[bytes, Flow] = {}
+        # (last_ns, key) of every open flow as each chunk left it, a min-heap: idle flows are found without a
+        # look at every open flow per chunk (entries of flows that went on or ended are passed over).
+        self._idle: list[tuple[int, bytes]] = []
         self.ended: list[Flow] = []
         self.now_ns = np.iinfo(np.int64).min
         self.stats = {"packets": 0, "flows": 0, "evicted": 0}
@@ -340,11 +344,13 @@ class FlowTable:
                 open_flows[k] = flow
             seg_flows.append(flow)
             seg_keys.append(kb)
+        touched = (seg_flows, seg_keys)
         if self.config.drop_first:
             order, starts, count, seg_flows, seg_keys = self._withhold(t, order, starts, count, seg_flows,
                                                                        seg_keys)
             if not seg_flows:
                 self._end_replaced(replaced, idle_ns)
+                self._track_idle(*touched)
                 return
 
         lo_s = src_is_lo[order]
@@ -404,6 +410,17 @@ class FlowTable:
             for plugin in self.plugins:
                 plugin.on_segments(seg)
         self._end_replaced(replaced, idle_ns)
+        self._track_idle(*touched)
+
+    def _track_idle(self, flows: list[Flow], keys: list[bytes]) -> None:
+        """Add the chunk's flows to the idle heap; rebuilt from the open flows once most of its entries are
+        stale (flows that went on, ended or were evicted), so it stays within a few times the table's size."""
+        if len(self._idle) > 4 * len(self.open) + 4096:
+            self._idle = [(f.last_ns, k) for k, f in self.open.items()]
+            heapq.heapify(self._idle)
+        else:
+            for entry in zip([f.last_ns for f in flows], keys):
+                heapq.heappush(self._idle, entry)
 
     def _end_replaced(self, replaced: list[tuple[Flow, int]], idle_ns: int) -> None:
         for old, successor_ns in replaced:
@@ -592,9 +609,13 @@ class FlowTable:
         self.ended.append(flow)
 
     def _expire_idle(self, idle_ns: int) -> None:
-        stale = [k for k, f in self.open.items() if self.now_ns - f.last_ns > idle_ns]
-        for k in stale:
-            self._end(self.open.pop(k), "idle")
+        heap, limit = self._idle, self.now_ns - idle_ns
+        while heap and heap[0][0] < limit:
+            k = heapq.heappop(heap)[1]
+            f = self.open.get(k)
+            if f is not None and f.last_ns < limit:  # idle longer than idle_ns
+                del self.open[k]
+                self._end(f, "idle")
         excess = len(self.open) - self.config.max_flows
         if excess > 0:
             victims = sorted(self.open.items(), key=lambda kv: (kv[1].last_ns, kv[0]))[:excess]
@@ -614,7 +635,7 @@ class FlowTable:
         """End every open flow (end of capture) and return all flows not yet drained."""
         for f in self.open.values():
             self._end(f, "end_of_capture")
-        self.open = {}
+        self.open, self._idle = {}, []
         return self.drain()
 
 
