@@ -47,8 +47,20 @@ UDP_MIN_ONE_WAY = 8
 def esp_shaped(first4: bytes, size: int) -> bool:
     """Could a `size`-byte UDP payload or TCP frame starting with `first4` be an ESP packet?
     (assigned SPI, 4-byte aligned, long enough for header, trailer and ICV)"""
-    spi = int.from_bytes(first4, "big")
-    return size >= ESP_MIN_PACKET and size % ESP_ALIGNMENT == 0 and spi > SPI_RESERVED_MAX
+    return esp_shaped_rows(int.from_bytes(first4, "big"), size)
+
+
+def esp_shaped_rows(spi: int | np.ndarray, size: int | np.ndarray) -> bool | np.ndarray:
+    """`esp_shaped` on the first four bytes as a big-endian integer: for one packet, or per row as the
+    cheap stage asks."""
+    return (size >= ESP_MIN_PACKET) & (size % ESP_ALIGNMENT == 0) & (spi > SPI_RESERVED_MAX)
+
+
+def udp_neutral_rows(p: PacketHeads) -> np.ndarray:
+    """UDP payloads that, as a flow's first, neither the ESP nor the IKE dissector rejects on, nor
+    decides on: an ESP-shaped datagram or a NAT-T keepalive (RFC 3948 §2.3)."""
+    keepalive = (p.length == 1) & (p.u8(0) == NAT_KEEPALIVE[0])
+    return keepalive | esp_shaped_rows(p.be(0, 4), p.length)
 
 
 class ESP(Dissector):
@@ -58,14 +70,21 @@ class ESP(Dissector):
     transports: ClassVar[frozenset[int]] = frozenset({IPPROTO_ESP, IPPROTO_UDP})
     budget: ClassVar[int] = 32
 
+    # ESP-in-UDP decides on no flow's first packet: it rejects a first packet only for its shape
+    # (`closes_window`) and confirms after UDP_MIN_PER_DIRECTION packets each way, or UDP_MIN_ONE_WAY one way.
+    prefilter_window: ClassVar[int] = 2
+
     @staticmethod
     def prefilter(p: PacketHeads) -> np.ndarray:
-        """IP protocol 50; in UDP an ESP-shaped packet (see `esp_shaped`), a NAT-T keepalive or the
-        non-ESP marker (both neutral here)."""
-        n = p.length
-        keepalive = (n == 1) & (p.u8(0) == NAT_KEEPALIVE[0])
-        shaped = (n >= ESP_MIN_PACKET) & (n % ESP_ALIGNMENT == 0) & (p.be(0, 4) > SPI_RESERVED_MAX)
-        return (p.proto == IPPROTO_ESP) | ((p.proto == IPPROTO_UDP) & (keepalive | p.zero(0, 4) | shaped))
+        """IP protocol 50; in UDP every packet but a flow's first: a single datagram (most of the UDP
+        flows that start ESP-shaped have no second) is left to the window, and later ones may decide."""
+        return (p.proto == IPPROTO_ESP) | ((p.proto == IPPROTO_UDP) & ~p.first())
+
+    @classmethod
+    def closes_window(cls, p: PacketHeads) -> np.ndarray:
+        """A UDP flow's first packet rules ESP out unless it is ESP-shaped, a NAT-T keepalive or carries
+        the non-ESP marker (IKE sharing the flow), as `_in_udp` does."""
+        return ~(udp_neutral_rows(p) | p.zero(0, 4))
 
     def __init__(self) -> None:
         super().__init__()

@@ -14,14 +14,7 @@ from typing import ClassVar, NamedTuple
 import numpy as np
 
 from vpnid.features.dissectors.base import HEAD_BYTES, Dissector, FlowPacket, PacketHeads, State
-from vpnid.features.dissectors.esp import (
-    ESP_ALIGNMENT,
-    ESP_MIN_PACKET,
-    NAT_KEEPALIVE,
-    NON_ESP_MARKER,
-    SPI_RESERVED_MAX,
-    esp_shaped,
-)
+from vpnid.features.dissectors.esp import NAT_KEEPALIVE, NON_ESP_MARKER, esp_shaped, esp_shaped_rows, udp_neutral_rows
 from vpnid.features.families import IPSEC
 from vpnid.features.packets import IPPROTO_TCP, IPPROTO_UDP
 from vpnid.features.risks import MALFORMED_HEADER
@@ -225,12 +218,19 @@ class IKE(Dissector):
     transports: ClassVar[frozenset[int]] = frozenset({IPPROTO_UDP, IPPROTO_TCP})
     budget: ClassVar[int] = 16
 
+    # On UDP the dissector decides nothing before its first IKE header: ESP-shaped datagrams and
+    # keepalives are neutral, and ESP_BEFORE_IKE of them reject it. So an IKE header passes, the neutral
+    # packets wait in a window that long (replayed to a dissector built on a later IKE message), and any
+    # other packet passes after the first (it makes the dissector reject) or closes the window on it.
+    prefilter_window: ClassVar[int] = ESP_BEFORE_IKE
+
     @staticmethod
     def prefilter(p: PacketHeads) -> np.ndarray:
-        """What a first packet must show not to be rejected: on UDP a NAT-T keepalive, an IKE header
-        (version byte, length field equal to the message, after the non-ESP marker or not) or an
-        ESP-shaped datagram (neutral); on TCP (RFC 8229) the same per frame after the optional IKETCP
-        prefix, with an incomplete frame judged on the bytes it has (as `_cut_frames` does)."""
+        """On UDP an IKE header (version byte, length field up to the message size, after the non-ESP
+        marker or not) or, after a flow's first packet, one that is not neutral (see above); on TCP
+        (RFC 8229) what a first segment must show not to be rejected: per frame after the optional IKETCP
+        prefix a keepalive, an IKE header behind the marker or an ESP-shaped frame, with an incomplete
+        frame judged on the bytes it has (as `_cut_frames` does)."""
         n, rows = p.length, np.arange(len(p))
         marked = p.zero(0, 4)
 
@@ -249,11 +249,12 @@ class IKE(Dissector):
             spi = np.zeros(len(p), np.int64)
             for j in range(4):
                 spi = (spi << 8) | p.head[rows, np.minimum(off + j, HEAD_BYTES - 1)]
-            return (size >= ESP_MIN_PACKET) & (size % ESP_ALIGNMENT == 0) & (spi > SPI_RESERVED_MAX) & (n >= off + 4)
+            return esp_shaped_rows(spi, size) & (n >= off + 4)
 
         zero = np.zeros(len(p), np.int64)
-        keepalive = (n == 1) & (p.u8(0) == NAT_KEEPALIVE[0])
-        udp = keepalive | np.where(marked, ike_at(zero + 4, n - 4), ike_at(zero, n) | esp_at(zero, n))
+        # UDP: an IKE header passes; a neutral datagram (ESP, keepalive) waits in the window; any other
+        # packet after the first passes, for the dissector to reject on (a first one closes the window).
+        udp = np.where(marked, ike_at(zero + 4, n - 4), ike_at(zero, n)) | ~(p.first() | udp_neutral_rows(p))
 
         # TCP: optional IKETCP prefix, then a 2-byte length that counts itself.
         prefix = np.frombuffer(IKETCP_PREFIX, np.uint8)
@@ -278,6 +279,12 @@ class IKE(Dissector):
         framed = (size > TCP_LENGTH) & np.where(complete, whole, partial)
         tcp = part_prefix | (rest < TCP_LENGTH) | framed
         return np.where(p.proto == IPPROTO_TCP, tcp, (p.proto == IPPROTO_UDP) & udp)
+
+    @classmethod
+    def closes_window(cls, p: PacketHeads) -> np.ndarray:
+        """A TCP flow's first segment decides (the prefilter mirrors `_cut_frames`); a UDP flow's first
+        datagram rules IKE out unless it is neutral."""
+        return (p.proto == IPPROTO_TCP) | ~udp_neutral_rows(p)
 
     def __init__(self) -> None:
         super().__init__()
