@@ -2,9 +2,9 @@
 
 Inputs (built once, cached in benchmarks/inputs/, git-ignored):
 
-  lab     the project's own captures (pcaps/corpus/*.pcap, ~180 packets a flow)
+  lab     the project's own captures (pcaps/corpus/*.pcap, ~270 packets a flow)
   short   the Ethernet captures (link type 1, pcap and pcapng) of the shared external corpus
-          (nDPI's test captures, ~10 packets a flow: DNS, HTTPS, QUIC, NTP, P2P, ...)
+          (nDPI's test captures, ~18 packets a flow: DNS, HTTPS, QUIC, NTP, P2P, ...)
   ppfP    packets-per-flow inputs: the flows of lab and short together that have at least P packets,
           each cut to its first P packets (so exactly P packets a flow), for P in --ppf
 
