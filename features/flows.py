@@ -509,13 +509,20 @@ class FlowTable:
                                 opened[sseg], in_flow, t.data, t.extra, t.payload_off[srows].astype(np.int64))
             # Per row and class: PASSED, FAILED, or CLOSED where a flow's first payload packet fails and
             # closes the class's window (and where the class is not for the flow's transport).
-            codes = np.zeros((len(srows), len(self.dissectors)), np.int8)
+            codes = np.full((len(srows), len(self.dissectors)), CLOSED, np.int8)
             opening = in_flow == 0
+            # Each class is asked about the rows of its transports only (classes share few transport sets).
+            views: dict[frozenset[int], tuple[np.ndarray, PacketHeads]] = {}
             for j, cls in enumerate(self.dissectors):
-                ours = np.isin(heads.proto, list(cls.transports))
-                ok = np.asarray(cls.prefilter(heads), bool)
-                shut = opening & np.asarray(cls.closes_window(heads), bool)
-                codes[:, j] = np.where(~ours, CLOSED, np.where(ok, PASSED, np.where(shut, CLOSED, FAILED)))
+                if cls.transports not in views:
+                    ours = np.flatnonzero(np.isin(heads.proto, list(cls.transports)))
+                    views[cls.transports] = ours, heads if len(ours) == len(heads) else heads.take(ours)
+                ours, mine = views[cls.transports]
+                if not len(ours):
+                    continue
+                ok = np.asarray(cls.prefilter(mine), bool)
+                shut = opening[ours] & np.asarray(cls.closes_window(mine), bool)
+                codes[ours, j] = np.where(ok, PASSED, np.where(shut, CLOSED, FAILED))
             # A flow whose classes all closed on its first payload packet is screened no further.
             want[sseg[opening & (codes == CLOSED).all(axis=1)]] = 1
             on = rank[screened] < want[sseg]

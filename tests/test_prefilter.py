@@ -85,7 +85,8 @@ def test_flow_table_seeds() -> None:
 
 
 def test_prefilters_shape() -> None:
-    """Every prefilter returns one bool per row, also for no rows and for short payloads."""
+    """Every prefilter returns one bool per row, also for no rows and for short payloads, and answers each
+    row alone: asked about some of the rows (`PacketHeads.take`), it says what it said of them among all."""
     rng = np.random.default_rng(1)
     for n in (0, 1, 500):
         length = rng.integers(1, 1500, n)
@@ -93,10 +94,16 @@ def test_prefilters_shape() -> None:
         head = rng.integers(0, 256, (n, HEAD_BYTES), dtype=np.uint8)
         head[np.arange(HEAD_BYTES)[None, :] >= length[:, None]] = 0
         p = PacketHeads(rng.choice(np.array([6, 17, 50, 51], np.uint8), n), length, head,
-                        rng.integers(0, 2, n).astype(np.uint8), np.zeros(n, np.uint8), rng.integers(0, 2, n) > 0)
+                        rng.integers(0, 2, n).astype(np.uint8), np.zeros(n, np.uint8), rng.integers(0, 2, n) > 0,
+                        rng.integers(0, 3, n))
+        some = np.flatnonzero(rng.integers(0, 2, n) > 0)
         for cls in catalog.ALL:
             out = np.asarray(cls.prefilter(p))
             assert out.shape == (n,) and out.dtype == bool, cls.__name__
+            # Row by row: the flow table asks each class about the rows of its transports only.
+            assert np.array_equal(np.asarray(cls.prefilter(p.take(some))), out[some]), cls.__name__
+            assert np.array_equal(np.asarray(cls.closes_window(p.take(some))),
+                                  np.asarray(cls.closes_window(p))[some]), cls.__name__
 
 
 def _heads(rows: list[tuple[int, bytes]], direction: int, opened: bool) -> PacketHeads:

@@ -109,6 +109,13 @@ class PacketHeads:
     def __len__(self) -> int:
         return int(self.length.shape[0])
 
+    def take(self, rows: np.ndarray) -> PacketHeads:
+        """The same view of `rows` only (the whole payloads stay where they are)."""
+        pick = lambda a: None if a is None else a[rows]  # noqa: E731
+        return PacketHeads(self.proto[rows], self.length[rows], self.head[rows], self.direction[rows],
+                           self.tcp_flags[rows], self.opened[rows], pick(self.rank), self.data, self.extra,
+                           pick(self.offset))
+
     def first(self) -> np.ndarray:
         """Rows that are their flow's first payload packet."""
         return np.ones(len(self), bool) if self.rank is None else self.rank == 0
