@@ -419,6 +419,15 @@ _FOLD_COLUMNS = np.array([[_SUMS[f"{dn}_{k}"] for k in ("size_n", "size_sum", "s
 _PAIRED = 12  # leading payload bytes a packet is compared on with the previous one of its direction
 
 
+@njit(cache=True, nogil=True, inline="always")
+def _word(b: np.ndarray, at: int, big: bool) -> int:  # pragma: no cover - compiled
+    """Bytes at..at+3 of `b` as an unsigned 32-bit value, big- or little-endian."""
+    v = 0
+    for k in range(4):
+        v = (v << 8) | np.int64(b[at + k if big else at + 3 - k])
+    return v
+
+
 @njit(cache=True, nogil=True)
 def _fold_payloads(sid: np.ndarray, d: np.ndarray, ts: np.ndarray, plen: np.ndarray, off: np.ndarray,
                    data: np.ndarray, extra: np.ndarray, slot: np.ndarray, last_ts: np.ndarray,
@@ -460,18 +469,11 @@ def _fold_payloads(sid: np.ndarray, d: np.ndarray, ts: np.ndarray, plen: np.ndar
             for j in range(HDR):
                 if j < both and hdr[j] == last_hdr[row, di, j]:
                     sums[s, c[7 + j]] += 1.0
-            if both >= 8:
-                be = (hdr[4] << 24 | hdr[5] << 16 | hdr[6] << 8 | hdr[7]) - (
-                    np.int64(last_hdr[row, di, 4]) << 24 | np.int64(last_hdr[row, di, 5]) << 16
-                    | np.int64(last_hdr[row, di, 6]) << 8 | np.int64(last_hdr[row, di, 7]))
-                if 1 <= be <= COUNTER_STEP:
-                    sums[s, c[7 + HDR]] += 1.0
-            if both >= 12:
-                le = (hdr[11] << 24 | hdr[10] << 16 | hdr[9] << 8 | hdr[8]) - (
-                    np.int64(last_hdr[row, di, 11]) << 24 | np.int64(last_hdr[row, di, 10]) << 16
-                    | np.int64(last_hdr[row, di, 9]) << 8 | np.int64(last_hdr[row, di, 8]))
-                if 1 <= le <= COUNTER_STEP:
-                    sums[s, c[8 + HDR]] += 1.0
+            prev_hdr = last_hdr[row, di]
+            if both >= 8 and 1 <= _word(hdr, 4, True) - _word(prev_hdr, 4, True) <= COUNTER_STEP:
+                sums[s, c[7 + HDR]] += 1.0
+            if both >= 12 and 1 <= _word(hdr, 8, False) - _word(prev_hdr, 8, False) <= COUNTER_STEP:
+                sums[s, c[8 + HDR]] += 1.0
         last_ts[row, di] = ts[i]
         last_len[row, di] = hlen
         for j in range(_PAIRED):
