@@ -466,10 +466,10 @@ def _fold_payloads(sid: np.ndarray, d: np.ndarray, ts: np.ndarray, plen: np.ndar
             maxs[s, 2 + di] = max(maxs[s, 2 + di], gap)
             sums[s, c[6]] += 1.0
             both = min(hlen, last_len[row, di])  # bytes real in both packets
-            for j in range(HDR):
-                if j < both and hdr[j] == last_hdr[row, di, j]:
-                    sums[s, c[7 + j]] += 1.0
             prev_hdr = last_hdr[row, di]
+            for j in range(HDR):
+                if j < both and hdr[j] == prev_hdr[j]:
+                    sums[s, c[7 + j]] += 1.0
             if both >= 8 and 1 <= _word(hdr, 4, True) - _word(prev_hdr, 4, True) <= COUNTER_STEP:
                 sums[s, c[7 + HDR]] += 1.0
             if both >= 12 and 1 <= _word(hdr, 8, False) - _word(prev_hdr, 8, False) <= COUNTER_STEP:

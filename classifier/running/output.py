@@ -52,10 +52,8 @@ def _plain(texts: list[str]) -> bool:
     return _ESCAPED.search("".join(texts)) is None
 
 
-def _strings(values: list) -> list[str]:
-    present = [v for v in values if v is not None]
-    if _plain(present):
-        return ["null" if v is None else f'"{v}"' for v in values]
+def _escaped(values: list) -> list[str]:
+    """Each string's JSON text through json.dumps (null for None), for a column with text to escape."""
     cache: dict[str | None, str] = {None: "null"}  # most values repeat: captures, transports, labels
     out = []
     for v in values:
@@ -80,9 +78,11 @@ def _column_text(column: pa.Array) -> tuple[str, list]:
     type_ = column.type
     if pa.types.is_string(type_):
         values = column.to_pylist()
-        if not column.null_count and _plain(values):
+        if not _plain([v for v in values if v is not None] if column.null_count else values):
+            return "%s", _escaped(values)
+        if not column.null_count:
             return '"%s"', values
-        return "%s", _strings(values)
+        return "%s", ["null" if v is None else f'"{v}"' for v in values]
     if pa.types.is_integer(type_) or pa.types.is_floating(type_):
         if not column.null_count and type_ in (pa.int64(), pa.float64()):  # the values, read in place
             values = np.frombuffer(column.buffers()[1], np.int64 if type_ == pa.int64() else np.float64)
