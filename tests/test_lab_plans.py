@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections import Counter
+from dataclasses import replace
 
 import pytest
 
@@ -29,6 +30,21 @@ def test_later_repetitions_vary_mix_sizes_and_mtu() -> None:
         assert Counter(i.partition(":")[0] for i in rest) >= Counter(i.partition(":")[0] for i in PLAN.split(","))
     assert reps[0] != reps[1]
     assert scaled(PLAN, 3) == scaled(PLAN, 3)  # seeded by the plan: a re-run sends the same
+
+
+def test_another_recording_varies_every_repetition_the_first_too() -> None:
+    one, two = scaled(PLAN, 2, recording=1), scaled(PLAN, 2, recording=2)
+    assert len(one.split(",mtu:")) == len(two.split(",mtu:")) == 2  # two repetitions, each with its own MTU
+    assert one.startswith("mtu:") and not one.startswith(PLAN)
+    assert len({one, two, scaled(PLAN, 2)}) == 3
+    assert scaled(PLAN, 2, recording=1) == one  # a recording is reproducible
+
+
+def test_recordings_of_a_variant_have_their_own_seeds() -> None:
+    v = VARIANTS[0]
+    seeds = {replace(v, recording=k).seed for k in range(4)}
+    assert len(seeds) == 4 and v.seed in seeds
+    assert replace(v, recording=3).plan(PLAN, 1) == scaled(PLAN, 1, 3)
 
 
 @pytest.mark.parametrize("plan", sorted({p for v in VARIANTS for p in v.opts.get("plans", (v.opts.get("plan"),)) if p}))

@@ -20,7 +20,7 @@ examples:
 
 TRAIN_HELP = """\
 Train the flow model on labelled captures (manifests in the labelled-flows format vpnid eval reads),
-compare estimators with folds grouped by capture, calibrate, choose per-family thresholds that keep
+compare estimators with folds grouped by recording, calibrate, choose per-family thresholds that keep
 every validation negative unlabelled, save the model (skops) and write its card next to it (NAME.md).
 
 examples:
@@ -73,7 +73,10 @@ def cmd_train(args: argparse.Namespace) -> int:
     evals = [(str(labels), drop, train.report_text(train.evaluate_with(model, labels, drop)))
              for labels in args.eval for drop in args.eval_drop_first]
     card = out.with_suffix(".md")
-    card.write_text(train.model_card(out.stem, model, ds, models, digest, evals, args.views), encoding="utf-8")
+    err.print(f"chose {chosen}; estimating recall on configurations never recorded (folds by capture name)")
+    unseen = train.by_configuration(ds, model)
+    card.write_text(train.model_card(out.stem, model, ds, models, digest, evals, args.views, unseen),
+                    encoding="utf-8")
     err.print(f"chose {chosen}; thresholds " + ", ".join(f"{f} {t:.3f}" for f, t in model.thresholds_.items())
               + f"; wrote {shown(out)} and {shown(card)}")
     return 0

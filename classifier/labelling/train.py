@@ -2,9 +2,11 @@
 
 Every flow of every labelled capture is a row, signature-confirmed or not (the model ignores the
 dissector-state columns; see FlowModel). Each capture is read several times with each flow's first
-0, 10, 25, 50... packets withheld, so the model sees tunnels the way a late-starting capture does. Folds are grouped by capture name (the committed corpus holds trimmed copies
-of generated captures, so a name is one recording), identical (features, family) rows are kept once, and
-every random choice is seeded: the same inputs give the same model.
+0, 10, 25, 50... packets withheld, so the model sees tunnels the way a late-starting capture does. Folds are
+grouped by recording: captures that begin with the same frame (time and bytes) are one recording, so a
+committed corpus capture (a trimmed copy) never validates the lab run it was cut from, while two lab runs
+(`vpnid lab --seed K`) are two recordings. Identical (features, family) rows are kept once, and every random
+choice is seeded: the same inputs give the same model.
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ from vpnid.classifier.labelling.evaluate import LabelRow, Report, print_report, 
 from vpnid.classifier.labelling.judgement import ESTIMATORS
 from vpnid.classifier.labelling.model import FlowModel
 from vpnid.classifier.running.pipeline import Options, classify_capture
+from vpnid.features.capture import read_chunks
 from vpnid.features.families import NONE
 from vpnid.features.vectors import INDEX_COLUMNS, N_FIRST, SCHEMA_VERSION, VIEWS, extract, feature_names
 
@@ -64,6 +67,16 @@ def sha256(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
+def recording(path: Path) -> str:
+    """A recording's identity: its capture's name where the file begins, else the first frame's time
+    and bytes. Trimming keeps a capture's head, so a trimmed copy and its source share this."""
+    first = next(read_chunks(path, chunk_frames=1), None)
+    if first is None or not len(first):
+        return f"empty:{path.name}"
+    frame = first.data[int(first.offset[0]):int(first.offset[0]) + int(first.caplen[0])]
+    return hashlib.sha256(int(first.ts_ns[0]).to_bytes(8, "little", signed=True) + frame.tobytes()).hexdigest()[:16]
+
+
 def build_dataset(manifests: list[str | Path], views: tuple[int, ...] = VIEWS, n_first: int = N_FIRST) -> Dataset:
     by_capture: dict[Path, list[LabelRow]] = {}
     for m in manifests:
@@ -82,7 +95,8 @@ def build_dataset(manifests: list[str | Path], views: tuple[int, ...] = VIEWS, n
         captures.append((str(path), ",".join(sorted({r.family for r in rows})), sha256(path)))
     data = pd.concat(frames, ignore_index=True)
     data = data[data.family.notna() & ~data.family.isin(UNUSABLE)]
-    data["group"] = [Path(p).name for p in data.pcap]
+    groups = {p: recording(Path(p)) for p in data.pcap.unique()}
+    data["group"] = data.pcap.map(groups)
     data = data.drop_duplicates(subset=[*feature_names(n_first), "family"]).reset_index(drop=True)
     return Dataset(data, captures, n_first)
 
@@ -109,6 +123,15 @@ def per_class(y: np.ndarray, pred: np.ndarray) -> pd.DataFrame:
 def compare(ds: Dataset, kinds: tuple[str, ...] = ESTIMATORS, seed: int = 0) -> dict[str, FlowModel]:
     """Fit every candidate (each with its own grouped out-of-fold thresholds)."""
     return {k: FlowModel(estimator=k, n_first=ds.n_first, seed=seed).fit(ds.X, ds.y, ds.groups) for k in kinds}
+
+
+def by_configuration(ds: Dataset, model: FlowModel) -> pd.DataFrame:
+    """Out-of-fold metrics of the chosen estimator when folds hold out every recording of a configuration
+    (captures grouped by name, as the lab names them by variant): the harder estimate, for a
+    configuration the lab never recorded."""
+    names = ds.frame.pcap.map(lambda p: Path(p).name).to_numpy(str)
+    held_out = FlowModel(estimator=model.estimator, n_first=ds.n_first, seed=model.seed).fit(ds.X, ds.y, names)
+    return per_class(held_out.oof_y_, oof_predictions(held_out))
 
 
 def tunnel_recall(model: FlowModel) -> float:
@@ -159,11 +182,12 @@ def _versions() -> dict[str, str]:
 
 
 def model_card(name: str, model: FlowModel, ds: Dataset, models: dict[str, FlowModel], model_sha: str,
-               evals: list[tuple[str, int, str]], views: tuple[int, ...]) -> str:
+               evals: list[tuple[str, int, str]], views: tuple[int, ...], unseen: pd.DataFrame) -> str:
     """Markdown card: what the model was trained on, how it was chosen and how it scores."""
     comp = pd.DataFrame([{"estimator": k, "tunnel recall (out-of-fold, zero-FP thresholds)": tunnel_recall(m),
                           **{f"threshold {f}": t for f, t in m.thresholds_.items()}} for k, m in models.items()])
-    counts = ds.frame.groupby("family").agg(flows=("family", "size"), captures=("group", "nunique")).reset_index()
+    counts = ds.frame.groupby("family").agg(flows=("family", "size"), captures=("pcap", "nunique"),
+                                            recordings=("group", "nunique")).reset_index()
     imp = pd.DataFrame({"feature": model.feature_names_, "importance": model.importances_.round(4)})
     imp = imp.sort_values("importance", ascending=False, kind="stable").head(15)
     data = pd.DataFrame(ds.captures, columns=["capture", "family", "sha256"])
@@ -174,7 +198,7 @@ def model_card(name: str, model: FlowModel, ds: Dataset, models: dict[str, FlowM
         f"- Model file sha256: `{model_sha}`",
         f"- Feature schema version: {SCHEMA_VERSION} (features/vectors.py), first-packets length N = {model.n_first}",
         f"- Estimator: `{model.estimator}` with {model.calibration} calibration (CalibratedClassifierCV, folds "
-        f"grouped by capture), seed {model.seed}",
+        f"grouped by recording), seed {model.seed}",
         "- Per-family thresholds: " + ", ".join(f"{f} {t:.3f}" for f, t in model.thresholds_.items()),
         "- Libraries: " + ", ".join(f"{k} {v}" for k, v in _versions().items()),
         "",
@@ -192,7 +216,9 @@ def model_card(name: str, model: FlowModel, ds: Dataset, models: dict[str, FlowM
         "## Training data",
         "",
         f"Every labelled flow, read with the first {', '.join(map(str, views))} packets of each flow withheld;",
-        "identical rows removed; folds grouped by capture name. Dissector-state columns are not used.",
+        "identical rows removed; folds grouped by recording (captures that begin with the same frame are one",
+        "recording: a trimmed corpus copy goes with the lab run it was cut from). Dissector-state columns are",
+        "not used.",
         "",
         _md(counts),
         "",
@@ -206,9 +232,19 @@ def model_card(name: str, model: FlowModel, ds: Dataset, models: dict[str, FlowM
         "",
         _md(comp),
         "",
-        "## Out-of-fold metrics of the chosen model (per class, grouped by capture)",
+        "## Out-of-fold metrics of the chosen model (per class, grouped by recording)",
+        "",
+        "Each fold's captures are recordings the model in that fold never saw (new keys, timing, MTU and",
+        "traffic mix), of configurations other recordings showed it.",
         "",
         _md(per_class(model.oof_y_, oof_predictions(model))),
+        "",
+        "## Out-of-fold metrics for configurations never recorded (grouped by capture name)",
+        "",
+        "The same estimator with every recording of a configuration (a lab variant) held out together: what",
+        "to expect of a tunnel set up in a way the lab never recorded. Thresholds are this run's own.",
+        "",
+        _md(unseen),
         "",
         "## Most important features (permutation importance, balanced accuracy)",
         "",

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import os
 import shutil
 import signal
@@ -37,6 +38,7 @@ examples:
   vpnid lab --install                       # apt-get the daemons (and pip aioquic), then run all
   vpnid lab --only wireguard,openvpn-udp    # a family, a name prefix or exact names
   vpnid lab --scale 4 --out /data/lab       # four times the traffic per capture, for training
+  vpnid lab --seed 2 --out /data/lab-2      # another recording of every variant (training folds: by recording)
   vpnid lab --commit-corpus                 # regenerate and rewrite the trimmed pcaps/corpus/
 """
 
@@ -52,13 +54,20 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--install", action="store_true", help="install missing packages with apt (and pip) first")
     p.add_argument("--scale", type=int, default=1, metavar="N", help="the variant's traffic plan, then N-1 varied repetitions (order, sizes, one more kind, "
                    "lower MTU)")
+    p.add_argument("--seed", type=int, default=0, metavar="K",
+                   help="which recording: 0 (default) drives the committed corpus's plans; K > 0 varies every plan "
+                   "(MTU, mix, sizes, length) and each random choice, so runs with different K are different "
+                   "recordings of the same configurations")
     p.add_argument("--commit-corpus", action="store_true",
                    help=f"also write trimmed copies and their manifest rows to {CORPUS}")
     p.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
-    variants = catalog.select(args.only)
+    if args.seed < 0:
+        print(f"--seed must be 0 or more, not {args.seed}", file=sys.stderr)
+        return 2
+    variants = [dataclasses.replace(v, recording=args.seed) for v in catalog.select(args.only)]
     if args.list:
         for v in variants:
             print(f"{v.name:36} {v.family:12} {v.transport:8} {v.server_port:>5}  ~{v.seconds:>3} s  {v.config}")

@@ -30,11 +30,16 @@ class Variant:
     seconds: int = 20  # rough wall time at scale 1, for --list and the README
     needs: tuple[str, ...] = ()  # Debian packages beyond the lab's base set
     modules: tuple[str, ...] = ()  # Python modules (from PyPI) the drive imports in a helper
+    recording: int = 0  # `vpnid lab --seed K`: 0 is the committed corpus's recording, K > 0 another one
 
     @property
     def seed(self) -> int:
-        """Stable per variant, so a re-run sends the same plan and roughly the same packets."""
-        return zlib.crc32(self.name.encode())
+        """Stable per variant and recording, so a re-run sends the same plan and roughly the same packets."""
+        return zlib.crc32(self.name.encode()) + RECORDING_STRIDE * self.recording
+
+    def plan(self, plan: str, scale: int) -> str:
+        """What this recording drives through the tunnel for one of the variant's plans (see `scaled`)."""
+        return scaled(plan, scale, self.recording)
 
 
 # Plan variety for --scale N > 1 (training captures): every repetition after the first is the plan reshuffled,
@@ -43,12 +48,16 @@ class Variant:
 VARIETY_MTUS = (1400, 1360, 1280)
 VARIETY_EXTRA = ("idle:25", "bulk:400000", "interactive:8", "web:2", "idle:45")
 VARIETY_STRETCH = (0.5, 2.0)
+RECORDING_STRIDE = 1_000_003  # seeds of different recordings of one variant never meet
 
 
-def scaled(plan: str, scale: int) -> str:
-    """A longer capture for --scale N: the plan, then N-1 varied repetitions of it (scale 1 is the plan as is)."""
-    rng = random.Random(zlib.crc32(plan.encode()))
-    return ",".join([plan, *(_varied(plan, rng) for _ in range(scale - 1))])
+def scaled(plan: str, scale: int, recording: int = 0) -> str:
+    """A longer capture for --scale N: the plan, then N-1 varied repetitions of it (scale 1 is the plan as is).
+    Another recording (K > 0) varies every repetition, the first too, with choices of its own, so two
+    recordings of a variant differ in MTU, mix, sizes and length, as two users of one configuration do."""
+    rng = random.Random(zlib.crc32(plan.encode()) + RECORDING_STRIDE * recording)
+    first = [] if recording else [plan]
+    return ",".join([*first, *(_varied(plan, rng) for _ in range(scale - len(first)))])
 
 
 def _varied(plan: str, rng: random.Random) -> str:

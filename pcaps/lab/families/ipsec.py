@@ -13,7 +13,7 @@ from pathlib import Path
 from vpnid.pcaps.lab.config import render
 from vpnid.pcaps.lab.netns import CLIENT_IP, SERVER_IP, Lab, run_checked
 from vpnid.pcaps.lab.pki import Pki
-from vpnid.pcaps.lab.variant import Variant, scaled
+from vpnid.pcaps.lab.variant import Variant
 
 INNER = {"a": "198.19.3.1", "b": "198.19.3.2"}
 ADDR = {"a": CLIENT_IP, "b": SERVER_IP}
@@ -69,7 +69,7 @@ def drive(lab: Lab, pki: Pki, v: Variant, scale: int) -> None:
         if i:  # forced rekeys between plans: a new child SA (new SPIs), then a new IKE SA
             swanctl("a", "--rekey", "--child", "lab")
             swanctl("a", "--rekey", "--ike", "lab")
-        lab.traffic(INNER["b"], scaled(plan, scale), v.seed + i)
+        lab.traffic(INNER["b"], v.plan(plan, scale), v.seed + i)
     swanctl("a", "--terminate", "--ike", "lab", "--timeout", "10")
 
 

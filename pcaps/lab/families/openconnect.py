@@ -8,7 +8,7 @@ from pathlib import Path
 from vpnid.pcaps.lab.config import TEMPLATES, render
 from vpnid.pcaps.lab.netns import SERVER_IP, Lab
 from vpnid.pcaps.lab.pki import Pki
-from vpnid.pcaps.lab.variant import Variant, scaled
+from vpnid.pcaps.lab.variant import Variant
 
 INNER_SERVER = "198.19.4.1"
 PASSWORD = "labpass"
@@ -44,7 +44,7 @@ def _drive(lab: Lab, pki: Pki, v: Variant, scale: int, sockets: Path) -> None:
     lab.wait_log(f"{v.name}-openconnect", "Established DTLS" if v.opts["dtls"] else "CSTP connected")
     lab.wait_for(lambda: INNER_SERVER in lab.sh("b", "ip", "-o", "-4", "addr"), "ocserv tunnel address")
     lab.traffic_server(INNER_SERVER)
-    lab.traffic(INNER_SERVER, scaled(v.opts["plan"], scale), v.seed)
+    lab.traffic(INNER_SERVER, v.plan(v.opts["plan"], scale), v.seed)
     lab.stop(client)
 
 

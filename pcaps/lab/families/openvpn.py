@@ -11,7 +11,7 @@ from pathlib import Path
 from vpnid.pcaps.lab.config import render
 from vpnid.pcaps.lab.netns import SERVER_IP, Lab
 from vpnid.pcaps.lab.pki import Pki
-from vpnid.pcaps.lab.variant import Variant, scaled
+from vpnid.pcaps.lab.variant import Variant
 
 INNER_SERVER = "198.19.1.1"
 HIGH_PORT = 37519  # arbitrary, away from every well-known VPN port
@@ -57,7 +57,7 @@ def run(lab: Lab, pki: Pki, v: Variant, scale: int, listen: tuple[str, int], rem
     lab.traffic_server(INNER_SERVER)
     client = lab.spawn("a", f"{v.name}-client", "openvpn", "--config", str(cli))
     lab.wait_log(f"{v.name}-client", READY)
-    lab.traffic(INNER_SERVER, scaled(v.opts["plan"], scale), v.seed)
+    lab.traffic(INNER_SERVER, v.plan(v.opts["plan"], scale), v.seed)
     lab.stop(client)
 
 

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from vpnid.pcaps.lab.netns import SERVER_IP, Lab
 from vpnid.pcaps.lab.pki import Pki
-from vpnid.pcaps.lab.variant import Variant, scaled
+from vpnid.pcaps.lab.variant import Variant
 
 TARGET = "198.19.5.1"  # the "web server" behind the proxy, on lo in namespace b
 SOCKS_HOST, SOCKS_PORT = "127.0.0.1", 1080  # ss-local's SOCKS5 front end, in namespace a
@@ -30,7 +30,7 @@ def drive(lab: Lab, pki: Pki, v: Variant, scale: int) -> None:
     lab.sh("b", "ip", "addr", "add", f"{TARGET}/32", "dev", "lo")
     start(lab, v)
     lab.traffic_server(TARGET)
-    lab.traffic(TARGET, scaled(v.opts["plan"], scale), v.seed, "--socks", SOCKS)
+    lab.traffic(TARGET, v.plan(v.opts["plan"], scale), v.seed, "--socks", SOCKS)
 
 
 VARIANTS = [

@@ -7,7 +7,7 @@ from pathlib import Path
 
 from vpnid.pcaps.lab.netns import SERVER_IP, Lab
 from vpnid.pcaps.lab.pki import Pki
-from vpnid.pcaps.lab.variant import Variant, scaled
+from vpnid.pcaps.lab.variant import Variant
 
 INNER = {"a": "198.19.2.1", "b": "198.19.2.2"}
 UAPI = Path("/var/run/wireguard")  # shared by all namespaces, hence per-run interface names
@@ -45,7 +45,7 @@ def drive(lab: Lab, pki: Pki, v: Variant, scale: int) -> None:
         if i:  # forced re-handshake: forget the peer's session, so the next packet starts a new handshake
             lab.sh("a", "wg", "set", ifname["a"], "peer", keys["b"][1], "remove")
             lab.sh("a", "wg", "set", ifname["a"], *peer)
-        lab.traffic(INNER["b"], scaled(plan, scale), v.seed + i)
+        lab.traffic(INNER["b"], v.plan(plan, scale), v.seed + i)
 
 
 def _variant(name: str, port: int, config: str, plans: tuple[str, ...], seconds: int, keepalive: int = 0) -> Variant:
