@@ -49,6 +49,22 @@ def test_small_hgb_compiles_and_other_estimators_stay_with_scikit_learn(hgb):
     assert compile_model(FlowModel(estimator="rf", n_splits=4).fit(Xs, y, g)) is None
 
 
+def test_uncalibrated_hgb_compiles_to_the_same_softmax_and_survives_the_cache(tmp_path, monkeypatch):
+    X, y, g = synthetic(2)
+    m = FlowModel(estimator="hgb", calibration="none", n_splits=4).fit(X, y, g)
+    compiled = compile_model(m)
+    assert compiled is not None and not compiled.calibrated
+    rows = np.vstack([X, X * 3.0, np.where(np.arange(X.size).reshape(X.shape) % 5 == 0, np.nan, X)])
+    assert compiled.predict_proba(rows).tobytes() == m.predict_proba(rows).tobytes()
+    assert compiled.judge(rows) == m.judge(rows)
+    monkeypatch.setenv(loading.CACHE_ENV, str(tmp_path / "cache"))
+    save(m, tmp_path / "raw.skops")
+    loading.load(tmp_path / "raw.skops")  # compiles and caches
+    cached = loading.load(tmp_path / "raw.skops")
+    assert isinstance(cached, CompiledModel) and not cached.calibrated
+    assert cached.predict_proba(rows).tobytes() == m.predict_proba(rows).tobytes()
+
+
 def test_cache_serves_only_the_file_it_was_compiled_from(hgb, tmp_path, monkeypatch):
     m, X = hgb
     monkeypatch.setenv(loading.CACHE_ENV, str(tmp_path / "cache"))

@@ -20,7 +20,7 @@ examples:
 
 TRAIN_HELP = """\
 Train the flow model on labelled captures (manifests in the labelled-flows format vpnid eval reads),
-compare estimators with folds grouped by recording, calibrate, choose per-family thresholds that keep
+compare estimators (calibrated or not) with folds grouped by recording, choose per-family thresholds that keep
 every validation negative unlabelled, save the model (skops) and write its card next to it (NAME.md).
 
 examples:
@@ -63,9 +63,12 @@ def cmd_train(args: argparse.Namespace) -> int:
     if ds.frame.family.nunique() < 2 or m.NONE not in set(ds.y):
         error("training needs negative (none) flows and at least one tunnel family")
         return 2
-    err.print(f"{len(ds.frame)} training flows from {len(ds.captures)} captures; comparing {', '.join(m.ESTIMATORS)}")
-    models = train.compare(ds, m.ESTIMATORS, seed=args.seed)
-    chosen = train.choose(models) if args.estimator == "auto" else args.estimator
+    kinds = m.ESTIMATORS if args.estimator == "auto" else (args.estimator,)
+    calibrations = m.CALIBRATIONS if args.calibration == "auto" else (args.calibration,)
+    err.print(f"{len(ds.frame)} training flows from {len(ds.captures)} captures; comparing {', '.join(kinds)} "
+              f"with calibration {' and '.join(calibrations)}")
+    models = train.compare(ds, kinds, calibrations, seed=args.seed)
+    chosen = train.choose(models)
     model = models[chosen]
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -84,7 +87,7 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 def register(sub: argparse._SubParsersAction) -> None:
     # Not from labelling.model/train: building this parser would then import scikit-learn and pandas.
-    from vpnid.classifier.labelling.judgement import ESTIMATORS
+    from vpnid.classifier.labelling.judgement import CALIBRATIONS, ESTIMATORS
     from vpnid.features.vectors import N_FIRST, VIEWS
 
     p = sub.add_parser("features", help="write per-flow feature vectors (Parquet)", description=FEATURES_HELP,
@@ -104,6 +107,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--out", required=True, metavar="models/NAME.skops")
     p.add_argument("--estimator", choices=("auto", *ESTIMATORS), default="auto",
                    help="auto: best grouped out-of-fold tunnel recall at zero-FP thresholds (default)")
+    p.add_argument("--calibration", choices=("auto", *CALIBRATIONS), default="auto",
+                   help="sigmoid (CalibratedClassifierCV over grouped folds) or none (the estimator's own "
+                   "probabilities; thresholds still come from held-out negatives); auto: compare both (default)")
     p.add_argument("--views", type=_ints, default=VIEWS, metavar="N,N,...",
                    help="packets withheld per flow, one training pass each (default: %(default)s)")
     p.add_argument("--n-first", type=int, default=N_FIRST, metavar="N")

@@ -11,8 +11,9 @@ Prediction walks every tree for every row in one compiled loop and then applies 
 the same NumPy operations scikit-learn uses, so probabilities are bit-identical; a model is only
 compiled after that was checked on sample rows, else the scikit-learn model is used.
 
-Supported: `HistGradientBoostingClassifier` inside a sigmoid `CalibratedClassifierCV` (the shipped
-kind); any other estimator kind loads and predicts through scikit-learn.
+Supported: `HistGradientBoostingClassifier` with three or more classes, inside a sigmoid
+`CalibratedClassifierCV` or alone (its softmax, as scikit-learn computes it); any other estimator kind
+loads and predicts through scikit-learn.
 """
 
 from __future__ import annotations
@@ -33,7 +34,7 @@ if TYPE_CHECKING:
     from vpnid.classifier.labelling.model import FlowModel
 
 CACHE_MARKER = "vpnid.compiled-model"
-CACHE_FORMAT = 2  # 2: entries carry the sha256 of their own arrays
+CACHE_FORMAT = 3  # 2: entries carry the sha256 of their own arrays; 3: and say whether they are calibrated
 
 
 # ---------------------------------------------------------------------------------------------- kernels
@@ -88,6 +89,7 @@ class CompiledModel:
     columns: np.ndarray  # schema positions the trees read, in their feature order
     packets_column: int
     min_packets: int
+    calibrated: bool  # sigmoid-calibrated members; else one uncalibrated estimator (softmax of its scores)
     n_first: int
     n_features_in: int
     feature_names: list[str]  # names of `columns`
@@ -114,6 +116,12 @@ class CompiledModel:
         raw = _raw_scores(used, self.feature, self.threshold, self.missing_left, self.left, self.right,
                           self.value, self.roots, self.baseline)
         n_classes = len(self.classes)
+        if not self.calibrated:  # sklearn.utils.extmath.softmax, as HistGradientBoostingClassifier calls it
+            proba = raw[0]
+            proba -= np.max(proba, axis=1).reshape((-1, 1))
+            np.exp(proba, out=proba)
+            proba /= np.sum(proba, axis=1).reshape((-1, 1))
+            return proba
         mean = np.zeros((len(X), n_classes))
         for m in range(len(raw)):  # sklearn.calibration._CalibratedClassifier.predict_proba, step by step
             proba = np.zeros((len(X), n_classes))
@@ -146,7 +154,8 @@ class CompiledModel:
         arrays = dict(marker=np.str_(CACHE_MARKER), format=np.int64(CACHE_FORMAT), sha256=np.str_(sha256),
                       classes=np.array(self.classes), families=np.array(fams),
                       family_thresholds=np.array([self.thresholds[f] for f in fams]),
-                      ints=np.array([self.packets_column, self.min_packets, self.n_first, self.n_features_in]),
+                      ints=np.array([self.packets_column, self.min_packets, self.n_first, self.n_features_in,
+                                     int(self.calibrated)]),
                       feature_names=np.array(self.feature_names), **{k: getattr(self, k) for k in self._ARRAYS})
         np.savez(file, arrays_sha256=np.str_(_digest(arrays)), **arrays)
 
@@ -160,10 +169,11 @@ class CompiledModel:
             if (str(arrays.pop("arrays_sha256")) != _digest(arrays) or str(arrays["marker"]) != CACHE_MARKER
                     or int(arrays["format"]) != CACHE_FORMAT or str(arrays["sha256"]) != sha256):
                 return None
-            packets_column, min_packets, n_first, n_features_in = arrays["ints"].tolist()
+            packets_column, min_packets, n_first, n_features_in, calibrated = arrays["ints"].tolist()
             compiled = cls(classes=arrays["classes"].tolist(),
                            thresholds=dict(zip(arrays["families"].tolist(), arrays["family_thresholds"].tolist())),
-                           packets_column=packets_column, min_packets=min_packets, n_first=n_first,
+                           packets_column=packets_column, min_packets=min_packets, calibrated=bool(calibrated),
+                           n_first=n_first,
                            n_features_in=n_features_in, feature_names=arrays["feature_names"].tolist(),
                            **{k: arrays[k] for k in cls._ARRAYS})
         except (OSError, KeyError, ValueError, TypeError, EOFError, zipfile.BadZipFile):  # absent, torn, foreign
@@ -185,6 +195,7 @@ class CompiledModel:
             and (self.feature[inner] < len(self.columns)).all()
             and (self.columns >= 0).all() and (self.columns < self.n_features_in).all()
             and ((self.cal_class >= 0) & (self.cal_class < len(self.classes))).all()
+            and (self.calibrated or len(self.roots) == 1)
             and 0 <= self.packets_column < self.n_features_in and len(self.feature_names) == len(self.columns)
             and ((self.ranked >= 0) & (self.ranked < len(self.columns))).all())
 
@@ -206,16 +217,20 @@ def compile_model(model: FlowModel) -> CompiledModel | None:
     from sklearn.ensemble import HistGradientBoostingClassifier
 
     est = model.estimator_
-    if not isinstance(est, CalibratedClassifierCV) or est.method != "sigmoid":
+    calibrated = isinstance(est, CalibratedClassifierCV)
+    if calibrated and est.method == "sigmoid":
+        members = [(m.estimator, m.calibrators) for m in est.calibrated_classifiers_]
+    elif isinstance(est, HistGradientBoostingClassifier):  # calibration "none": one member, no calibrators
+        members = [(est, [None] * est.n_trees_per_iteration_)]
+    else:
         return None
     classes = est.classes_.tolist()
     nodes, roots, baseline, cal_a, cal_b, cal_class = [], [], [], [], [], []
     offset = 0
-    for member in est.calibrated_classifiers_:
-        hgb = member.estimator
+    for hgb, calibrators in members:
         if (not isinstance(hgb, HistGradientBoostingClassifier) or hgb.is_categorical_ is not None
-                or not all(isinstance(c, _SigmoidCalibration) for c in member.calibrators)
-                or len(member.calibrators) != hgb.n_trees_per_iteration_ or len(classes) < 3):
+                or (calibrated and not all(isinstance(c, _SigmoidCalibration) for c in calibrators))
+                or len(calibrators) != hgb.n_trees_per_iteration_ or len(classes) < 3):
             return None
         member_roots = []
         for trees in hgb._predictors:
@@ -227,8 +242,8 @@ def compile_model(model: FlowModel) -> CompiledModel | None:
             member_roots.append(row)
         roots.append(member_roots)
         baseline.append(np.asarray(hgb._baseline_prediction, np.float64).ravel())
-        cal_a.append([c.a_ for c in member.calibrators])
-        cal_b.append([c.b_ for c in member.calibrators])
+        cal_a.append([c.a_ if calibrated else 0.0 for c in calibrators])
+        cal_b.append([c.b_ if calibrated else 0.0 for c in calibrators])
         cal_class.append([classes.index(c) for c in hgb.classes_.tolist()])
     if len({np.shape(r) for r in roots}) != 1:
         return None
@@ -237,7 +252,8 @@ def compile_model(model: FlowModel) -> CompiledModel | None:
     leaf = flat["is_leaf"].astype(bool)
     compiled = CompiledModel(
         classes=classes, thresholds=dict(model.thresholds_), columns=np.asarray(model.columns_, np.int64),
-        packets_column=int(model.packets_column_), min_packets=int(model.min_packets), n_first=int(model.n_first),
+        packets_column=int(model.packets_column_), min_packets=int(model.min_packets), calibrated=calibrated,
+        n_first=int(model.n_first),
         n_features_in=int(model.n_features_in_), feature_names=list(model.feature_names_),
         ranked=np.argsort(-model.importances_, kind="stable")[:TOP_FEATURES].astype(np.int64),
         feature=flat["feature_idx"].astype(np.int64), threshold=flat["num_threshold"].astype(np.float64),

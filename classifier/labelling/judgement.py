@@ -11,6 +11,7 @@ import numpy as np
 
 from vpnid.features.families import NONE
 
+CALIBRATIONS = ("sigmoid", "none")  # sigmoid: CalibratedClassifierCV over grouped folds; none: the estimator's own
 ESTIMATORS = ("hgb", "rf", "knn1")  # estimator kinds `vpnid train` compares (vpnid.classifier.labelling.model.base_estimator)
 TOP_FEATURES = 3  # features named in a positive judgement's evidence
 

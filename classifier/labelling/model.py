@@ -29,7 +29,15 @@ from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
 from threadpoolctl import threadpool_limits
 
-from vpnid.classifier.labelling.judgement import ESTIMATORS, TOP_FEATURES, Judgement, ModelError, judgements, unasked
+from vpnid.classifier.labelling.judgement import (
+    CALIBRATIONS,
+    ESTIMATORS,
+    TOP_FEATURES,
+    Judgement,
+    ModelError,
+    judgements,
+    unasked,
+)
 from vpnid.features.families import NONE
 from vpnid.features.vectors import N_FIRST, SCHEMA_VERSION, feature_names
 
@@ -39,10 +47,13 @@ FILE_FORMAT = 1
 
 def base_estimator(kind: str, seed: int) -> BaseEstimator:
     """Candidate estimators. Class weights balance the few tunnel flows per capture against the many
-    short negative flows; 1-NN on scaled features is the baseline the literature says to beat."""
+    short negative flows; 1-NN on scaled features is the baseline the literature says to beat. The
+    boosted trees are kept shallow, with leaves of at least 50 rows and an L2 penalty: a flow's views
+    (packets withheld) are near-copies, and deeper trees carved leaves for a few flows that then gave
+    unseen negatives (a TURN-over-TCP flow) tunnel probabilities near 1."""
     if kind == "hgb":
-        return HistGradientBoostingClassifier(max_iter=100, learning_rate=0.1, class_weight="balanced",
-                                              random_state=seed)
+        return HistGradientBoostingClassifier(max_iter=100, learning_rate=0.1, max_depth=4, min_samples_leaf=50,
+                                              l2_regularization=1.0, class_weight="balanced", random_state=seed)
     if kind == "rf":
         return RandomForestClassifier(n_estimators=100, min_samples_leaf=2, class_weight="balanced",
                                       random_state=seed, n_jobs=1)
@@ -59,7 +70,8 @@ class FlowModel(ClassifierMixin, BaseEstimator):
     it could never use, and learning it would crowd out the traffic shape it needs. Training on
     confirmed flows too is what lets the shape of a tunnel be learned from every recording of one.
 
-    Fitted attributes: `classes_`, `estimator_` (calibrated, fitted on all data), `thresholds_`
+    Fitted attributes: `left_out_` (families with fewer than `min_family_flows` trainable flows, never
+    named by the model), `classes_`, `estimator_` (calibrated, fitted on all data), `thresholds_`
     (family -> probability), `oof_proba_` (out-of-fold probabilities the thresholds came from) and
     `oof_y_` (their true families),
     `columns_` (schema positions used), `importances_` (permutation importance per used column),
@@ -68,7 +80,7 @@ class FlowModel(ClassifierMixin, BaseEstimator):
 
     def __init__(self, estimator: str = "hgb", n_first: int = N_FIRST, calibration: str = "sigmoid",
                  n_splits: int = 5, margin: float = 0.05, min_threshold: float = 0.8, min_packets: int = 20,
-                 seed: int = 0) -> None:
+                 min_family_flows: int = 10, seed: int = 0) -> None:
         self.estimator = estimator
         self.n_first = n_first
         self.calibration = calibration
@@ -76,12 +88,18 @@ class FlowModel(ClassifierMixin, BaseEstimator):
         self.margin = margin
         self.min_threshold = min_threshold
         self.min_packets = min_packets
+        self.min_family_flows = min_family_flows
         self.seed = seed
 
     def _calibrated(self, y: np.ndarray, groups: np.ndarray) -> BaseEstimator:
-        """Calibrated on predictions for captures held out of each base fit (grouped folds). Folds whose
+        """The estimator as it is (calibration "none"), or calibrated on predictions for captures held out
+        of each base fit (grouped folds). Folds whose
         training side lacks a family are skipped; with none left (tiny data) the base model's own
         probabilities are used."""
+        if self.calibration not in CALIBRATIONS:
+            raise ValueError(f"unknown calibration {self.calibration!r} (choose from {', '.join(CALIBRATIONS)})")
+        if self.calibration == "none":
+            return base_estimator(self.estimator, self.seed)
         classes = set(y.tolist())
         folds = GroupKFold(n_splits=min(3, len(np.unique(groups))))
         splits = [(tr, te) for tr, te in folds.split(y, y, groups) if set(y[tr].tolist()) == classes]
@@ -98,6 +116,12 @@ class FlowModel(ClassifierMixin, BaseEstimator):
             raise ValueError(f"X has {X.shape[1]} columns, schema v{SCHEMA_VERSION} has {len(names)}")
         self.packets_column_ = names.index("packets")
         keep = X[:, self.packets_column_] >= self.min_packets
+        # A family with a handful of long flows (PPTP's and L2TP's control connections are short) cannot be
+        # learned, and class weighting would blow those few rows up into a class that takes other tunnels'
+        # flows: it is left to its signatures.
+        families, counts = np.unique(y[keep], return_counts=True)
+        self.left_out_ = [str(f) for f, n in zip(families, counts) if f != NONE and n < self.min_family_flows]
+        keep &= ~np.isin(y, self.left_out_)
         X, y, groups = X[keep], y[keep], groups[keep]
         self.n_features_in_ = len(names)
         self.columns_ = np.array([i for i, n in enumerate(names) if not n.startswith("sig_")])

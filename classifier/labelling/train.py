@@ -22,12 +22,13 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from vpnid.classifier.labelling.evaluate import LabelRow, Report, print_report, read_labels, score
-from vpnid.classifier.labelling.judgement import ESTIMATORS
+from vpnid.classifier.labelling.evaluate import OTHER_VPN, LabelRow, Report, print_report, read_labels, score
+from vpnid.classifier.labelling.judgement import CALIBRATIONS, ESTIMATORS
 from vpnid.classifier.labelling.model import FlowModel
 from vpnid.classifier.running.pipeline import Options, classify_capture
 from vpnid.features.capture import read_chunks
 from vpnid.features.families import NONE
+from vpnid.features.packets import CaptureError
 from vpnid.features.vectors import INDEX_COLUMNS, N_FIRST, SCHEMA_VERSION, VIEWS, extract, feature_names
 
 UNUSABLE = ("unknown", "")
@@ -35,7 +36,7 @@ UNUSABLE = ("unknown", "")
 
 @dataclass
 class Dataset:
-    frame: pd.DataFrame  # index columns, view, family, group, then features
+    frame: pd.DataFrame  # index columns, view, source (manifest), features, family, group
     captures: list[tuple[str, str, str]]  # (path, family summary, sha256)
     n_first: int
 
@@ -52,10 +53,16 @@ class Dataset:
         return self.frame["group"].to_numpy(str)
 
 
-def _truth(rows: list[LabelRow]):
-    """Family of a flow by its transport and endpoints: a row naming it, else its capture's `*` row."""
-    named = {(r.transport, r.ends): r.family for r in rows if r.ends}
-    whole = next((r.family for r in rows if not r.ends), None)
+def _truth(rows: list[LabelRow], trust: str):
+    """Family of a flow by its transport and endpoints: a row naming it, else its capture's `*` row. A row
+    whose confidence does not start with `trust` (a third party's port guess) or naming a family the model
+    does not know (`other_vpn`) leaves its flow out rather than teach it."""
+    def usable(r: LabelRow) -> str:
+        trusted = not (trust and r.confidence and not r.confidence.startswith(trust))
+        return r.family if trusted and r.family != OTHER_VPN else UNUSABLE[0]
+
+    named = {(r.transport, r.ends): usable(r) for r in rows if r.ends}
+    whole = next((usable(r) for r in rows if not r.ends), None)
 
     def family(transport: str, a: tuple[str, int], b: tuple[str, int]) -> str | None:
         return named.get((transport, frozenset((a, b))), whole)
@@ -68,29 +75,36 @@ def sha256(path: Path) -> str:
 
 
 def recording(path: Path) -> str:
-    """A recording's identity: its capture's name where the file begins, else the first frame's time
-    and bytes. Trimming keeps a capture's head, so a trimmed copy and its source share this."""
-    first = next(read_chunks(path, chunk_frames=1), None)
+    """A recording's identity: a digest of its capture's first frame (time and bytes). Trimming keeps a
+    capture's head, so a trimmed copy and its source share it; two recordings do not."""
+    try:
+        first = next(read_chunks(path, chunk_frames=1, warn=lambda _: None), None)
+    except CaptureError:
+        first = None
     if first is None or not len(first):
-        return f"empty:{path.name}"
+        return f"no frames:{path}"  # nothing to share with another capture
     frame = first.data[int(first.offset[0]):int(first.offset[0]) + int(first.caplen[0])]
     return hashlib.sha256(int(first.ts_ns[0]).to_bytes(8, "little", signed=True) + frame.tobytes()).hexdigest()[:16]
 
 
-def build_dataset(manifests: list[str | Path], views: tuple[int, ...] = VIEWS, n_first: int = N_FIRST) -> Dataset:
+def build_dataset(manifests: list[str | Path], views: tuple[int, ...] = VIEWS, n_first: int = N_FIRST,
+                  trust: str = "DPI") -> Dataset:
     by_capture: dict[Path, list[LabelRow]] = {}
+    source: dict[Path, str] = {}  # the manifest that first names a capture
     for m in manifests:
         rows, _problems = read_labels(m)
         for r in rows:
             by_capture.setdefault(r.path, []).append(r)
+            source.setdefault(r.path, str(m))
     frames, captures = [], []
     for path, rows in by_capture.items():
-        family = _truth(rows)
+        family = _truth(rows, trust)
         for view in views:
             df = extract([path], n_first=n_first, drop_first=view)
             df["family"] = [family(t, (a, ap), (b, bp)) for t, a, ap, b, bp in
                             zip(df.transport, df.src_ip, df.src_port, df.dst_ip, df.dst_port)]
             df.insert(len(INDEX_COLUMNS), "view", view)
+            df.insert(len(INDEX_COLUMNS) + 1, "source", source[path])
             frames.append(df)
         captures.append((str(path), ",".join(sorted({r.family for r in rows})), sha256(path)))
     data = pd.concat(frames, ignore_index=True)
@@ -120,9 +134,11 @@ def per_class(y: np.ndarray, pred: np.ndarray) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
-def compare(ds: Dataset, kinds: tuple[str, ...] = ESTIMATORS, seed: int = 0) -> dict[str, FlowModel]:
-    """Fit every candidate (each with its own grouped out-of-fold thresholds)."""
-    return {k: FlowModel(estimator=k, n_first=ds.n_first, seed=seed).fit(ds.X, ds.y, ds.groups) for k in kinds}
+def compare(ds: Dataset, kinds: tuple[str, ...] = ESTIMATORS, calibrations: tuple[str, ...] = CALIBRATIONS,
+            seed: int = 0) -> dict[str, FlowModel]:
+    """Fit every candidate, keyed "kind/calibration" (each with its own grouped out-of-fold thresholds)."""
+    return {f"{k}/{c}": FlowModel(estimator=k, calibration=c, n_first=ds.n_first, seed=seed).fit(ds.X, ds.y, ds.groups)
+            for k in kinds for c in calibrations}
 
 
 def by_configuration(ds: Dataset, model: FlowModel) -> pd.DataFrame:
@@ -130,8 +146,24 @@ def by_configuration(ds: Dataset, model: FlowModel) -> pd.DataFrame:
     (captures grouped by name, as the lab names them by variant): the harder estimate, for a
     configuration the lab never recorded."""
     names = ds.frame.pcap.map(lambda p: Path(p).name).to_numpy(str)
-    held_out = FlowModel(estimator=model.estimator, n_first=ds.n_first, seed=model.seed).fit(ds.X, ds.y, names)
+    held_out = FlowModel(estimator=model.estimator, calibration=model.calibration, n_first=ds.n_first,
+                         seed=model.seed).fit(ds.X, ds.y, names)
     return per_class(held_out.oof_y_, oof_predictions(held_out))
+
+
+def judged_rows(ds: Dataset, model: FlowModel) -> np.ndarray:
+    """Mask of the dataset rows the model was fitted on (and has out-of-fold predictions for)."""
+    return (ds.X[:, model.packets_column_] >= model.min_packets) & ~np.isin(ds.y, model.left_out_)
+
+
+def by_source(ds: Dataset, model: FlowModel) -> pd.DataFrame:
+    """The out-of-fold metrics per training source (manifest): lab recordings and third-party captures
+    generalise differently, and one table over both would hide which is which."""
+    sources = ds.frame.source.to_numpy(str)[judged_rows(ds, model)]
+    pred = oof_predictions(model)
+    return pd.concat([per_class(model.oof_y_[sources == src], pred[sources == src]).assign(source=src)
+                      for src in dict.fromkeys(sources)], ignore_index=True)[
+        ["source", "family", "flows", "predicted", "recall", "precision"]]
 
 
 def tunnel_recall(model: FlowModel) -> float:
@@ -142,8 +174,12 @@ def tunnel_recall(model: FlowModel) -> float:
 
 
 def choose(models: dict[str, FlowModel]) -> str:
-    """Best selection score; ties go to the earlier (preferred) estimator in ESTIMATORS order."""
-    return max(models, key=lambda k: (round(tunnel_recall(models[k]), 6), -ESTIMATORS.index(k)))
+    """Best selection score; ties go to the earlier (preferred) estimator in ESTIMATORS order, then to the
+    earlier calibration in CALIBRATIONS order."""
+    def rank(key: str) -> tuple[float, int, int]:
+        m = models[key]
+        return round(tunnel_recall(m), 6), -ESTIMATORS.index(m.estimator), -CALIBRATIONS.index(m.calibration)
+    return max(models, key=rank)
 
 
 def evaluate_with(model: FlowModel | None, labels: str | Path, drop_first: int = 0) -> Report:
@@ -184,21 +220,27 @@ def _versions() -> dict[str, str]:
 def model_card(name: str, model: FlowModel, ds: Dataset, models: dict[str, FlowModel], model_sha: str,
                evals: list[tuple[str, int, str]], views: tuple[int, ...], unseen: pd.DataFrame) -> str:
     """Markdown card: what the model was trained on, how it was chosen and how it scores."""
-    comp = pd.DataFrame([{"estimator": k, "tunnel recall (out-of-fold, zero-FP thresholds)": tunnel_recall(m),
+    comp = pd.DataFrame([{"estimator": m.estimator, "calibration": m.calibration,
+                          "tunnel recall (out-of-fold, zero-FP thresholds)": tunnel_recall(m),
                           **{f"threshold {f}": t for f, t in m.thresholds_.items()}} for k, m in models.items()])
     counts = ds.frame.groupby("family").agg(flows=("family", "size"), captures=("pcap", "nunique"),
                                             recordings=("group", "nunique")).reset_index()
     imp = pd.DataFrame({"feature": model.feature_names_, "importance": model.importances_.round(4)})
     imp = imp.sort_values("importance", ascending=False, kind="stable").head(15)
-    data = pd.DataFrame(ds.captures, columns=["capture", "family", "sha256"])
+    data = (ds.frame.groupby("source", sort=False)
+            .agg(captures=("pcap", "nunique"), recordings=("group", "nunique"), flows=("family", "size"))
+            .reset_index())
+    data["sha256"] = [sha256(Path(src)) for src in data.source]
     lines = [
         f"# Model card: {name}",
         "",
         f"- Trained: {datetime.now(timezone.utc).strftime('%Y-%m-%d %H:%M UTC')}",
         f"- Model file sha256: `{model_sha}`",
         f"- Feature schema version: {SCHEMA_VERSION} (features/vectors.py), first-packets length N = {model.n_first}",
-        f"- Estimator: `{model.estimator}` with {model.calibration} calibration (CalibratedClassifierCV, folds "
-        f"grouped by recording), seed {model.seed}",
+        f"- Estimator: `{model.estimator}`, "
+        + ("uncalibrated (its own probabilities)" if model.calibration == "none" else
+           f"{model.calibration} calibration (CalibratedClassifierCV, folds grouped by recording)")
+        + f", seed {model.seed}",
         "- Per-family thresholds: " + ", ".join(f"{f} {t:.3f}" for f, t in model.thresholds_.items()),
         "- Libraries: " + ", ".join(f"{k} {v}" for k, v in _versions().items()),
         "",
@@ -212,6 +254,8 @@ def model_card(name: str, model: FlowModel, ds: Dataset, models: dict[str, FlowM
         "external set showed tunnel-like probabilities up to about 0.75 on its negatives; it was checked",
         "there, not fitted. Features hold no addresses, ports, TTLs or absolute times.",
         f"Flows with fewer than {model.min_packets} packets are never labelled by the model (and not trained on).",
+        f"Families with fewer than {model.min_family_flows} such flows are left to their signatures: "
+        + (", ".join(model.left_out_) or "none this time") + ".",
         "",
         "## Training data",
         "",
@@ -222,13 +266,15 @@ def model_card(name: str, model: FlowModel, ds: Dataset, models: dict[str, FlowM
         "",
         _md(counts),
         "",
+        "Sources (a lab manifest lists the sha256 of each of its captures):",
+        "",
         _md(data),
         "",
         "## Estimator choice",
         "",
-        "Every candidate gets its own out-of-fold thresholds; the score is the mean recall over tunnel",
-        "families at those thresholds (false positives on negatives are zero by construction), ties to the",
-        "earlier of hgb, rf, knn1.",
+        "Every candidate (estimator and calibration) gets its own out-of-fold thresholds; the score is the mean",
+        "recall over tunnel families at those thresholds (false positives on negatives are zero by",
+        f"construction), ties to the earlier of {', '.join(ESTIMATORS)}, then of {', '.join(CALIBRATIONS)}.",
         "",
         _md(comp),
         "",
@@ -238,6 +284,10 @@ def model_card(name: str, model: FlowModel, ds: Dataset, models: dict[str, FlowM
         "traffic mix), of configurations other recordings showed it.",
         "",
         _md(per_class(model.oof_y_, oof_predictions(model))),
+        "",
+        "The same, per source:",
+        "",
+        _md(by_source(ds, model)),
         "",
         "## Out-of-fold metrics for configurations never recorded (grouped by capture name)",
         "",
@@ -252,14 +302,18 @@ def model_card(name: str, model: FlowModel, ds: Dataset, models: dict[str, FlowM
         "",
         "## `vpnid eval` with this model",
         "",
-        "Printed by the same code as `vpnid eval --model MODEL [--drop-first N] LABELS.csv`. Captures of the",
-        "lab corpus are also training captures, so those numbers are in-sample; the out-of-fold table above",
-        "is the estimate for unseen captures.",
+        "Printed by the same code as `vpnid eval --model MODEL [--drop-first N] LABELS.csv`. Where a set",
+        "holds recordings the model was trained on, its numbers are in-sample for those; the out-of-fold",
+        "tables above are the estimate for unseen captures.",
         "",
     ]
+    seen = set(ds.groups.tolist())
     for labels, drop, text in evals:
         command = shlex.join(["vpnid", "eval", "--drop-first", str(drop), labels])  # paths are anyone's text
-        lines += [f"### `{command}`", "", "```", text.rstrip(), "```", ""]
+        paths = sorted({r.path for r in read_labels(labels)[0]})
+        shared = sum(recording(p) in seen for p in paths if p.exists())
+        lines += [f"### `{command}`", "", f"{shared} of its {len(paths)} captures are training recordings.", "",
+                  "```", text.rstrip(), "```", ""]
     lines += [
         "## Limits",
         "",

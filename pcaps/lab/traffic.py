@@ -160,13 +160,24 @@ class Client:
             time.sleep(0.2)
             _drain_udp(s)
 
+    def route_dev(self, wait_s: float = 15.0) -> str:
+        """The device of the route to the server. A VPN client may still be adding it when the plan starts
+        (openconnect's script, seen once when a plan began with `mtu:`), so it is waited for a while."""
+        deadline = time.monotonic() + wait_s
+        while True:
+            r = subprocess.run(["ip", "-o", "route", "get", self.server], capture_output=True, text=True)
+            if r.returncode == 0:
+                route = r.stdout.split()
+                return route[route.index("dev") + 1]
+            if time.monotonic() > deadline:
+                raise SystemExit(f"no route to {self.server} after {wait_s:.0f} s: {r.stderr.strip()}")
+            time.sleep(0.25)
+
     def lower_mtu(self, mtu: int) -> None:
         """New connections then negotiate a smaller MSS, so both directions carry smaller packets. Through
         the proxy the server is not routed from here: the namespace's own links are lowered instead."""
         if self.socks is None:
-            route = subprocess.run(["ip", "-o", "route", "get", self.server], capture_output=True, text=True,
-                                   check=True).stdout.split()
-            devs = [route[route.index("dev") + 1]]
+            devs = [self.route_dev()]
         else:
             devs = [d for d in os.listdir("/sys/class/net") if d != "lo"]
         for dev in devs:
