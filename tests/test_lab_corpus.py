@@ -120,19 +120,14 @@ def test_trim_drops_bulk_but_keeps_every_handshake_and_rekey(tmp_path, name, por
     assert any(is_handshake(p) for p in after)
 
 
-# obfs4 pads its handshake and every burst to random sizes: OpenVPN inside it leaves no size or direction
-# pattern to tell from other fully encrypted traffic, so it carries the fully_encrypted risk and no label
-# (features/dissectors/openvpn_wrapped.py).
-UNRECOGNISED = {"openvpn-tcp-obfs4-high.pcap"}
-
-
 def test_vpnid_eval_is_right_on_every_family_of_the_corpus():
-    """The lab issue's bar: `vpnid eval pcaps/corpus/manifest.csv` correct on every flow of every capture
-    but the wrappers nothing can be told through, and no false positive."""
+    """The lab issue's bar: `vpnid eval pcaps/corpus/manifest.csv` correct on every flow of every capture,
+    and no false positive. OpenVPN inside obfs4 (random padding of the handshake and every burst: no rule
+    reads it) is named by the shipped model, which was not trained on this recording."""
     res = subprocess.run([sys.executable, "-m", "vpnid.classifier.cli.main", "eval", "--json", str(CORPUS / "manifest.csv")],
                          capture_output=True, text=True, check=False)
     assert res.returncode == 0, res.stdout[-2000:] + res.stderr[-2000:]
     score = json.loads(res.stdout)
     assert set(score["families"]) == set(FAMILIES) and not score["false_positives"]
-    assert {m["pcap"] for m in score["misses"]} == UNRECOGNISED
-    assert all(f["recall"] == 1.0 for name, f in score["families"].items() if name != "openvpn")
+    assert not score["misses"]
+    assert all(f["recall"] == 1.0 for f in score["families"].values())

@@ -23,9 +23,15 @@ Train the flow model on labelled captures (manifests in the labelled-flows forma
 compare estimators (calibrated or not) with folds grouped by recording, choose per-family thresholds that keep
 every validation negative unlabelled, save the model (skops) and write its card next to it (NAME.md).
 
+Folds are grouped by recording (captures that begin with the same frame): train on several lab
+recordings (`vpnid lab --seed K`) so that each held-out fold is a recording of configurations the others
+showed; third-party truth files add negatives of other sources (rows whose confidence does not start
+with DPI, and `other_vpn` rows, are left out).
+
 examples:
-  vpnid train --labels pcaps/corpus/manifest.csv --labels pcaps/generated/manifest.csv \\
-      --out models/vpnid.skops --eval pcaps/corpus/manifest.csv --eval ../shared/corpus/external/truth.csv
+  vpnid train --labels pcaps/generated/run-0/manifest.csv --labels pcaps/generated/run-1/manifest.csv \\
+      --labels ../shared/corpus/external/truth.csv --out models/mine.skops --eval pcaps/corpus/manifest.csv
+  vpnid train --labels pcaps/corpus/manifest.csv --out /tmp/quick.skops --views 0,25 --estimator hgb
 """
 
 

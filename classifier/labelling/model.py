@@ -1,9 +1,10 @@
-"""The trained flow classifier: a calibrated scikit-learn model plus per-family thresholds, and its file.
+"""The trained flow classifier: a scikit-learn model (calibrated or not) plus per-family thresholds, and its file.
 
 Signatures decide when they can; the model speaks only for flows they leave undecided, and only when its
-calibrated probability for a family clears that family's threshold. Thresholds are chosen on
-out-of-fold predictions (folds grouped by capture) to sit above every negative flow's probability, so on
-the validation data the model adds no false positives.
+probability for a family clears that family's threshold. Thresholds are chosen on out-of-fold
+predictions (folds grouped by recording) to sit above every negative flow's probability, so on the
+validation data the model adds no false positives; that makes them meaningful for the estimator's own
+probabilities too, which is why an uncalibrated candidate is compared with the calibrated one.
 
 The file is a skops archive (never pickle) holding a vpnid marker, the feature schema version, the
 sha256 of the inner model archive and that archive. Loading checks all three before the inner archive
@@ -119,8 +120,8 @@ class FlowModel(ClassifierMixin, BaseEstimator):
         # A family with a handful of long flows (PPTP's and L2TP's control connections are short) cannot be
         # learned, and class weighting would blow those few rows up into a class that takes other tunnels'
         # flows: it is left to its signatures.
-        families, counts = np.unique(y[keep], return_counts=True)
-        self.left_out_ = [str(f) for f, n in zip(families, counts) if f != NONE and n < self.min_family_flows]
+        self.left_out_ = [str(f) for f in np.unique(y)
+                          if f != NONE and np.count_nonzero(keep & (y == f)) < self.min_family_flows]
         keep &= ~np.isin(y, self.left_out_)
         X, y, groups = X[keep], y[keep], groups[keep]
         self.n_features_in_ = len(names)

@@ -24,6 +24,7 @@ import pandas as pd
 
 from vpnid.classifier.labelling.evaluate import OTHER_VPN, LabelRow, Report, print_report, read_labels, score
 from vpnid.classifier.labelling.judgement import CALIBRATIONS, ESTIMATORS
+from vpnid.classifier.labelling.labels import SIGNATURE_ONLY
 from vpnid.classifier.labelling.model import FlowModel
 from vpnid.classifier.running.pipeline import Options, classify_capture
 from vpnid.features.capture import read_chunks
@@ -246,13 +247,17 @@ def model_card(name: str, model: FlowModel, ds: Dataset, models: dict[str, FlowM
         "",
         "## What it does",
         "",
-        "Labels flows that no signature confirmed. A family is named only when its calibrated probability",
+        "Labels flows that no signature confirmed. A family is named only when its probability ("
+        + ("the estimator's own, uncalibrated" if model.calibration == "none" else f"{model.calibration}-calibrated")
+        + ")",
         "clears the family's threshold, set just above (margin "
         f"{model.margin}) the highest out-of-fold probability any negative flow got, so on the validation",
-        f"folds the model adds no false positives, and never below {model.min_threshold}. That floor is a",
-        "policy (speak only when quite sure): the lab's negatives are easier than real traffic, and the",
-        "external set showed tunnel-like probabilities up to about 0.75 on its negatives; it was checked",
-        "there, not fitted. Features hold no addresses, ports, TTLs or absolute times.",
+        f"folds the model adds no false positives, and never below {model.min_threshold} (a policy: speak only",
+        "when quite sure). Features hold no addresses, ports, TTLs or absolute times. The model learns "
+        + ", ".join(sorted(SIGNATURE_ONLY)),
+        "too, so that no other family takes those flows, but its word alone never names "
+        + ("it" if len(SIGNATURE_ONLY) == 1 else "them") + " (`labels.SIGNATURE_ONLY`: ordinary",
+        "compressed and obfuscated protocols share that shape).",
         f"Flows with fewer than {model.min_packets} packets are never labelled by the model (and not trained on).",
         f"Families with fewer than {model.min_family_flows} such flows are left to their signatures: "
         + (", ".join(model.left_out_) or "none this time") + ".",
@@ -317,8 +322,13 @@ def model_card(name: str, model: FlowModel, ds: Dataset, models: dict[str, FlowM
     lines += [
         "## Limits",
         "",
-        "- All tunnel training captures come from one lab (two namespaces, paced synthetic traffic); timing",
-        "  and size features may carry its habits. The external set is for evaluation only.",
-        "- Families with few captures give few folds; their thresholds rest on little data.",
+        "- The lab's recordings (two namespaces, paced synthetic traffic) are most of the tunnel data; timing",
+        "  and size features may carry its habits. Third-party captures given as labels (the dev set's",
+        "  trusted rows) add negatives of many sources and a few tunnels; an evaluation on them is then",
+        "  in-sample for the model (the count above each evaluation says how many), and their out-of-fold",
+        "  recall, per source above, shows how little a single recording of a configuration teaches.",
+        "- A threshold rests on the highest-scoring held-out negative: one unusual negative can lift it",
+        "  above 1 (the family is then never named by the model), and a negative unlike all of them can",
+        "  still score high. Families with few recordings give few folds and the least certain thresholds.",
     ]
     return "\n".join(lines) + "\n"

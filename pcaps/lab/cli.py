@@ -28,7 +28,7 @@ exchange of pptpd/pptp-linux and xl2tpd) and non-VPN services between two networ
 underlay with tcpdump: one labelled pcap per variant plus manifest.csv.
 
 Needs root (namespaces, tcpdump, TUN devices). A full run at --scale 1 takes
-about 14 minutes; one variant 7-140 s. Only processes the lab started are ended,
+17-25 minutes; one variant 7-200 s. Only processes the lab started are ended,
 and its namespaces are removed even on error or Ctrl-C.
 """
 
