@@ -82,7 +82,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     evals = [(str(labels), drop, train.report_text(train.evaluate_with(model, labels, drop)))
              for labels in args.eval for drop in args.eval_drop_first]
     card = out.with_suffix(".md")
-    err.print(f"chose {chosen}; estimating recall on configurations never recorded (folds by capture name)")
+    err.print(f"{chosen}: estimating recall on configurations never recorded (folds by capture name)")
     unseen = train.by_configuration(ds, model)
     card.write_text(train.model_card(out.stem, model, ds, models, digest, evals, args.views, unseen),
                     encoding="utf-8")

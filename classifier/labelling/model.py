@@ -64,7 +64,7 @@ def base_estimator(kind: str, seed: int) -> BaseEstimator:
 
 
 class FlowModel(ClassifierMixin, BaseEstimator):
-    """Calibrated classifier over `vpnid.features.vectors` columns with per-family zero-FP thresholds.
+    """Classifier (calibrated or not) over `vpnid.features.vectors` columns with per-family zero-FP thresholds.
 
     Takes vectors in schema order but learns from every column except the `sig_*` dissector states: it
     is only asked about flows no signature confirmed, so "confirmed, hence a tunnel" would be a shortcut
@@ -72,7 +72,8 @@ class FlowModel(ClassifierMixin, BaseEstimator):
     confirmed flows too is what lets the shape of a tunnel be learned from every recording of one.
 
     Fitted attributes: `left_out_` (families with fewer than `min_family_flows` trainable flows, never
-    named by the model), `classes_`, `estimator_` (calibrated, fitted on all data), `thresholds_`
+    named by the model), `classes_`, `estimator_` (calibrated or not, as `calibration` says; fitted on all
+    data), `thresholds_`
     (family -> probability), `oof_proba_` (out-of-fold probabilities the thresholds came from) and
     `oof_y_` (their true families),
     `columns_` (schema positions used), `importances_` (permutation importance per used column),
@@ -94,9 +95,8 @@ class FlowModel(ClassifierMixin, BaseEstimator):
 
     def _calibrated(self, y: np.ndarray, groups: np.ndarray) -> BaseEstimator:
         """The estimator as it is (calibration "none"), or calibrated on predictions for captures held out
-        of each base fit (grouped folds). Folds whose
-        training side lacks a family are skipped; with none left (tiny data) the base model's own
-        probabilities are used."""
+        of each base fit (grouped folds). Folds whose training side lacks a family are skipped; with none
+        left (tiny data) the base model's own probabilities are used."""
         if self.calibration not in CALIBRATIONS:
             raise ValueError(f"unknown calibration {self.calibration!r} (choose from {', '.join(CALIBRATIONS)})")
         if self.calibration == "none":

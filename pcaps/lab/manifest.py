@@ -25,8 +25,9 @@ TRIM = dict(head_packets=1500, window_s=3.0, period_s=30.0)
 
 def row(v: Variant, pcap: Path) -> dict[str, str]:
     packets, duration = pcapfile.summary(pcap)
+    config = v.config + (f"; recording {v.recording}" if v.recording else "")
     return {"pcap": pcap.name, "transport": "*", "a_ip": "*", "a_port": "", "b_ip": "", "b_port": "",
-            "family": v.family, "software": v.package, "version": version(v.package), "config": v.config + (f"; recording {v.recording}" if v.recording else ""),
+            "family": v.family, "software": v.package, "version": version(v.package), "config": config,
             "server_port": str(v.server_port), "duration_s": f"{duration:.2f}", "packets": str(packets),
             "sha256": pcapfile.sha256(pcap)}
 
