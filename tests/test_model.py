@@ -157,3 +157,11 @@ def test_the_model_alone_names_no_shadowsocks_flow():
     rec = label(f, j)
     assert (rec["label"], rec["method"], rec["confidence"], rec["risks"]) == ("none", "none", 0.0, ["fully_encrypted"])
     assert rec["evidence"] == [f"{j.evidence}; not taken: shadowsocks is named by its signature only"]
+
+
+def test_the_model_alone_names_no_openconnect_flow():
+    """Held out, a FIX trading session scored 0.85 for openconnect; the rules name OpenConnect's flows."""
+    j = Judgement("openconnect", 0.95, "openconnect", 0.909, "model p(openconnect)=0.950 >= threshold 0.909")
+    rec = label(_flow(None), j)
+    assert (rec["label"], rec["method"], rec["confidence"]) == ("none", "none", 0.0)
+    assert rec["evidence"] == [f"{j.evidence}; not taken: openconnect is named by its signature only"]

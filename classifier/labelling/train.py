@@ -256,8 +256,8 @@ def model_card(name: str, model: FlowModel, ds: Dataset, models: dict[str, FlowM
         "when quite sure). Features hold no addresses, ports, TTLs or absolute times. The model learns "
         + ", ".join(sorted(SIGNATURE_ONLY)),
         "too, so that no other family takes those flows, but its word alone never names "
-        + ("it" if len(SIGNATURE_ONLY) == 1 else "them") + " (`labels.SIGNATURE_ONLY`: ordinary",
-        "compressed and obfuscated protocols share that shape).",
+        + ("it" if len(SIGNATURE_ONLY) == 1 else "them"),
+        "(`labels.SIGNATURE_ONLY` says why for each).",
         f"Flows with fewer than {model.min_packets} packets are never labelled by the model (and not trained on).",
         f"Families with fewer than {model.min_family_flows} such flows are left to their signatures: "
         + (", ".join(model.left_out_) or "none this time") + ".",
