@@ -101,6 +101,11 @@ def read_labels(path: str | Path) -> tuple[list[LabelRow], list[str]]:
     return rows, problems
 
 
+def trusted(row: LabelRow, trust: str) -> bool:
+    """Whether a row's confidence vouches for it: empty, or starting with `trust` (no `trust`: every row)."""
+    return not (trust and row.confidence and not row.confidence.startswith(trust))
+
+
 def matches(truth: str, label: str) -> bool:
     """`other_vpn` in a truth file stands for any tunnel family beyond the three the reference names."""
     if truth == OTHER_VPN:
@@ -208,7 +213,7 @@ def score(rows: list[LabelRow], records_of: Callable[[Path], Iterable[FlowRecord
             if row.family in UNSCORED:
                 report.unscored += 1
                 continue
-            if trust and row.confidence and not row.confidence.startswith(trust):
+            if not trusted(row, trust):
                 report.untrusted += 1
                 continue
             _score_unit(report, row, recs)

@@ -22,7 +22,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from vpnid.classifier.labelling.evaluate import OTHER_VPN, LabelRow, Report, print_report, read_labels, score
+from vpnid.classifier.labelling.evaluate import OTHER_VPN, LabelRow, Report, print_report, read_labels, score, trusted
 from vpnid.classifier.labelling.judgement import CALIBRATIONS, ESTIMATORS
 from vpnid.classifier.labelling.labels import SIGNATURE_ONLY
 from vpnid.classifier.labelling.model import FlowModel
@@ -59,8 +59,7 @@ def _truth(rows: list[LabelRow], trust: str):
     whose confidence does not start with `trust` (a third party's port guess) or naming a family the model
     does not know (`other_vpn`) leaves its flow out rather than teach it."""
     def usable(r: LabelRow) -> str:
-        trusted = not (trust and r.confidence and not r.confidence.startswith(trust))
-        return r.family if trusted and r.family != OTHER_VPN else UNUSABLE[0]
+        return r.family if trusted(r, trust) and r.family != OTHER_VPN else UNUSABLE[0]
 
     named = {(r.transport, r.ends): usable(r) for r in rows if r.ends}
     whole = next((usable(r) for r in rows if not r.ends), None)
