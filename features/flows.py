@@ -19,6 +19,7 @@ import hashlib
 import heapq
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from itertools import pairwise
 from typing import Protocol
 
 import numpy as np
@@ -142,11 +143,11 @@ class Flow:
                               key=lambda d: rank[type(d)])
         self.ahead = min(d.ahead for d in self.pending) if self.pending else 0
 
-    def pass_over(self) -> None:
-        """One payload packet that every undecided dissector has taken already (`ahead`)."""
-        self.ahead -= 1
+    def pass_over(self, n: int = 1) -> None:
+        """`n` payload packets that every undecided dissector has taken already (`ahead`)."""
+        self.ahead -= n
         for d in self.pending:
-            d.ahead -= 1
+            d.ahead -= n
 
     def feed(self, pkt: FlowPacket) -> None:
         """Hand one payload packet to every undecided dissector; the first to confirm decides."""
@@ -553,23 +554,18 @@ class FlowTable:
         rank_of = self._rank
         make = tuple.__new__  # a FlowPacket from its fields in order, without the named tuple's __new__
 
-        def packet(index: int, direction: int, ts: int, a: int, b: int, seq: int, flags: int, proto: int,
-                   opened: bool) -> FlowPacket:
-            return make(FlowPacket, (index, direction, ts / NS,
-                                     data[a:b].tobytes() if a < n else extra[a - n : b - n].tobytes(), seq, flags,
-                                     proto, opened))
+        def payload(a: int, b: int) -> bytes:
+            return data[a:b].tobytes() if a < n else extra[a - n : b - n].tobytes()
 
-        flow = flows[0]
-        current = -1
         number = before + pos - starts[seg] + 1  # packet number within the flow
         direction = (lo_s[pos] != init_lo).astype(np.int64)
-        fields = (number.tolist(), direction.tolist(), t.ts_ns[rows].tolist(), off.tolist(),
-                  (off + t.payload_len[rows]).tolist(), t.tcp_seq[rows].tolist(), t.tcp_flags[rows].tolist())
+        number_l, direction_l, ts_l, a_l, b_l, seq_l, flags_l, sidx_l = (
+            number.tolist(), direction.tolist(), t.ts_ns[rows].tolist(), off.tolist(),
+            (off + t.payload_len[rows]).tolist(), t.tcp_seq[rows].tolist(), t.tcp_flags[rows].tolist(), sidx.tolist())
         # The compiled stage's view of the same packets (`Dissector.skim`): a flow's rest of the chunk.
         seq, offset, length = (t.tcp_seq[rows].astype(np.int64), off.astype(np.int64),
                                t.payload_len[rows].astype(np.int64))
-        seg_end = np.searchsorted(seg, np.arange(len(fed)), "right").tolist()
-
+        bounds = np.searchsorted(seg, np.arange(len(fed) + 1)).tolist()
         skimmers = self._skimmers
 
         def skim(flow: Flow, k: int, end: int) -> None:
@@ -582,30 +578,39 @@ class FlowTable:
                                                   t.data, t.extra))
                     flow.ahead = min(p.ahead for p in flow.pending)
 
-        for k, (sid, index, d, ts, a, b, sq, flags, j) in enumerate(zip(seg.tolist(), *fields, sidx.tolist())):
-            if sid != current:
-                current = sid
-                flow = flows[sid]
-                proto = flow.proto
-                opened = _opened(flow)
-                end = seg_end[sid]
-                skim(flow, k, end)
-            screening = j >= 0 and bool(flow.unscreened)
-            if not screening and (not flow.pending or flow.ahead):
-                if flow.ahead:
-                    flow.pass_over()
+        # Segment by segment: the screened rows come first in each (the cheap stage asks about a flow's first
+        # payload packets), then the rest go to the running dissectors; a flow left with neither is done for
+        # this chunk, and packets its dissectors took ahead are passed over together.
+        for sid, (k, end) in enumerate(pairwise(bounds)):
+            if k == end:
                 continue
-            pkt = packet(index, d, ts, a, b, sq, flags, proto, opened)
-            if screening:
-                flow.payloads += 1
-                ok = answers[j]
-                cols = columns.get(flow.unscreened)
-                if cols is None:
-                    cols = columns[flow.unscreened] = [col[c] for c in flow.unscreened]
-                flow.screen(pkt, [ok[c] for c in cols], rank_of)
-            if flow.pending:
-                flow.feed(pkt)
-                skim(flow, k + 1, end)
+            flow = flows[sid]
+            proto, opened = flow.proto, _opened(flow)
+            skim(flow, k, end)
+            while k < end:
+                j = sidx_l[k]
+                screening = j >= 0 and bool(flow.unscreened)
+                if not screening:
+                    if not flow.pending:
+                        break
+                    if flow.ahead:
+                        taken = min(flow.ahead, end - k)
+                        flow.pass_over(taken)
+                        k += taken
+                        continue
+                pkt = make(FlowPacket, (number_l[k], direction_l[k], ts_l[k] / NS, payload(a_l[k], b_l[k]),
+                                        seq_l[k], flags_l[k], proto, opened))
+                if screening:
+                    flow.payloads += 1
+                    ok = answers[j]
+                    cols = columns.get(flow.unscreened)
+                    if cols is None:
+                        cols = columns[flow.unscreened] = [col[c] for c in flow.unscreened]
+                    flow.screen(pkt, [ok[c] for c in cols], rank_of)
+                if flow.pending:
+                    flow.feed(pkt)
+                    skim(flow, k + 1, end)
+                k += 1
 
     def _end(self, flow: Flow, reason: str) -> None:
         if flow.total_packets == 0:
