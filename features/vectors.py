@@ -222,9 +222,9 @@ class _Tables:
         return rows
 
     def drop(self, row: int) -> None:
-        """The row of an ended flow whose vector is not wanted is free again."""
-        with self.lock:
-            self.free.append(row)
+        """The row of an ended flow whose vector is not wanted is free again. No lock: this runs on the
+        flow table's thread, as `alloc` does, and a list append cannot interleave with `flush`'s extend."""
+        self.free.append(row)
 
     def end(self, row: int) -> tuple[_Ended, int]:
         """Keep an ended flow's row until the next flush copies it out: the flow's handle to its copy."""
@@ -521,16 +521,18 @@ def _fold_payloads(sid: np.ndarray, d: np.ndarray, ts: np.ndarray, plen: np.ndar
 
 def _entropy(hist: np.ndarray) -> np.ndarray:
     """Shannon entropy (bits) of each row of byte counts. Rows are summed in groups of the same number of
-    distinct bytes, so each sum runs over exactly that flow's terms, in the order (and to the same float)
-    of a sum over that flow alone."""
+    distinct bytes, so each sum runs over exactly that row's terms, in the order (and to the same float)
+    of a sum over that row alone."""
     total = hist.sum(axis=1)
-    seen = hist > 0
-    distinct = seen.sum(axis=1)
+    r, c = np.nonzero(hist)
+    q = hist[r, c] / total[r]
+    terms = q * np.log2(q)
+    distinct = np.bincount(r, minlength=len(hist))
+    start = np.cumsum(distinct) - distinct
     out = np.zeros(len(hist))
     for k in np.unique(distinct[distinct > 0]).tolist():
         rows = np.flatnonzero(distinct == k)
-        q = hist[rows][seen[rows]].reshape(len(rows), k) / total[rows, None]
-        out[rows] = -(q * np.log2(q)).sum(axis=1)
+        out[rows] = -terms[start[rows, None] + np.arange(k)].sum(axis=1)
     return out
 
 
