@@ -8,14 +8,16 @@ not the protocol). Every column is listed in `schema()` with its unit and meanin
 layout is never fed another.
 
 The plugin is columnar: per chunk it computes partial aggregates for every flow at once with numpy
-(counts, sums, sums of squares, minima and maxima, so chunks merge exactly) and runs Python once per
-flow segment only to fold those into the flow's state. A flow's first `HEAD` payload packets are kept
-(size, direction, time, opcode byte) for the sequence features, then dropped.
+(counts, sums, sums of squares, minima and maxima, so chunks merge exactly) and folds them into one row
+per flow of its tables with fancy indexing. A flow's first `HEAD` payload packets (size, opcode byte,
+and for the first `n_first` direction and time) are written into that row too, and the feature rows of
+ended flows are computed from copies of those rows, column by column over a drained batch.
 """
 
 from __future__ import annotations
 
 import functools
+import threading
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -146,96 +148,143 @@ _SUMS |= {k: len(_SUMS) + j for j, k in enumerate(("syn", "fin", "rst", "psh", "
 _EXTREMES = ("fwd_size", "bwd_size", "fwd_iat", "bwd_iat")
 
 
-class _Tables:
-    """The mergeable aggregates (everything here merges exactly across chunks) of a plugin's open flows,
-    one row per flow: a chunk folds into all its flows' rows with a few fancy-indexed operations instead
-    of a dozen small array operations per flow. Rows of ended flows are reused."""
+def _columns(head_len: int, n_first: int) -> dict[str, tuple[tuple[int, ...], type, float]]:
+    """Per-row columns of `_Tables`: (shape of a row, dtype, value of a fresh row)."""
+    return {
+        "sums": ((len(_SUMS),), np.float64, 0.0),
+        "mins": ((len(_EXTREMES),), np.float64, np.inf),
+        "maxs": ((len(_EXTREMES),), np.float64, -np.inf),
+        "last_ts": ((2,), np.int64, -1),  # per direction: last payload packet's time
+        "last_hdr": ((2, _PAIRED), np.uint8, 0),  # its first bytes
+        "last_len": ((2,), np.int64, 0),  # and how many of them are real
+        "payloads": ((), np.int64, 0),
+        "hist": ((256,), np.uint16, 0),  # bytes of the leading payloads (<= 8 * 256 each: fits)
+        # The first `head_len` payload packets (0 beyond them): size and OpenVPN opcode (255: payload too
+        # short), and for the first `n_first` the direction (+1 fwd, -1 bwd) and time.
+        "size": ((head_len,), np.int32, 0),
+        "opcode": ((head_len,), np.uint8, 0),
+        "dir": ((n_first,), np.int8, 0),
+        "ts": ((n_first,), np.int64, 0),
+        "undecided": ((), np.uint8, 0),  # bit k: a dissector of SIG_FAMILIES[k] still undecided at last look
+    }
 
-    def __init__(self, capacity: int = 1024) -> None:
-        self.sums = np.zeros((capacity, len(_SUMS)))
-        self.mins = np.zeros((capacity, len(_EXTREMES)))
-        self.maxs = np.zeros((capacity, len(_EXTREMES)))
-        self.last_ts = np.zeros((capacity, 2), np.int64)  # per direction: last payload packet's time
-        self.last_hdr = np.zeros((capacity, 2, 12), np.uint8)  # its first bytes
-        self.last_len = np.zeros((capacity, 2), np.int64)  # and how many of them are real
-        self.payloads = np.zeros(capacity, np.int64)
-        self.hist = np.zeros((capacity, 256), np.uint16)  # bytes of the leading payloads (<= 8 * 256 each: fits)
+
+# The columns an ended flow's feature row is made from; the others only serve open flows.
+_FINAL = ("sums", "mins", "maxs", "payloads", "hist", "size", "opcode", "dir", "ts", "undecided")
+
+
+@dataclass(slots=True, eq=False)
+class _Ended:
+    """Flows that ended between two flushes of their tables: their rows, then (once flushed) copies of
+    those rows' `_FINAL` columns, in the same order. Each such flow holds (this, its index)."""
+
+    tables: _Tables
+    rows: list[int] = field(default_factory=list)
+    final: dict[str, np.ndarray] | None = None
+
+
+class _Tables:
+    """A plugin's per-flow state, one row per open flow (everything here merges exactly across chunks): a
+    chunk folds into all its flows' rows with a few fancy-indexed operations, without a Python object per
+    flow. Rows of ended flows are copied out together (`flush`) and reused.
+
+    The batch thread of `vpnid classify` may flush (in `vectors`) while the flow table takes the next
+    chunk, which also flushes and allocates: the lock keeps the free list and the pending rows whole."""
+
+    def __init__(self, head_len: int, n_first: int, capacity: int = 1024) -> None:
+        self.spec = _columns(head_len, n_first)
+        self.cols = {name: np.zeros((capacity, *shape), dtype) for name, (shape, dtype, _) in self.spec.items()}
         self.free = list(range(capacity - 1, -1, -1))
+        self.pending = _Ended(self)
+        self.lock = threading.Lock()
+
+    def __getstate__(self) -> dict:  # a flow table carried over to another process pickles its plugins
+        return {k: v for k, v in self.__dict__.items() if k != "lock"}
+
+    def __setstate__(self, state: dict) -> None:
+        self.__dict__.update(state, lock=threading.Lock())
 
     def alloc(self, n: int) -> np.ndarray:
         """n fresh rows."""
-        if n > len(self.free):
-            old = len(self.payloads)
-            new = max(2 * old, old + n)
-            for name in ("sums", "mins", "maxs", "last_ts", "last_hdr", "last_len", "payloads", "hist"):
-                a = getattr(self, name)
-                grown = np.zeros((new, *a.shape[1:]), a.dtype)
-                grown[:old] = a
-                setattr(self, name, grown)
-            self.free[:0] = range(new - 1, old - 1, -1)
-        rows = np.array(self.free[len(self.free) - n:][::-1], np.int64)
-        del self.free[len(self.free) - n:]
-        self.sums[rows], self.mins[rows], self.maxs[rows] = 0.0, np.inf, -np.inf
-        self.last_ts[rows], self.last_hdr[rows], self.last_len[rows] = -1, 0, 0
-        self.payloads[rows], self.hist[rows] = 0, 0
+        with self.lock:
+            if n > len(self.free):
+                old = len(self.cols["payloads"])
+                new = max(2 * old, old + n)
+                for name, a in self.cols.items():
+                    grown = np.zeros((new, *a.shape[1:]), a.dtype)
+                    grown[:old] = a
+                    self.cols[name] = grown
+                self.free[:0] = range(new - 1, old - 1, -1)
+            rows = np.array(self.free[len(self.free) - n:][::-1], np.int64)
+            del self.free[len(self.free) - n:]
+        for name, (_, _, fresh) in self.spec.items():
+            self.cols[name][rows] = fresh
         return rows
 
-    def release(self, row: int) -> _Final:
-        """A copy of an ended flow's aggregates; its row is free again."""
+    def drop(self, row: int) -> None:
+        """The row of an ended flow whose vector is not wanted is free again. No lock: this runs on the
+        flow table's thread, as `alloc` does, and a list append cannot interleave with `flush`'s extend."""
         self.free.append(row)
-        return _Final(self.sums[row].copy(), self.mins[row].copy(), self.maxs[row].copy(), self.hist[row].copy())
 
+    def end(self, row: int) -> tuple[_Ended, int]:
+        """Keep an ended flow's row until the next flush copies it out: the flow's handle to its copy."""
+        with self.lock:
+            ended = self.pending
+            ended.rows.append(row)
+            return ended, len(ended.rows) - 1
 
-@dataclass(slots=True)
-class _Final:
-    """An ended flow's aggregates, out of the tables."""
-
-    sums: np.ndarray
-    mins: np.ndarray
-    maxs: np.ndarray
-    hist: np.ndarray
-
-
-@dataclass(slots=True)
-class _State:
-    """What a flow has in its plugin: its row of the aggregate tables while open, and what is per flow."""
-
-    row: int = -1
-    head: list[np.ndarray] = field(default_factory=list)  # size, dir, ts, opcode of HEAD payloads
-    head_features: np.ndarray | None = None  # computed once HEAD is full, then `head` is dropped
-    undecided: frozenset[str] = frozenset()  # families with a dissector still undecided at last look
-    final: _Final | None = None  # set when the flow ends
-
-
-_NO_FAMILIES: frozenset[str] = frozenset()
+    def flush(self) -> None:
+        """Copy the final columns of the flows ended since the last flush, all at once, and free their rows."""
+        with self.lock:
+            ended = self.pending
+            if not ended.rows:
+                return
+            rows = np.array(ended.rows, np.int64)
+            ended.final = {name: self.cols[name][rows] for name in _FINAL}
+            self.free += ended.rows
+            self.pending = _Ended(self)
 
 
 class FeaturePlugin:
-    """Flow-table plugin that keeps each flow's aggregates in `flow.ext["vectors"]`; `vectors` makes
-    the feature rows (schema order) of ended flows from them."""
+    """Flow-table plugin that keeps each flow's aggregates in a row of its tables (`flow.ext["vectors"]`
+    holds the row, then a handle to the ended flow's copy); `vectors` makes the feature rows (schema
+    order) of ended flows from them."""
 
     def __init__(self, n_first: int = N_FIRST, undecided_only: bool = False, min_packets: int = 0) -> None:
         self.n_first = n_first
         self.head_len = max(HEAD, n_first)
         # Classification needs vectors only where no signature decided and the flow is long enough for
-        # the model; feature extraction wants every flow (the defaults).
+        # the model; feature extraction wants every flow (the defaults). Other flows' rows are freed as
+        # they end, and the undecided families are looked up only for flows already long enough.
         self.undecided_only = undecided_only
         self.min_packets = min_packets
-        self.tables = _Tables()
-        # (running dissector classes, unscreened classes) -> families still undecided, shared frozensets
-        self._families: dict[tuple, frozenset[str]] = {}
-
+        self.tables = _Tables(self.head_len, n_first)
+        # (running dissector classes, unscreened classes) -> bits of the families still undecided
+        self._families: dict[tuple, int] = {}
 
     # ------------------------------------------------------------------ per chunk
     def on_segments(self, seg: Segments) -> None:
-        if self.undecided_only:
-            keep = np.fromiter((f.verdict is None for f in seg.flows), bool, len(seg.flows))
+        T = self.tables
+        T.flush()  # rows of the flows that ended since the last chunk are reused from here on
+        flows = seg.flows
+        if self.undecided_only:  # -2: decided, no vector wanted
+            slot = np.array([f.ext.get(KEY, -1) if f.verdict is None else -2 for f in flows], np.int64)
+            keep = slot != -2
             if not keep.all():
-                seg = seg.select(keep)
-            if not seg.flows:
+                seg, slot = seg.select(keep), slot[keep]
+                flows = seg.flows
+            if not flows:
                 return
+        else:
+            slot = np.array([f.ext.get(KEY, -1) for f in flows], np.int64)
+        new = np.flatnonzero(slot < 0)
+        if len(new):
+            slot[new] = rows = T.alloc(len(new))
+            for i, row in zip(new.tolist(), rows.tolist()):
+                flows[i].ext[KEY] = row
+        c = T.cols
         t, rows, starts = seg.table, seg.rows, seg.starts
-        n_seg = len(seg.flows)
+        n_seg = len(flows)
         counts = np.diff(np.r_[starts, len(rows)])
         sid = np.repeat(np.arange(n_seg), counts)
         d = seg.direction.astype(np.int64)
@@ -243,12 +292,6 @@ class FeaturePlugin:
         ts = t.ts_ns[rows]
         flags = t.tcp_flags[rows].astype(np.int64)
         has = plen > 0
-        states = [f.ext.get(KEY) for f in seg.flows]
-        new = [i for i, st in enumerate(states) if st is None]
-        for i, row in zip(new, self.tables.alloc(len(new)).tolist()):
-            states[i] = seg.flows[i].ext[KEY] = _State(row)
-        T = self.tables
-        slot = np.array([st.row for st in states], np.int64)
 
         sums = np.zeros((n_seg, len(_SUMS)))
         mins = np.full((n_seg, len(_EXTREMES)), np.inf)
@@ -264,107 +307,106 @@ class FeaturePlugin:
         # Per (segment, direction): payload sizes, gaps, header-byte repeats and counters, in capture order,
         # each packet paired with the one before it in its direction (from earlier chunks: the tables).
         _fold_payloads(sid, d, ts, plen, t.payload_off[rows].astype(np.int64), t.data, t.extra, slot,
-                       T.last_ts, T.last_hdr, T.last_len, _FOLD_COLUMNS, sums, mins, maxs)
+                       c["last_ts"], c["last_hdr"], c["last_len"], _FOLD_COLUMNS, sums, mins, maxs)
 
         # Rank of each payload packet within its flow (capture order), for the head and the entropy.
-        payloads_before = T.payloads[slot]
+        payloads_before = c["payloads"][slot]
         cum = np.cumsum(has)
         rank = np.zeros(len(rows), np.int64)
         rank[has] = (cum - 1 - (cum[starts] - has[starts])[sid])[has] + payloads_before[sid[has]]
         lead = np.flatnonzero(has & (rank < ENTROPY_PACKETS))  # bytes of the leading payloads: the entropy
-        count_bytes(t, rows[lead], ENTROPY_BYTES, T.hist, slot[sid[lead]])
-        young = np.flatnonzero(has & (rank < self.head_len))
+        count_bytes(t, rows[lead], ENTROPY_BYTES, c["hist"], slot[sid[lead]])
+        young = np.flatnonzero(has & (rank < self.head_len))  # head packets, into the flows' head columns
         opcode_at = np.where(t.proto[rows[young]] == IPPROTO_TCP, 2, 0)
         ohdr, olen = _header_bytes(t, rows[young], 3)
-        opcode = np.where(olen > opcode_at, ohdr[np.arange(len(young)), opcode_at] >> 3, 255).astype(np.int64)
-        young_bounds = np.searchsorted(sid[young], np.arange(n_seg + 1))
+        at = slot[sid[young]], rank[young]
+        c["size"][at] = plen[young]
+        c["opcode"][at] = np.where(olen > opcode_at, ohdr[np.arange(len(young)), opcode_at] >> 3, 255)
+        first = young[rank[young] < self.n_first]
+        at = slot[sid[first]], rank[first]
+        c["dir"][at], c["ts"][at] = 1 - 2 * d[first], ts[first]
 
-        T.sums[slot] += sums
-        T.mins[slot] = np.minimum(T.mins[slot], mins)
-        T.maxs[slot] = np.maximum(T.maxs[slot], maxs)
-        T.payloads[slot] += np.bincount(sid[has], minlength=n_seg)
-        full = []
-        payloads = T.payloads[slot].tolist()
-        # One array for the chunk's head packets; each flow keeps a copy of its columns (a view would keep
-        # the whole chunk's array alive as long as any of its flows is open).
-        kept = np.stack([plen[young], 1 - 2 * d[young], ts[young], opcode])
-        bounds = young_bounds.tolist()
-        for i in np.flatnonzero(young_bounds[1:] > young_bounds[:-1]).tolist():
-            states[i].head.append(kept[:, bounds[i]:bounds[i + 1]].copy())
-            if payloads[i] >= self.head_len:
-                full.append(i)
-        families = self._families
-        for flow, st in zip(seg.flows, states):
-            if flow.pending or flow.unscreened:
-                key = (tuple(type(dis) for dis in flow.pending), flow.unscreened)
-                fams = families.get(key)
-                if fams is None:
-                    fams = families[key] = frozenset(cls.family for cls in flow.undecided if cls.feature_state)
-                st.undecided = fams
-            else:
-                st.undecided = _NO_FAMILIES
-        # Now, so the kept head packets can go.
-        _head_features([states[i] for i in full], T.hist[slot[full]], self.n_first)
+        c["sums"][slot] += sums
+        c["mins"][slot] = np.minimum(c["mins"][slot], mins)
+        c["maxs"][slot] = np.maximum(c["maxs"][slot], maxs)
+        c["payloads"][slot] += np.bincount(sid[has], minlength=n_seg)
+        # A flow's last look counts (its packets are all in then); flows below min_packets get no vector.
+        ask = np.flatnonzero(seg.before + counts >= self.min_packets).tolist()
+        c["undecided"][slot[ask]] = [self._undecided(flows[i]) for i in ask]
+
+    def _undecided(self, flow: Flow) -> int:
+        """Bits (SIG_FAMILIES order) of the families whose dissectors are still undecided on the flow."""
+        if not (flow.pending or flow.unscreened):
+            return 0
+        key = (tuple(map(type, flow.pending)), flow.unscreened)
+        bits = self._families.get(key)
+        if bits is None:
+            fams = {cls.family for cls in flow.undecided if cls.feature_state}
+            bits = self._families[key] = sum(1 << k for k, fam in enumerate(SIG_FAMILIES) if fam in fams)
+        return bits
 
     # ------------------------------------------------------------------ per flow
     def on_end(self, flow: Flow) -> None:
-        """Keep the aggregates of flows the vectors are wanted for; `vectors` turns them into rows (all
-        of a drained batch at once)."""
-        st = flow.ext.get(KEY)
-        if st is None:
+        """Keep the row of a flow the vector is wanted for until the next flush copies it out with the
+        others (`vectors` reads those copies for a drained batch at once); free the others."""
+        row = flow.ext.get(KEY)
+        if row is None:
             return
-        if flow.total_packets < self.min_packets:
+        if flow.total_packets < self.min_packets or (self.undecided_only and flow.verdict is not None):
             del flow.ext[KEY]
-            self.tables.free.append(st.row)
+            self.tables.drop(row)
         else:
-            st.final = self.tables.release(st.row)
+            flow.ext[KEY] = self.tables.end(row)
 
 
-def _head_features(states: Sequence[_State], hists: np.ndarray, n_first: int) -> None:
-    """Set entropy (from each state's byte histogram in `hists`), opcode/ACK filters and the first-N
-    sequence from the kept head packets of each state that has none yet (then drop those packets), for
-    all of them at once."""
-    todo = [i for i, st in enumerate(states) if st.head_features is None]
-    if not todo:
-        return
-    states, hists = [states[i] for i in todo], hists[todo]
-    n, width = len(states), max(HEAD, n_first)
-    counts = np.array([sum(a.shape[1] for a in st.head) for st in states], np.int64)
-    kept = np.concatenate([a for st in states for a in st.head], axis=1) if counts.any() else np.zeros((4, 0), np.int64)
-    owner = np.repeat(np.arange(n), counts)
-    pos = np.arange(len(owner)) - np.repeat(np.cumsum(counts) - counts, counts)
-    keep = pos < width
-    owner, pos = owner[keep], pos[keep]
-    size, direction, ts, opcode = np.zeros((4, n, width), np.int64)
-    size[owner, pos], direction[owner, pos], ts[owner, pos], opcode[owner, pos] = kept[:, keep]
-    valid = np.zeros((n, width), bool)
-    valid[owner, pos] = True
+def _final(flows: Sequence[Flow]) -> dict[str, np.ndarray]:
+    """The final columns of ended flows (one row each, in order), flushing their tables if need be."""
+    ended, index = zip(*[f.ext[KEY] for f in flows])
+    groups = list(dict.fromkeys(ended))  # usually one or two per drained batch
+    for e in groups:
+        if e.final is None:
+            e.tables.flush()
+    index = np.array(index, np.int64)
+    if len(groups) == 1:
+        return {name: col[index] for name, col in groups[0].final.items()}
+    offset, at = {}, 0
+    for e in groups:
+        offset[e], at = at, at + len(e.rows)
+    index += np.array([offset[e] for e in ended], np.int64)
+    return {name: np.concatenate([e.final[name] for e in groups])[index] for name in _FINAL}
+
+
+def _head_features(final: dict[str, np.ndarray], n_first: int) -> np.ndarray:
+    """Entropy (from the byte histograms), opcode/ACK filters and the first-N sequence from the head
+    columns of `_final` rows, for all of them at once."""
+    size, opcode = final["size"].astype(np.int64), final["opcode"].astype(np.int64)
+    n, width = size.shape
+    valid = np.arange(width) < final["payloads"][:, None]
+    ts = final["ts"]
     seq = np.zeros((n, n_first, 3))
     seq[:, :, 0] = size[:, :n_first]
-    seq[:, :, 1] = direction[:, :n_first]
-    seq[:, 1:, 2] = np.where(valid[:, 1:n_first], (ts[:, 1:n_first] - ts[:, : n_first - 1]) / NS, 0.0)
-    entropy = np.array([_entropy(h) for h in hists])
-    block = np.column_stack([entropy, _opcode_filter(opcode, valid & (opcode != 255)), _ack_filter(size, valid),
-                             seq.reshape(n, -1)])
-    for st, row in zip(states, block):
-        st.head, st.head_features = [], row
+    seq[:, :, 1] = final["dir"]
+    seq[:, 1:, 2] = np.where(valid[:, 1:n_first], (ts[:, 1:] - ts[:, :-1]) / NS, 0.0)
+    return np.column_stack([_entropy(final["hist"]), _opcode_filter(opcode, valid & (opcode != 255)),
+                            _ack_filter(size, valid), seq.reshape(n, -1)])
 
 
 @functools.cache
-def _families_run(proto: int) -> tuple[bool, ...]:
-    """Per family in SIG_FAMILIES: whether a dissector of its feature state runs on this transport."""
-    return tuple(any(fam == dis.family and proto in dis.transports and dis.feature_state for dis in catalog.ALL)
-                 for fam in SIG_FAMILIES)
+def _families_run() -> np.ndarray:
+    """Per transport number and family in SIG_FAMILIES: whether a dissector of its feature state runs on it."""
+    return np.array([[any(fam == dis.family and proto in dis.transports and dis.feature_state for dis in catalog.ALL)
+                      for fam in SIG_FAMILIES] for proto in range(256)])
 
 
-def _sig_states(flow: Flow, st: _State) -> list[int]:
-    """Per family in SIG_FAMILIES: what its dissectors made of the flow."""
-    verdict = flow.verdict.family if flow.verdict else None
-    sig = []
-    for fam, ran in zip(SIG_FAMILIES, _families_run(flow.proto)):
-        state = ("confirmed" if verdict == fam else "undecided" if fam in st.undecided
-                 else "rejected" if ran else "not_run")
-        sig.append(SIG_STATE[state])
+def _sig_states(flows: Sequence[Flow], proto: np.ndarray, undecided: np.ndarray) -> np.ndarray:
+    """Per flow and family in SIG_FAMILIES: what its dissectors made of the flow."""
+    verdict = np.array([f.verdict.family if f.verdict else "" for f in flows], object)
+    ran = _families_run()[proto]
+    sig = np.empty((len(flows), len(SIG_FAMILIES)))
+    for k, fam in enumerate(SIG_FAMILIES):
+        sig[:, k] = np.where(verdict == fam, SIG_STATE["confirmed"],
+                             np.where(undecided & (1 << k), SIG_STATE["undecided"],
+                                      np.where(ran[:, k], SIG_STATE["rejected"], SIG_STATE["not_run"])))
     return sig
 
 
@@ -373,12 +415,11 @@ def _ratio(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     return np.divide(a, b, out=np.zeros(np.broadcast(a, b).shape), where=b != 0)
 
 
-def _matrix(flows: Sequence[Flow], states: Sequence[_State], n_first: int) -> np.ndarray:
+def _matrix(flows: Sequence[Flow], n_first: int) -> np.ndarray:
     """Feature rows of ended flows, column by column over all of them (the same IEEE operations, so the
     same values, as computing them flow by flow)."""
-    s = np.array([st.final.sums for st in states])
-    mins = np.array([st.final.mins for st in states])
-    maxs = np.array([st.final.maxs for st in states])
+    final = _final(flows)
+    s, mins, maxs = final["sums"], final["mins"], final["maxs"]
     g = lambda k: s[:, _SUMS[k]]  # noqa: E731
     packets = np.array([f.packets for f in flows], np.int64)
     byte_counts = np.array([f.bytes for f in flows], np.int64)
@@ -400,10 +441,8 @@ def _matrix(flows: Sequence[Flow], states: Sequence[_State], n_first: int) -> np
         cols += [_ratio(g(f"{dn}_eq{j}"), pairs) for j in range(HDR)]
         cols += [_ratio(g(f"{dn}_ctr_be"), pairs), _ratio(g(f"{dn}_ctr_le"), pairs)]
     cols += [g("syn"), g("fin"), g("rst"), g("psh") / pkts, g("pure_ack") / pkts]
-    _head_features(states, np.array([st.final.hist for st in states]), n_first)
-    head = np.array([st.head_features for st in states])
-    sig = np.array([_sig_states(f, st) for f, st in zip(flows, states)], np.float64)
-    return np.hstack([np.column_stack(cols).astype(np.float64), head, sig])
+    return np.hstack([np.column_stack(cols).astype(np.float64), _head_features(final, n_first),
+                      _sig_states(flows, proto, final["undecided"])])
 
 
 # ---------------------------------------------------------------------------------------------- helpers
@@ -480,12 +519,21 @@ def _fold_payloads(sid: np.ndarray, d: np.ndarray, ts: np.ndarray, plen: np.ndar
             last_hdr[row, di, j] = hdr[j]
 
 
-def _entropy(hist: np.ndarray) -> float:
-    n = hist.sum()
-    if not n:
-        return 0.0
-    q = hist[hist > 0] / n
-    return float(-(q * np.log2(q)).sum())
+def _entropy(hist: np.ndarray) -> np.ndarray:
+    """Shannon entropy (bits) of each row of byte counts. Rows are summed in groups of the same number of
+    distinct bytes, so each sum runs over exactly that row's terms, in the order (and to the same float)
+    of a sum over that row alone."""
+    total = hist.sum(axis=1)
+    r, c = np.nonzero(hist)
+    q = hist[r, c] / total[r]
+    terms = q * np.log2(q)
+    distinct = np.bincount(r, minlength=len(hist))
+    start = np.cumsum(distinct) - distinct
+    out = np.zeros(len(hist))
+    for k in np.unique(distinct[distinct > 0]).tolist():
+        rows = np.flatnonzero(distinct == k)
+        out[rows] = -terms[start[rows, None] + np.arange(k)].sum(axis=1)
+    return out
 
 
 def _opcode_filter(opcode: np.ndarray, valid: np.ndarray) -> np.ndarray:
@@ -526,7 +574,7 @@ def vectors(flows: Sequence[Flow], n_first: int = N_FIRST) -> np.ndarray:
     """Feature matrix (schema order) of flows that ended under a FeaturePlugin."""
     if not flows:
         return np.zeros((0, len(schema(n_first))))
-    return _matrix(flows, [f.ext[KEY] for f in flows], n_first)
+    return _matrix(flows, n_first)
 
 
 def index_row(pcap: str, flow: Flow) -> tuple:

@@ -182,9 +182,9 @@ def test_entropy_counts_only_the_leading_bytes_and_fit_the_histogram():
     """The byte histogram holds ENTROPY_PACKETS * ENTROPY_BYTES counts at most: all of them in one bin
     must neither overflow its dtype nor let later bytes or packets in (entropy stays 0 for a flow whose
     first payloads repeat one byte, whatever follows)."""
-    from vpnid.features.vectors import ENTROPY_BYTES, ENTROPY_PACKETS, _Tables
+    from vpnid.features.vectors import ENTROPY_BYTES, ENTROPY_PACKETS, HEAD, N_FIRST, _Tables
 
-    assert ENTROPY_PACKETS * ENTROPY_BYTES <= np.iinfo(_Tables().hist.dtype).max
+    assert ENTROPY_PACKETS * ENTROPY_BYTES <= np.iinfo(_Tables(HEAD, N_FIRST).cols["hist"].dtype).max
     same = [P(i * 0.1, A, B, 1, 2, payload=b"A" * ENTROPY_BYTES + bytes(range(256))) for i in range(ENTROPY_PACKETS)]
     later = [P(1 + i * 0.1, A, B, 1, 2, payload=bytes(range(256))) for i in range(3)]
     _, x = run([same + later])
