@@ -1,4 +1,5 @@
-"""Shadowsocks AEAD: real SIP004/SIP022 ciphertext confirmed when it shows enough writes each way; fully
+"""Shadowsocks AEAD: real SIP004/SIP022 ciphertext confirmed when it shows enough writes each way, from the
+start or joined mid-flow (a capture started late: then without the risk, at a lower confidence); fully
 encrypted flows with nothing more (one-request downloads) and fully encrypted ordinary protocols (compressed
 agents, TLS 1.3, SSH, games, MTProto, RLPx, BitTorrent MSE) get the `fully_encrypted` risk and no label.
 
@@ -207,6 +208,40 @@ def test_fully_encrypted_ordinary_protocols_are_rejected_by_the_structure_they_s
     assert reason in d.evidence[-1], d.evidence
 
 
+@pytest.mark.parametrize("cut", [1, 2, 5])
+@pytest.mark.parametrize("name", POSITIVES)
+def test_joined_mid_flow_the_writes_alone_name_it(name, cut):
+    """A capture that starts `cut` writes into the session: no salt, no opening, but the writes that
+    follow pass the same tests; the label says mid-flow, and no risk is claimed for first segments unseen."""
+    d = run(POSITIVES[name]()[cut:], opened=False)
+    assert d.state is State.CONFIRMED and d.confidence == 0.5 and d.attributes == {"mid_flow": "true"}, d.evidence
+    assert d.evidence[-1].startswith("joined mid-flow") and not d.risks
+
+
+@pytest.mark.parametrize("cut", [1, 2, 5])
+@pytest.mark.parametrize("name", NEGATIVES)
+def test_joined_mid_flow_ordinary_protocols_still_show_their_structure(name, cut):
+    d = run(NEGATIVES[name][0]()[cut:], opened=False)
+    assert d.state is State.REJECTED and not d.risks, d.evidence
+
+
+def test_joined_mid_flow_through_the_table_on_a_vpn_port():
+    """The cheap stage passes a connection joined mid-flow (no SYN seen) to the dissector."""
+    packets = POSITIVES["aes-256-gcm"]()[3:]
+    a, b = "198.18.0.1", "198.18.0.2"
+    seq = [1000, 9000]
+    pkts = []
+    for i, (d, payload) in enumerate(packets):
+        src, dst, sport, dport = (a, b, 50_000, 8388) if d == 0 else (b, a, 8388, 50_000)
+        pkts.append(P(i * 0.01, src, dst, sport, dport, 6, TCP_PSH | TCP_ACK, payload, seq[d]))
+        seq[d] += len(payload)
+    ft = FlowTable(catalog.ALL)
+    ft.add(table(pkts))
+    (flow,) = ft.close()
+    rec = label(flow)
+    assert (rec["label"], rec["confidence"], rec["risks"]) == ("shadowsocks", 0.5, []), rec
+
+
 HEAD = rb(8)  # one fixed 8-byte header on every write
 
 
@@ -229,7 +264,10 @@ def rlpx_auth() -> bytes:
       (1, b"\x13BitTorrent protocol" + bytes(8) + rb(40))], True, "printable bytes in a row"),
     ([(1, rb(200)), (0, rb(200))], True, "responder spoke first"),
     ([(d, HEAD + rb(90)) for _ in range(16) for d in (0, 1)], True, "header bytes repeat"),  # ~900 equal pairs
-    (download(), False, "start was not seen"),  # mid-flow: random bytes say nothing
+    # joined mid-flow: a proxied download shows one client write, too little to tell ciphertext apart
+    (download(), False, "fully encrypted only: 1 client and 0 server"),
+    ([(0, rb(20)), (1, rb(300))], False, "below the AEAD floor of 35"),  # no chunk is that short
+    ([(0, b"\x17\x03\x03\x01\x2b" + rb(294))], False, "length field at offset 3"),  # a TLS record, mid-flow
 ])
 def test_other_streams_are_rejected(packets, opened, reason):
     d = run(packets, opened)

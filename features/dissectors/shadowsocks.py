@@ -29,9 +29,14 @@ tests had something to look at: a proxied download (one request, then a bulk ans
 (constant 35-byte writes) keep only the risk. A miss is preferred to naming an ordinary flow. Other fully
 encrypted proxies (VMess, obfs4) look the same by design, so confidence stays moderate.
 
-Mid-flow the bytes say nothing: the flow's start (TCP SYN) must have been seen. The exemptions cost a
-little recall by design: about 1 connection in 200 has a first segment with printable first bytes,
-mostly printable bytes or a 16-bit field that looks like its length.
+Joined mid-flow (the TCP SYN not seen: a capture that started late), the first segments prove nothing
+about a salt and may be the middle of a write, so there is no risk to raise; but the writes that follow
+are as they were, and the label is given on the same tests: each direction's first segment looking like
+ciphertext (no exemption, at least a chunk), then MIN_WRITES whole writes each way after it, each at least
+a chunk, no text, and none of the length-field, repeated-header and aligned-size structure. What such a
+flow leaves open is only which fully encrypted proxy it is, at a lower confidence (0.5, `mid_flow=true`).
+The exemptions cost a little recall by design: about 1 connection in 200 has a first segment with
+printable first bytes, mostly printable bytes or a 16-bit field that looks like its length.
 """
 
 from __future__ import annotations
@@ -42,7 +47,7 @@ from typing import ClassVar
 
 import numpy as np
 
-from vpnid.features.dissectors.base import Dissector, FlowPacket, PacketHeads, State
+from vpnid.features.dissectors.base import Dissector, FlowPacket, PacketHeads
 from vpnid.features.families import SHADOWSOCKS
 from vpnid.features.packets import IPPROTO_TCP
 from vpnid.features.risks import FULLY_ENCRYPTED
@@ -194,9 +199,12 @@ class Shadowsocks(Dissector):
 
     @staticmethod
     def prefilter(p: PacketHeads) -> np.ndarray:
-        """TCP seen to open, the client speaking first, with at least the AEAD floor of a first segment and
-        none of the `exemption`s its first bytes alone show (`visible_heads`)."""
-        return (p.proto == IPPROTO_TCP) & p.opened & (p.direction == 0) & (p.length >= MIN_CLIENT_FIRST) & ~visible_heads(p)
+        """TCP seen to open, the client speaking first, with at least the AEAD floor of a first segment, or
+        TCP joined mid-flow with at least a chunk; either way none of the `exemption`s its first bytes alone
+        show (`visible_heads`). `on_packet` rejects on any other first segment."""
+        floor = np.where(p.opened, MIN_CLIENT_FIRST, MIN_CHUNK)
+        return ((p.proto == IPPROTO_TCP) & (~p.opened | (p.direction == 0)) & (p.length >= floor)
+                & ~visible_heads(p))
 
     def __init__(self) -> None:
         super().__init__()
@@ -206,25 +214,29 @@ class Shadowsocks(Dissector):
         self._sizes: tuple[list[int], list[int]] = ([], [])  # sizes of later whole writes, per direction
         self._fields: Counter[tuple[int, int, str]] = Counter()  # length-field layouts matched, over writes
         self._latest: FlowPacket | None = None  # the packet a verdict is dated to
+        self._joined = False  # the flow's start was not seen (its first segments may be mid-write)
 
     def on_packet(self, pkt: FlowPacket) -> None:
         d, p = pkt.direction, pkt.payload
         if self.seen == 1:
-            if not pkt.opened:
-                self.reject("the flow's start was not seen")
-            elif d != 0:
+            self._joined = not pkt.opened
+            if not self._joined and d != 0:
                 self.reject("the responder spoke first")
-        if self.state is not State.CANDIDATE:
-            return
+                return
         first, starts_write = not self._first[d], self._last[d] < FULL_SEGMENT  # the last one ended a write
         if first:
-            floor = MIN_CLIENT_FIRST if d == 0 else MIN_SERVER_FIRST
-            why = exemption(p, d == 0) if len(p) >= floor else f"{len(p)} bytes, below the AEAD floor of {floor}"
+            joined = self._joined
+            floor = MIN_CHUNK if joined else MIN_CLIENT_FIRST if d == 0 else MIN_SERVER_FIRST
+            # Joined, either side's first segment is held to what the cheap stage checked on the flow's first
+            # (printable first bytes included: `visible_heads`).
+            why = (exemption(p, d == 0 or joined) if len(p) >= floor
+                   else f"{len(p)} bytes, below the AEAD floor of {floor}")
             if why:
-                self.reject(f"first {'client' if d == 0 else 'server'} segment not fully encrypted: {why}")
+                side = "client" if d == 0 else "server"
+                self.reject(f"first {side} segment{' seen' if joined else ''} not fully encrypted: {why}")
                 return
             self._first[d] = len(p)
-            if all(self._first):
+            if all(self._first) and not joined:
                 self.raise_risk(FULLY_ENCRYPTED)
         elif len(p) < MIN_CHUNK and starts_write:
             self.reject(f"a {len(p)}-byte segment cannot hold an AEAD chunk")
@@ -232,7 +244,7 @@ class Shadowsocks(Dissector):
         elif why := text_in(p):
             self.reject(f"a later segment carries text ({why}): not ciphertext")
             return
-        if starts_write:
+        if starts_write and not (first and self._joined):  # joined: a first segment may be mid-write
             self._heads[d].append(p[:HEADER])
             self._fields.update(length_fields(p))
             if len(p) < FULL_SEGMENT and not first:  # a first segment also holds a salt, nonce or key
@@ -260,8 +272,12 @@ class Shadowsocks(Dissector):
                         f"the first, fewer than the {MIN_WRITES} each way that tell Shadowsocks from other "
                         "encrypted or compressed protocols")
         else:
-            self.confirm(self._latest, 0.6, f"first segments of both sides fully encrypted ({self._first[0]} and "
-                                            f"{self._first[1]} bytes), then {writes[0]} client and {writes[1]} "
-                                            "server whole writes with random leading bytes, unaligned sizes and "
-                                            "no length field, each at least one AEAD chunk, no text, client "
-                                            "spoke first (Shadowsocks-style fully encrypted proxy)")
+            if self._joined:
+                self.attributes["mid_flow"] = "true"
+            opening = ("joined mid-flow, the first segments seen on both sides random" if self._joined
+                       else "first segments of both sides fully encrypted")
+            self.confirm(self._latest, 0.5 if self._joined else 0.6,
+                         f"{opening} ({self._first[0]} and {self._first[1]} bytes), then {writes[0]} client and "
+                         f"{writes[1]} server whole writes with random leading bytes, unaligned sizes and no "
+                         "length field, each at least one AEAD chunk, no text"
+                         f"{'' if self._joined else ', client spoke first'} (Shadowsocks-style fully encrypted proxy)")
