@@ -20,7 +20,7 @@ from vpnid.classifier.audit.text import csv_cell
 from vpnid.classifier.labelling.loading import DEFAULT_MODEL, load
 from vpnid.classifier.running import pipeline
 from vpnid.classifier.running.community import community_id
-from vpnid.classifier.running.output import write_csv_batches, write_jsonl_batches
+from vpnid.classifier.running.output import jsonl_text, write_csv_batches, write_jsonl_batches
 from vpnid.classifier.running.pipeline import Options, classify_batches, classify_capture
 from vpnid.classifier.running.records import (
     TEXT_FIELDS,
@@ -175,3 +175,20 @@ def test_a_failing_batch_build_reaches_the_caller(monkeypatch) -> None:
     with pytest.raises(RuntimeError, match="batch failed"):
         list(out)
     assert len(built) >= 2
+
+
+def test_jsonl_text_of_any_column_is_json_dumps() -> None:
+    """Numbers at their edges (negative, -0.0, non-finite, nulls), lists with nulls and text to escape, a
+    sliced batch and a column of another type: each line as json.dumps writes the row."""
+    rows = [{"i": -2**63, "f": -0.0, "s": None, "l": ["a", None], "b": True},
+            {"i": None, "f": float("inf"), "s": "x\"y", "l": None, "b": None},
+            {"i": 2**63 - 1, "f": float("nan"), "s": "é", "l": [], "b": False},
+            {"i": 0, "f": None, "s": "", "l": ["\n", "≥"], "b": True},
+            {"i": -7, "f": 1e16, "s": "z", "l": ["q"], "b": False}]
+    schema = pa.schema([("i", pa.int64()), ("f", pa.float64()), ("s", pa.string()), ("l", pa.list_(pa.string())),
+                        ("b", pa.bool_())])
+    batch = pa.RecordBatch.from_pylist(rows, schema=schema)
+    fields = tuple(schema.names)
+    for start in range(len(rows)):
+        part = batch.slice(start)
+        assert jsonl_text(part, fields) == "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows[start:])

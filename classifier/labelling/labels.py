@@ -9,6 +9,7 @@ in the evidence. `method` says which of the three. The flow's risks are listed w
 from __future__ import annotations
 
 from collections.abc import Sequence
+from operator import attrgetter
 from typing import TYPE_CHECKING
 
 from vpnid.features.families import NONE, OPENCONNECT, SHADOWSOCKS
@@ -23,10 +24,12 @@ if TYPE_CHECKING:
 # model gave a held-out FIX trading session 0.85 for openconnect, above that run's threshold; the rules
 # name every OpenConnect flow of the corpus at every cut, so the model's word adds risk, not recall.
 SIGNATURE_ONLY = frozenset({SHADOWSOCKS, OPENCONNECT})
+_NOT_MODEL_LABELS = SIGNATURE_ONLY | {NONE}  # families the model's judgement never labels a flow with
 
 
 COLUMNS = ("label", "confidence", "method", "evidence", "verdict_packet", "risks")  # `label`'s fields, in order
 _UNJUDGED = (NONE, 0.0, "none", [], None)  # a flow nothing vouches for and the model was not asked about
+_RISKS = attrgetter("risks")
 
 
 def label(flow: Flow, judgement: Judgement | None = None) -> dict:
@@ -38,11 +41,11 @@ def label_columns(flows: Sequence[Flow], judgements: Sequence[Judgement | None])
     """`label` of each flow (with its judgement), as one list per field: what a record batch is built from.
     Most flows of ordinary traffic carry no verdict and no risk, and their judgement names no family (one
     judgement object is shared by every flow too short to be asked): their fields are made once per
-    judgement. Rows share those values, the empty evidence list too: a column is read, never changed."""
+    judgement. Rows share those values, the empty evidence and risk lists too: a column is read, never changed."""
     made: dict[int, tuple] = {}
     rows = []
     for f, j in zip(flows, judgements):
-        if f.verdict is not None or (j is not None and j.family not in (NONE, *SIGNATURE_ONLY)):
+        if f.verdict is not None or (j is not None and j.family not in _NOT_MODEL_LABELS):
             rows.append(_fields(f, j))  # depends on the flow
         elif j is None:
             rows.append(_UNJUDGED)
@@ -52,7 +55,8 @@ def label_columns(flows: Sequence[Flow], judgements: Sequence[Judgement | None])
                 row = made[id(j)] = _fields(f, j)
             rows.append(row)
     cols = dict(zip(COLUMNS, map(list, zip(*rows)))) if rows else {k: [] for k in COLUMNS}
-    cols["risks"] = [sorted(f.risks) if f.risks else [] for f in flows]
+    empty: list[str] = []
+    cols["risks"] = [sorted(r) if r else empty for r in map(_RISKS, flows)]
     return cols
 
 
@@ -62,7 +66,7 @@ def _fields(flow: Flow, judgement: Judgement | None) -> tuple:
     v = flow.verdict
     if v is not None:
         return v.family, v.confidence, "signature", list(v.evidence), v.packet
-    if judgement is not None and judgement.family not in (NONE, *SIGNATURE_ONLY):
+    if judgement is not None and judgement.family not in _NOT_MODEL_LABELS:
         return (judgement.family, round(judgement.probability, 4), "model", [judgement.evidence],
                 flow.total_packets)
     evidence = [judgement.evidence] if judgement else []
