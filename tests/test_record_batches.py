@@ -55,7 +55,8 @@ def test_ids_match_per_flow_functions() -> None:
     tie = same & (rng.random(n) < 0.3)
     dport[tie] = sport[tie]  # the same endpoint twice
     first = rng.integers(0, 2**62, n)
-    fids, cids = flow_ids(proto, src, sport, dst, dport, first), community_ids(proto, src, sport, dst, dport)
+    fids = flow_ids(proto, src, sport, dst, dport, first).to_pylist()
+    cids = community_ids(proto, src, sport, dst, dport).to_pylist()
     for i in range(n):
         s, d = src[i].tobytes(), dst[i].tobytes()
         f = Flow(int(proto[i]), s, int(sport[i]), d, int(dport[i]), int(first[i]), int(first[i]), 0)

@@ -7,6 +7,8 @@ import hashlib
 import typing
 from collections.abc import Sequence
 from dataclasses import dataclass, field, fields
+from itertools import chain
+from operator import attrgetter
 
 import numpy as np
 import pyarrow as pa
@@ -94,7 +96,8 @@ def base_record(pcap: str, flow: Flow) -> dict:
 # ---------------------------------------------------------------------------------------------- batches
 # Records leave the pipeline as Arrow record batches (one per drained group of flows), built column by
 # column: no FlowRecord and no dict per flow. Flow ids and Community IDs are packed and encoded with NumPy
-# for the whole batch; only the hash itself runs per row (hashlib, in C).
+# for the whole batch; only the hash itself runs per row (hashlib, in C). Text columns of few distinct values
+# (transports, addresses) are encoded once per value and gathered.
 
 _B32 = np.frombuffer(b"abcdefghijklmnopqrstuvwxyz234567", np.uint8)
 _B64 = np.frombuffer(b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/", np.uint8)
@@ -113,11 +116,11 @@ def _be(values: np.ndarray, width: int) -> np.ndarray:
 
 
 def flow_ids(proto: np.ndarray, src: np.ndarray, sport: np.ndarray, dst: np.ndarray, dport: np.ndarray,
-             first_ns: np.ndarray) -> list[str]:
-    """`vpnid.features.flows.flow_id` for n flows (src/dst: (n, 16) uint8)."""
+             first_ns: np.ndarray) -> pa.Array:
+    """`vpnid.features.flows.flow_id` for n flows (src/dst: (n, 16) uint8), as an Arrow string array."""
     n = len(proto)
     if not n:
-        return []
+        return _fixed_width_array(np.zeros((0, 17), np.uint8))
     rows = _pack([np.asarray(proto, np.uint8)[:, None], src, _be(sport, 2), dst, _be(dport, 2), _be(first_ns, 8)])
     width = rows.shape[1]
     buf = rows.tobytes()
@@ -128,16 +131,17 @@ def flow_ids(proto: np.ndarray, src: np.ndarray, sport: np.ndarray, dst: np.ndar
     out = np.empty((n, 17), np.uint8)
     out[:, 0] = ord("F")
     out[:, 1:] = _B32[idx]
-    return out.view("S17").ravel().astype(str).tolist()
+    return _fixed_width_array(out)
 
 
 def community_ids(proto: np.ndarray, src: np.ndarray, sport: np.ndarray, dst: np.ndarray,
-                  dport: np.ndarray) -> list[str | None]:
-    """`vpnid.classifier.running.community.community_id` for n flows (src/dst: (n, 16) uint8)."""
+                  dport: np.ndarray) -> pa.Array:
+    """`vpnid.classifier.running.community.community_id` for n flows (src/dst: (n, 16) uint8), as an Arrow
+    string array (null where the transport has none: ICMP)."""
     n = len(proto)
-    out: list[str | None] = [None] * n
-    if not n:
-        return out
+    out = np.empty((n, 30), np.uint8)  # "1:" and 28 base64 characters
+    out[:, :2] = np.frombuffer(b"1:", np.uint8)
+    done = np.zeros(n, bool)
     proto = np.asarray(proto, np.int64)
     sport, dport = np.asarray(sport, np.int64), np.asarray(dport, np.int64)
     v4 = (src[:, :12] == _V4).all(axis=1) & (dst[:, :12] == _V4).all(axis=1)
@@ -173,25 +177,39 @@ def community_ids(proto: np.ndarray, src: np.ndarray, sport: np.ndarray, dst: np
             # (from the pad byte) replaced by '=' as in the unpadded encoding.
             digests = b"".join([hashlib.sha1(buf[i:i + width]).digest() + b"\0"
                                 for i in range(0, len(part) * width, width)])
-            text = np.frombuffer(base64.b64encode(digests), np.uint8).reshape(len(part), 28).copy()
-            text[:, 27] = ord("=")
-            for i, s in zip(sel[part].tolist(), text.view("S28").ravel().astype(str).tolist()):
-                out[i] = "1:" + s
-    return out
+            rows = sel[part]
+            out[rows, 2:] = np.frombuffer(base64.b64encode(digests), np.uint8).reshape(len(part), 28)
+            out[rows, 29] = ord("=")
+            done[rows] = True
+    return _fixed_width_array(out, done)
 
 
-def _address_texts(addrs: list[bytes]) -> list[str]:
-    """`address_text` per address, each distinct address of the batch written once (a batch's flows
-    share their hosts). Not kept across batches: a cache that lives as long as the run grows with the
-    capture's hosts (to ~30 MB at 200,000 addresses), which a batch does not."""
-    cache: dict[bytes, str] = {}
-    out = []
-    for a in addrs:
-        s = cache.get(a)
-        if s is None:
-            s = cache[a] = address_text(a)
-        out.append(s)
-    return out
+def _fixed_width_array(rows: np.ndarray, valid: np.ndarray | None = None) -> pa.Array:
+    """An Arrow string array of ASCII rows (n, width) uint8, built from their bytes; rows not `valid` are
+    null (and hold no bytes)."""
+    n, width = rows.shape
+    valid = np.ones(n, bool) if valid is None else valid
+    offsets = np.zeros(n + 1, np.int32)
+    np.cumsum(valid * np.int32(width), out=offsets[1:])
+    data = rows.tobytes() if valid.all() else rows[valid].tobytes()
+    return pa.Array.from_buffers(pa.string(), n, [_validity(valid), pa.py_buffer(offsets), pa.py_buffer(data)],
+                                 int(n - valid.sum()))
+
+
+def _address_texts(addrs: np.ndarray) -> pa.Array:
+    """`address_text` of each row of `addrs` (n, 16) uint8, as an Arrow string array: each distinct address
+    of the batch written once (a batch's flows share their hosts). Not kept across batches: a cache that
+    lives as long as the run grows with the capture's hosts (to ~30 MB at 200,000 addresses), which a batch
+    does not."""
+    distinct, index = np.unique(addrs.view("V16").ravel(), return_inverse=True)
+    return _taken([address_text(a.tobytes()) for a in distinct], index)
+
+
+def _taken(texts: list[str], index: np.ndarray) -> pa.Array:
+    """The string array whose row i is texts[index[i]]: a column of few distinct values, each encoded once
+    (Arrow's take gathers the rest)."""
+    return _string_array(texts).take(pa.Array.from_buffers(
+        pa.int64(), len(index), [None, pa.py_buffer(np.ascontiguousarray(index, np.int64))]))
 
 
 def record_batch(pcaps: list[str], flows: Sequence[Flow], labels: dict[str, list],
@@ -200,40 +218,45 @@ def record_batch(pcaps: list[str], flows: Sequence[Flow], labels: dict[str, list
     `vpnid.classifier.labelling.labels.label_columns`) as one Arrow record batch of
     `records_schema(with_registry)`, column by column."""
     n = len(flows)
-    # The integer fields of every flow in one pass (a pass per field costs a Python loop each).
-    ints = np.array([(f.proto, f.sport, f.dport, f.first_ns, f.last_ns, *f.packets, *f.bytes) for f in flows],
-                    np.int64).reshape(n, 9)
+    # The integer fields of every flow, read by C iterators (attrgetter, chain) straight into arrays.
+    ints = np.fromiter(chain.from_iterable(map(_INTS, flows)), np.int64, 5 * n).reshape(n, 5)
+    counts = np.fromiter(chain.from_iterable(chain.from_iterable(map(_COUNTS, flows))), np.int64,
+                         4 * n).reshape(n, 4)
     proto, sport, dport, first_ns, last_ns = (ints[:, k] for k in range(5))
-    srcs = [f.src for f in flows]
-    dsts = [f.dst for f in flows]
-    src = np.frombuffer(b"".join(srcs), np.uint8).reshape(n, 16)
-    dst = np.frombuffer(b"".join(dsts), np.uint8).reshape(n, 16)
-    names = {p: transport_name(p) for p in set(proto.tolist())}
-    addresses = _address_texts(srcs + dsts)
+    src = np.frombuffer(b"".join(map(_SRC, flows)), np.uint8).reshape(n, 16)
+    dst = np.frombuffer(b"".join(map(_DST, flows)), np.uint8).reshape(n, 16)
+    protos, proto_index = np.unique(proto, return_inverse=True)
+    addresses = _address_texts(np.concatenate([src, dst]))
     cols = {
         "pcap": pcaps,
         "flow_id": flow_ids(proto, src, sport, dst, dport, first_ns),
         "community_id": community_ids(proto, src, sport, dst, dport),
-        "transport": [names[p] for p in proto.tolist()],
-        "src_ip": addresses[:n],
+        "transport": _taken([transport_name(p) for p in protos.tolist()], proto_index),
+        "src_ip": addresses.slice(0, n),
         "src_port": sport,
-        "dst_ip": addresses[n:],
+        "dst_ip": addresses.slice(n),
         "dst_port": dport,
         # Python's int / int is correctly rounded; NumPy would round the int64 to float64 first.
         "first_seen": [t / NS for t in first_ns.tolist()],
         "last_seen": [t / NS for t in last_ns.tolist()],
-        "src2dst_packets": ints[:, 5],
-        "dst2src_packets": ints[:, 6],
-        "src2dst_bytes": ints[:, 7],
-        "dst2src_bytes": ints[:, 8],
-        "end_reason": [f.end_reason for f in flows],
+        "src2dst_packets": counts[:, 0],
+        "dst2src_packets": counts[:, 1],
+        "src2dst_bytes": counts[:, 2],
+        "dst2src_bytes": counts[:, 3],
+        "end_reason": list(map(_END_REASON, flows)),
         **labels,
     }
     if with_registry:
         cols["registry"] = [None] * n
         cols["registration_id"] = [None] * n
     schema = records_schema(with_registry)
-    return pa.RecordBatch.from_arrays([arrow_array(cols[f.name], f.type) for f in schema], schema=schema)
+    return pa.RecordBatch.from_arrays([c if isinstance(c := cols[f.name], pa.Array) else arrow_array(c, f.type)
+                                       for f in schema], schema=schema)
+
+
+_INTS = attrgetter("proto", "sport", "dport", "first_ns", "last_ns")
+_COUNTS = attrgetter("packets", "bytes")
+_SRC, _DST, _END_REASON = attrgetter("src"), attrgetter("dst"), attrgetter("end_reason")
 
 
 # Arrow arrays straight from their buffers: `pa.array` imports pandas on its first call (~47 MB resident
