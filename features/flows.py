@@ -20,6 +20,7 @@ import heapq
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from itertools import pairwise
+from operator import attrgetter
 from typing import Protocol
 
 import numpy as np
@@ -487,23 +488,24 @@ class FlowTable:
         pay = has_payload_s[pos]
         rank = np.cumsum(pay) - 1  # payload packets before, within the segment
         rank -= np.repeat(rank[first] + 1 - pay[first], count)
-        pay &= rank < np.repeat(np.array([w for *_, w in fed], np.int64), count)
+        flows, before_f, init_lo_f, wanted = zip(*fed)
+        pay &= rank < np.repeat(np.array(wanted, np.int64), count)
         pos, seg, rank = pos[pay], seg[pay], rank[pay]
         rows = order[pos]
-        flows = [f for f, *_ in fed]
+        init_lo = np.array(init_lo_f, bool)
+        # Per fed flow: whether its opening SYN was seen (`FlowPacket.opened`), its transport.
+        opened = np.array([_opened(f) for f in flows], bool)
+        proto = np.fromiter(map(_PROTO, flows), np.uint8, len(flows))
 
         # The cheap stage, vectorised over the payload packets it still asks about.
         want = np.array([_screen_rows(f) for f in flows], np.int64)
         screened = rank < want[seg]
         sidx = np.full(len(pos), -1, np.int64)
         codes = np.zeros((0, len(self.dissectors)), np.int8)
-        live = np.array([bool(f.pending) for f in flows], bool)
+        live = np.fromiter(map(bool, map(_PENDING, flows)), bool, len(flows))
         if screened.any():
-            opened = np.array([_opened(f) for f in flows], bool)
-            proto = np.array([f.proto for f in flows], np.uint8)
-            init_lo = np.array([il for _, _, il, _ in fed], bool)
             srows, sseg = rows[screened], seg[screened]
-            in_flow = np.array([f.payloads for f in flows], np.int64)[sseg] + rank[screened]
+            in_flow = np.fromiter(map(_PAYLOADS, flows), np.int64, len(flows))[sseg] + rank[screened]
             heads = PacketHeads(proto[sseg], t.payload_len[srows].astype(np.int64),
                                 payload_heads(t, srows, HEAD_BYTES),
                                 (lo_s[pos[screened]] != init_lo[sseg]).astype(np.uint8), t.tcp_flags[srows],
@@ -546,8 +548,7 @@ class FlowTable:
             return
         off = t.payload_off[rows]
         data, extra, n = memoryview(t.data), memoryview(t.extra), t.data.size
-        before = np.array([b for _, b, _, _ in fed], np.int64)[seg]
-        init_lo = np.array([il for _, _, il, _ in fed], bool)[seg]
+        before = np.array(before_f, np.int64)[seg]
         answers = codes.tolist()
         col = {cls: j for j, cls in enumerate(self.dissectors)}
         columns: dict[tuple[type[Dissector], ...], list[int]] = {}  # answer columns of each `unscreened`
@@ -558,7 +559,7 @@ class FlowTable:
             return data[a:b].tobytes() if a < n else extra[a - n : b - n].tobytes()
 
         number = before + pos - starts[seg] + 1  # packet number within the flow
-        direction = (lo_s[pos] != init_lo).astype(np.int64)
+        direction = (lo_s[pos] != init_lo[seg]).astype(np.int64)
         number_l, direction_l, ts_l, a_l, b_l, seq_l, flags_l, sidx_l = (
             number.tolist(), direction.tolist(), t.ts_ns[rows].tolist(), off.tolist(),
             (off + t.payload_len[rows]).tolist(), t.tcp_seq[rows].tolist(), t.tcp_flags[rows].tolist(), sidx.tolist())
@@ -566,6 +567,7 @@ class FlowTable:
         seq, offset, length = (t.tcp_seq[rows].astype(np.int64), off.astype(np.int64),
                                t.payload_len[rows].astype(np.int64))
         bounds = np.searchsorted(seg, np.arange(len(fed) + 1)).tolist()
+        proto_l, opened_l = proto.tolist(), opened.tolist()
         skimmers = self._skimmers
 
         def skim(flow: Flow, k: int, end: int) -> None:
@@ -584,8 +586,7 @@ class FlowTable:
         for sid, (k, end) in enumerate(pairwise(bounds)):
             if k == end:
                 continue
-            flow = flows[sid]
-            proto, opened = flow.proto, _opened(flow)
+            flow, proto, opened = flows[sid], proto_l[sid], opened_l[sid]
             skim(flow, k, end)
             while k < end:
                 j = sidx_l[k]
@@ -670,6 +671,9 @@ def _wanted(flow: Flow) -> int:
     counting those the cheap stage has not ruled out yet."""
     screening = [_limits(flow.unscreened)[0] - flow.payloads] if flow.unscreened else []
     return max([d.budget - d.seen for d in flow.pending] + screening)
+
+
+_PROTO, _PENDING, _PAYLOADS = attrgetter("proto"), attrgetter("pending"), attrgetter("payloads")
 
 
 def _opened(flow: Flow) -> bool:
