@@ -12,9 +12,14 @@ GC_GEN0_THRESHOLD = 20_000
 
 
 def prepare_process() -> None:
-    """Everything a classifying process sets once: the collector's thresholds and numba's NumPy support."""
+    """Everything a classifying process sets once: the collector's thresholds and numba's NumPy support.
+    The latter only when numba is loaded already: the modules with compiled code import it, so a command
+    whose modules did not (registry, leases) compiles nothing and is spared numba's import (~0.25 s).
+    Should such a command load compiled code later after all, its first compiled call loads the same
+    support itself, BLAS probe included (slower, same results)."""
     tune_gc()
-    load_numba_arrays_without_blas_probe()
+    if "numba" in sys.modules:
+        load_numba_arrays_without_blas_probe()
 
 
 def tune_gc() -> None:

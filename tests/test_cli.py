@@ -113,6 +113,27 @@ def test_help_teaches_with_examples():
     assert res.returncode == 0 and "examples:" in res.stdout and "--idle-timeout" in res.stdout
 
 
+def test_the_command_list_is_the_one_the_command_modules_register(monkeypatch):
+    """`vpnid --help` and errors without a command list the commands from `main.COMMANDS`, importing none of
+    their modules: the list must read exactly as in the parser every module registers into."""
+    from vpnid.classifier.cli.main import build_parser
+
+    monkeypatch.setenv("COLUMNS", "120")
+    full, listing = build_parser(), build_parser(listing=True)
+    assert listing.format_help() == full.format_help()
+    assert listing.format_usage() == full.format_usage()
+    commands = [next(a for a in p._actions if a.dest == "command").choices for p in (full, listing)]
+    assert list(commands[0]) == list(commands[1])
+
+
+@pytest.mark.parametrize("args", [["--help"], [], ["bogus"], ["registry", "--help"]])
+def test_listing_commands_and_registry_help_load_no_flow_engine(args):
+    code = ("import sys\nfrom vpnid.classifier.cli.main import main\ntry:\n    main(sys.argv[1:])\n"
+            "except SystemExit:\n    pass\nprint(sorted({'numba', 'pyarrow', 'numpy'} & sys.modules.keys()))")
+    res = subprocess.run([sys.executable, "-c", code, *args], capture_output=True, text=True, timeout=120)
+    assert res.stdout.splitlines()[-1] == "[]", res.stderr
+
+
 def test_the_terminal_spinner_counts_frames_and_ended_flows_once_per_chunk(mixed_pcap, monkeypatch):
     """On a terminal, `classify` shows how far it got in a capture (frames read, flows ended), updated as each
     chunk's flows come out rather than once per record (flows that end mid-capture: a short idle timeout)."""

@@ -11,11 +11,10 @@ from collections.abc import Callable, Iterator
 from typing import IO, TypeVar
 
 import pyarrow as pa
-from rich.table import Table
 from rich.text import Text
 
 from vpnid.classifier.audit.files import OutputError, database_files, refuse_inputs
-from vpnid.classifier.audit.registry.store import ENV, StoreError, db_location, sqlite_path
+from vpnid.classifier.audit.registry import ENV
 from vpnid.classifier.audit.text import printable, shown
 from vpnid.classifier.cli.common import (
     FORMATTER,
@@ -113,6 +112,8 @@ def _batches(captures: list[str], opts: Options, stats: dict[str, CaptureStats],
 
 def write_table(records: Iterator[FlowRecord], out: IO[str], show_all: bool, stats: dict[str, CaptureStats],
                 with_registry: bool = False) -> None:
+    from rich.table import Table  # only the table format needs it
+
     table_out = console(file=out, width=None if out is sys.stdout else 200)
     table = Table(title="flows" if show_all else "tunnel flows", show_lines=False)
     cols = ("capture", "transport", "initiator", "responder", "packets", "label", "conf", "registry", "evidence",
@@ -138,15 +139,18 @@ def cmd_classify(args: argparse.Namespace) -> int:
     stats: dict[str, CaptureStats] = {}
     failed: list[str] = []
     opts = options(args)
+    db: list[str] = []  # the registry's files: -o must not name one
     if args.db or os.environ.get(ENV):
+        from vpnid.classifier.audit.registry.store import StoreError, db_location, sqlite_path  # SQLite: only here
+
         try:
             opts.matcher = registry_matcher(args.db)
         except StoreError as e:
             error(str(e))
             return 2
+        db = database_files(str(sqlite_path(db_location(args.db))))
     if args.output:
         try:
-            db = database_files(str(sqlite_path(db_location(args.db)))) if opts.matcher else []
             refuse_inputs(args.output, [*args.captures, *db])
         except OutputError as e:
             error(str(e))

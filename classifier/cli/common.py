@@ -10,15 +10,13 @@ from typing import TYPE_CHECKING, Any, NamedTuple
 from rich.console import Console
 from rich_argparse import RawDescriptionRichHelpFormatter
 
-from vpnid.classifier.audit.leases.store import LeaseStore
-from vpnid.classifier.audit.registry.match import Matcher
-from vpnid.classifier.audit.registry.store import db_location, open_store
 from vpnid.classifier.audit.text import shown
-from vpnid.classifier.running.pipeline import Options
 
 if TYPE_CHECKING:
+    from vpnid.classifier.audit.registry.match import Matcher
     from vpnid.classifier.labelling.compiled import CompiledModel
     from vpnid.classifier.labelling.model import FlowModel
+    from vpnid.classifier.running.pipeline import Options
 
 FORMATTER = RawDescriptionRichHelpFormatter
 
@@ -107,11 +105,18 @@ def load_model(args: argparse.Namespace) -> ChosenModel:
 def options(args: argparse.Namespace, chosen: ChosenModel | None = None) -> Options:
     """Pipeline options from the flow and model options every classifying command shares (`chosen`:
     the model, when the caller loaded it already to record which it was)."""
+    from vpnid.classifier.running.pipeline import Options  # the flow engine: only commands that classify load it
+
     return Options(idle_timeout=args.idle_timeout, active_timeout=args.active_timeout, max_flows=args.max_flows,
                    drop_first=getattr(args, "drop_first", 0), model=(chosen or load_model(args)).model)
 
 
 def registry_matcher(db: str | None) -> Matcher:
     """The registry of `--db`/$VPNID_DB, indexed for the cross-check; StoreError if there is none."""
+    # registry, lease and sqlite code: loaded only by runs given a registry
+    from vpnid.classifier.audit.leases.store import LeaseStore
+    from vpnid.classifier.audit.registry.match import Matcher
+    from vpnid.classifier.audit.registry.store import db_location, open_store
+
     with open_store(db_location(db), create=False) as store:
         return Matcher.build(store.select(), LeaseStore(store).index())

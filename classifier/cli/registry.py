@@ -12,13 +12,13 @@ from rich.table import Table
 
 from vpnid.classifier.audit.files import OutputError, database_files, staged
 from vpnid.classifier.audit.registry.csvio import CsvError, read_csv, write_csv
-from vpnid.classifier.audit.registry.match import VERDICTS
 from vpnid.classifier.audit.registry.overlap import overlaps
 from vpnid.classifier.audit.registry.registration import (
     BROADEST,
     CATEGORIES,
     PROTOCOLS,
     STATUSES,
+    VERDICTS,
     Registration,
     RegistrationError,
     check_breadth,

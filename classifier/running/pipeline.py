@@ -13,7 +13,6 @@ from typing import TYPE_CHECKING
 
 import pyarrow as pa
 
-from vpnid.classifier.audit.registry.match import Matcher
 from vpnid.classifier.labelling.labels import label, label_columns
 from vpnid.classifier.running.records import FlowRecord, base_record, record_batch, records_schema
 from vpnid.features.dissectors import catalog
@@ -22,7 +21,8 @@ from vpnid.features.siblings import SiblingPlugin
 from vpnid.features.stream import Warn, flows_of
 from vpnid.features.vectors import FeaturePlugin, vectors
 
-if TYPE_CHECKING:
+if TYPE_CHECKING:  # the matcher (registry and lease code) is loaded only by runs given a registry
+    from vpnid.classifier.audit.registry.match import Matcher
     from vpnid.classifier.labelling.judgement import Judgement
     from vpnid.classifier.labelling.model import FlowModel
 

@@ -42,17 +42,29 @@ import socket
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import date
-from typing import NamedTuple
+from typing import TYPE_CHECKING, NamedTuple
 
 import numpy as np
 
 from vpnid.classifier.audit.leases.attribute import ISSUES, Attribution, LeaseIndex
-from vpnid.classifier.audit.registry.registration import ANY, PROTOCOLS, Network, Registration
-from vpnid.classifier.running.records import FlowRecord
+from vpnid.classifier.audit.registry.registration import (
+    ANY,
+    EXPIRED,
+    PROTOCOL_MISMATCH,
+    PROTOCOLS,
+    REGISTERED,
+    REVOKED,
+    SUSPENDED,
+    UNREGISTERED,
+    VERDICTS,
+    Network,
+    Registration,
+)
 from vpnid.features.families import NONE
 
-VERDICTS = ("registered", "protocol_mismatch", "expired", "suspended", "revoked", "unregistered")
-REGISTERED, PROTOCOL_MISMATCH, EXPIRED, SUSPENDED, REVOKED, UNREGISTERED = range(len(VERDICTS))
+if TYPE_CHECKING:  # records loads the flow engine (numba, pyarrow), which the registry commands never need
+    from vpnid.classifier.running.records import FlowRecord
+
 _ANY, _OTHER_FAMILY = PROTOCOLS.index(ANY), -1
 _U64 = (1 << 64) - 1
 _EPOCH = date(1970, 1, 1).toordinal()

@@ -15,8 +15,17 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
 
-from vpnid.classifier.audit.registry.match import EXPIRED, PROTOCOL_MISMATCH, REGISTERED, REVOKED, SUSPENDED
-from vpnid.classifier.audit.registry.registration import ANY, PROTOCOLS, Endpoint, Registration
+from vpnid.classifier.audit.registry.registration import (
+    ANY,
+    EXPIRED,
+    PROTOCOL_MISMATCH,
+    PROTOCOLS,
+    REGISTERED,
+    REVOKED,
+    SUSPENDED,
+    Endpoint,
+    Registration,
+)
 
 _STATUS_RANK = {"suspended": SUSPENDED, "revoked": REVOKED}
 

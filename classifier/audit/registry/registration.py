@@ -20,6 +20,10 @@ CATEGORIES = ("bank", "embassy", "it_company", "freelancer", "bpo", "software_ho
 ANY = "any"  # a registration that covers every tunnel family
 PROTOCOLS = (*TUNNEL_FAMILIES, ANY)
 STATUSES = ("active", "suspended", "revoked")
+# The verdicts of the cross-check, best first (`match` gives them, `overlap` ranks registrations by them).
+# Here, not in `match`: the registry commands use them without loading match's NumPy code.
+VERDICTS = ("registered", "protocol_mismatch", "expired", "suspended", "revoked", "unregistered")
+REGISTERED, PROTOCOL_MISMATCH, EXPIRED, SUSPENDED, REVOKED, UNREGISTERED = range(len(VERDICTS))
 # Who a registration names: client networks, or a subscriber as the operator keys it (any of these three;
 # the subscriber a lease log attributes a flow to is compared with each). Files from before they existed
 # have none of these columns and import unchanged: the columns are optional in a CSV header.

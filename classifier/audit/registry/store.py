@@ -16,10 +16,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Protocol
 
-from vpnid.classifier.audit.registry import migrate
+from vpnid.classifier.audit.registry import ENV, migrate
 from vpnid.classifier.audit.registry.registration import FIELDS, STATUSES, Registration, parse_registration
-
-ENV = "VPNID_DB"
 
 CORE_STEPS: list[migrate.Step] = [
     # 1: registrations, in their canonical text form (lists space-separated, dates ISO, '' = open end)
