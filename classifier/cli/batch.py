@@ -8,7 +8,16 @@ import time
 
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-from vpnid.classifier.cli.common import FORMATTER, add_flow_options, add_risk_option, err, error, options, warn
+from vpnid.classifier.cli.common import (
+    COMMANDS,
+    FORMATTER,
+    add_flow_options,
+    add_risk_option,
+    err,
+    error,
+    options,
+    warn,
+)
 from vpnid.classifier.running.batch import Output, chains, executor, expand, run_chains
 from vpnid.classifier.running.records import with_risks
 
@@ -36,7 +45,7 @@ examples:
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("batch", help="classify many captures in parallel (pool or Dask), resumable",
+    p = sub.add_parser("batch", help=COMMANDS["batch"].help,
                        description=BATCH_HELP, formatter_class=FORMATTER)
     p.add_argument("inputs", nargs="+", metavar="INPUT", help="capture files, directories or globs")
     p.add_argument("--out", required=True, metavar="DIR|FILE.parquet", help="output directory or Parquet file")

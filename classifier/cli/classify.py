@@ -17,6 +17,7 @@ from vpnid.classifier.audit.files import OutputError, database_files, refuse_inp
 from vpnid.classifier.audit.registry import ENV
 from vpnid.classifier.audit.text import printable, shown
 from vpnid.classifier.cli.common import (
+    COMMANDS,
     FORMATTER,
     add_flow_options,
     add_risk_option,
@@ -169,7 +170,7 @@ def cmd_classify(args: argparse.Namespace) -> int:
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("classify", help="label the flows of capture files", description=CLASSIFY_HELP,
+    p = sub.add_parser("classify", help=COMMANDS["classify"].help, description=CLASSIFY_HELP,
                        formatter_class=FORMATTER)
     p.add_argument("captures", nargs="+", metavar="CAPTURE", help="pcap/pcapng files (gzip ok), or - for stdin")
     p.add_argument("--format", choices=("table", "jsonl", "csv"),

@@ -21,6 +21,34 @@ if TYPE_CHECKING:
 FORMATTER = RawDescriptionRichHelpFormatter
 
 
+class Command(NamedTuple):
+    module: str  # the module that registers the command (and only it: `register(sub)`)
+    help: str  # its line in `vpnid --help`; the module registers the command with it
+
+
+# A run imports just its command's module: importing every command's libraries to build the parser would
+# cost a short `vpnid classify` a tenth of its run. When no command is named (`vpnid --help`, `vpnid`, a
+# mistyped command) the list of commands is built from the lines below without importing any module (they
+# load numba, pyarrow and NumPy: ~0.4 s); tests/test_cli.py checks it is the list the modules give.
+_CLI = "vpnid.classifier.cli."
+COMMANDS = {
+    "classify": Command(_CLI + "classify", "label the flows of capture files"),
+    "eval": Command(_CLI + "eval", "score labels against a labelled-flows CSV"),
+    "features": Command(_CLI + "train", "write per-flow feature vectors (Parquet)"),
+    "train": Command(_CLI + "train", "train the flow model and write its card"),
+    "registry": Command(_CLI + "registry", "keep the registry of sanctioned tunnels"),
+    "leases": Command(_CLI + "leases", "load IP-assignment logs (RADIUS, DHCP, CGNAT) for attribution"),
+    "trial": Command(_CLI + "trial", "run, list, report and compare trial runs"),
+    "demo": Command(_CLI + "trial", "run a complete trial on the bundled captures and write its report"),
+    "explain": Command(_CLI + "explain", "show the packets and evidence behind one flow's label"),
+    "batch": Command(_CLI + "batch", "classify many captures in parallel (pool or Dask), resumable"),
+    "live": Command(_CLI + "live", "classify traffic on a network interface as it passes"),
+    "lookalike": Command(_CLI + "lookalike", "build look-alike negatives: ordinary flows moved onto VPN ports"),
+    # the lab stands apart: its own CLI module adds its subcommand
+    "lab": Command("vpnid.pcaps.lab.cli", "regenerate labelled captures with real VPN software (root)"),
+}
+
+
 def console(**kwargs: Any) -> Console:
     """A console for output that holds untrusted text: no emoji codes, no highlighting; the text itself
     goes in through `shown` (markup escaped, control characters written out)."""

@@ -6,7 +6,7 @@ import argparse
 import json
 import sys
 
-from vpnid.classifier.cli.common import FORMATTER, add_flow_options, console, error, options, warn
+from vpnid.classifier.cli.common import COMMANDS, FORMATTER, add_flow_options, console, error, options, warn
 from vpnid.classifier.labelling.evaluate import LabelsError, print_report, read_labels, score
 from vpnid.classifier.running.pipeline import classify_capture
 from vpnid.features.families import TUNNEL_FAMILIES
@@ -48,7 +48,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("eval", help="score labels against a labelled-flows CSV", description=EVAL_HELP,
+    p = sub.add_parser("eval", help=COMMANDS["eval"].help, description=EVAL_HELP,
                        formatter_class=FORMATTER)
     p.add_argument("labels", metavar="LABELS.csv")
     p.add_argument("--json", action="store_true", help="print the score as JSON")

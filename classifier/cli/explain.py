@@ -7,7 +7,16 @@ import os
 
 from vpnid.classifier.audit.explain import explain, tshark_path
 from vpnid.classifier.audit.registry.store import ENV, StoreError
-from vpnid.classifier.cli.common import FORMATTER, add_flow_options, console, error, options, registry_matcher, warn
+from vpnid.classifier.cli.common import (
+    COMMANDS,
+    FORMATTER,
+    add_flow_options,
+    console,
+    error,
+    options,
+    registry_matcher,
+    warn,
+)
 from vpnid.classifier.running.flowpackets import flow_frames
 from vpnid.classifier.running.pipeline import classify_capture
 from vpnid.features.packets import CaptureError
@@ -47,7 +56,7 @@ def cmd_explain(args: argparse.Namespace) -> int:
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("explain", help="show the packets and evidence behind one flow's label",
+    p = sub.add_parser("explain", help=COMMANDS["explain"].help,
                        description=EXPLAIN_HELP, formatter_class=FORMATTER)
     p.add_argument("capture", metavar="CAPTURE", help="the capture the flow came from")
     p.add_argument("--flow", required=True, metavar="FLOW_ID", help="the flow's flow_id")

@@ -14,7 +14,7 @@ from vpnid.classifier.audit.leases.store import LeaseStore
 from vpnid.classifier.audit.registry.csvio import CsvError
 from vpnid.classifier.audit.registry.store import ENV, StoreError, db_location, open_store
 from vpnid.classifier.audit.text import printable, shown
-from vpnid.classifier.cli.common import FORMATTER, console, error
+from vpnid.classifier.cli.common import COMMANDS, FORMATTER, console, error
 
 LEASES_HELP = f"""\
 Lease logs say which subscriber held an address when, so that a trial can name who ran a tunnel and
@@ -123,7 +123,7 @@ def _run(command):
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
-    top = subparsers.add_parser("leases", help="load IP-assignment logs (RADIUS, DHCP, CGNAT) for attribution",
+    top = subparsers.add_parser("leases", help=COMMANDS["leases"].help,
                                 description=LEASES_HELP, formatter_class=FORMATTER)
     sub = top.add_subparsers(dest="leases_command", required=True, metavar="ACTION")
     db = argparse.ArgumentParser(add_help=False)

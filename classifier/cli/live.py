@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from vpnid.classifier.cli.common import FORMATTER, add_flow_options, error, options
+from vpnid.classifier.cli.common import COMMANDS, FORMATTER, add_flow_options, error, options
 from vpnid.classifier.running.live import LiveError, run_live
 
 LIVE_HELP = """\
@@ -29,7 +29,7 @@ def cmd_live(args: argparse.Namespace) -> int:
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("live", help="classify traffic on a network interface as it passes",
+    p = sub.add_parser("live", help=COMMANDS["live"].help,
                        description=LIVE_HELP, formatter_class=FORMATTER)
     p.add_argument("iface", metavar="IFACE", help="interface to capture on")
     p.add_argument("filter", nargs="*", metavar="BPF", help="capture filter (tcpdump syntax)")

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from vpnid.classifier.cli.common import FORMATTER, console, error
+from vpnid.classifier.cli.common import COMMANDS, FORMATTER, console, error
 from vpnid.classifier.labelling.evaluate import LabelsError
 from vpnid.pcaps.lookalike import TRUSTED, VPN_PORTS, build
 
@@ -51,7 +51,7 @@ def _ports(text: str) -> tuple[int, ...]:
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("lookalike", help="build look-alike negatives: ordinary flows moved onto VPN ports",
+    p = sub.add_parser("lookalike", help=COMMANDS["lookalike"].help,
                        description=LOOKALIKE_HELP, formatter_class=FORMATTER)
     p.add_argument("labels", nargs="+", metavar="LABELS.csv", help="labelled-flows CSVs (vpnid eval's format)")
     p.add_argument("-o", "--output", required=True, metavar="DIR", help="folder for the captures and labels.csv")

@@ -5,39 +5,10 @@ from __future__ import annotations
 import argparse
 import importlib
 import sys
-from typing import NamedTuple
 
 from vpnid import __version__
-from vpnid.classifier.cli.common import FORMATTER, ModelUnusable, error
+from vpnid.classifier.cli.common import COMMANDS, FORMATTER, ModelUnusable, error
 from vpnid.classifier.runtime import prepare_process
-
-
-class Command(NamedTuple):
-    module: str  # the module that registers the command (and only it: `register(sub)`)
-    help: str  # its line in `vpnid --help`: the same text the module registers
-
-
-# A run imports just its command's module: importing every command's libraries to build the parser would
-# cost a short `vpnid classify` a tenth of its run. When no command is named (`vpnid --help`, `vpnid`, a
-# mistyped command) the list of commands is built from the lines below without importing any module (they
-# load numba, pyarrow and NumPy: ~0.4 s); tests/test_cli.py checks it is the list the modules give.
-_CLI = "vpnid.classifier.cli."
-COMMANDS = {
-    "classify": Command(_CLI + "classify", "label the flows of capture files"),
-    "eval": Command(_CLI + "eval", "score labels against a labelled-flows CSV"),
-    "features": Command(_CLI + "train", "write per-flow feature vectors (Parquet)"),
-    "train": Command(_CLI + "train", "train the flow model and write its card"),
-    "registry": Command(_CLI + "registry", "keep the registry of sanctioned tunnels"),
-    "leases": Command(_CLI + "leases", "load IP-assignment logs (RADIUS, DHCP, CGNAT) for attribution"),
-    "trial": Command(_CLI + "trial", "run, list, report and compare trial runs"),
-    "demo": Command(_CLI + "trial", "run a complete trial on the bundled captures and write its report"),
-    "explain": Command(_CLI + "explain", "show the packets and evidence behind one flow's label"),
-    "batch": Command(_CLI + "batch", "classify many captures in parallel (pool or Dask), resumable"),
-    "live": Command(_CLI + "live", "classify traffic on a network interface as it passes"),
-    "lookalike": Command(_CLI + "lookalike", "build look-alike negatives: ordinary flows moved onto VPN ports"),
-    # the lab stands apart: its own CLI module adds its subcommand
-    "lab": Command("vpnid.pcaps.lab.cli", "regenerate labelled captures with real VPN software (root)"),
-}
 
 
 def version() -> str:

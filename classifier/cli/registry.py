@@ -26,7 +26,7 @@ from vpnid.classifier.audit.registry.registration import (
 )
 from vpnid.classifier.audit.registry.store import ENV, RegistryStore, StoreError, db_location, open_store
 from vpnid.classifier.audit.text import printable, shown
-from vpnid.classifier.cli.common import FORMATTER, console, error, warn
+from vpnid.classifier.cli.common import COMMANDS, FORMATTER, console, error, warn
 from vpnid.features.families import TUNNEL_FAMILIES
 
 REGISTRY_HELP = f"""\
@@ -259,7 +259,7 @@ def _run(command: Command) -> Command:
 def register(subparsers: argparse._SubParsersAction) -> None:
     """Add `registry` and its subcommands to the vpnid parser."""
     fmt = FORMATTER
-    top = subparsers.add_parser("registry", help="keep the registry of sanctioned tunnels", description=REGISTRY_HELP,
+    top = subparsers.add_parser("registry", help=COMMANDS["registry"].help, description=REGISTRY_HELP,
                                 formatter_class=fmt)
     sub = top.add_subparsers(dest="registry_command", required=True, metavar="ACTION")
     db = argparse.ArgumentParser(add_help=False)

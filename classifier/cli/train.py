@@ -6,7 +6,7 @@ import argparse
 from pathlib import Path
 
 from vpnid.classifier.audit.text import shown
-from vpnid.classifier.cli.common import FORMATTER, err, error
+from vpnid.classifier.cli.common import COMMANDS, FORMATTER, err, error
 
 FEATURES_HELP = """\
 Compute one feature vector per flow (schema in features/vectors.py: name, unit and meaning of every
@@ -96,7 +96,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     from vpnid.classifier.labelling.judgement import CALIBRATIONS, ESTIMATORS
     from vpnid.features.vectors import N_FIRST, VIEWS
 
-    p = sub.add_parser("features", help="write per-flow feature vectors (Parquet)", description=FEATURES_HELP,
+    p = sub.add_parser("features", help=COMMANDS["features"].help, description=FEATURES_HELP,
                        formatter_class=FORMATTER)
     p.add_argument("captures", nargs="+", metavar="CAPTURE")
     p.add_argument("-o", "--output", required=True, metavar="FILE.parquet")
@@ -106,7 +106,7 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="withhold each flow's first N packets (default: %(default)s)")
     p.set_defaults(func=cmd_features)
 
-    p = sub.add_parser("train", help="train the flow model and write its card", description=TRAIN_HELP,
+    p = sub.add_parser("train", help=COMMANDS["train"].help, description=TRAIN_HELP,
                        formatter_class=FORMATTER)
     p.add_argument("--labels", action="append", required=True, metavar="MANIFEST.csv",
                    help="labelled captures (repeatable)")

@@ -31,7 +31,17 @@ from vpnid.classifier.audit.trials import (
     parse_time,
     subscriber_view,
 )
-from vpnid.classifier.cli.common import FORMATTER, add_flow_options, console, err, error, load_model, options, warn
+from vpnid.classifier.cli.common import (
+    COMMANDS,
+    FORMATTER,
+    add_flow_options,
+    console,
+    err,
+    error,
+    load_model,
+    options,
+    warn,
+)
 from vpnid.features.packets import CaptureError
 from vpnid.pcaps import CORPUS
 
@@ -255,7 +265,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 def register(sub: argparse._SubParsersAction) -> None:
     db_help = f"registry database (default: ${ENV})"
-    trial = sub.add_parser("trial", help="run, list, report and compare trial runs", description=TRIAL_HELP,
+    trial = sub.add_parser("trial", help=COMMANDS["trial"].help, description=TRIAL_HELP,
                            formatter_class=FORMATTER)
     tsub = trial.add_subparsers(dest="trial_command", required=True, metavar="ACTION")
 
@@ -295,7 +305,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--db", help=db_help)
     p.set_defaults(func=cmd_subscribers)
 
-    p = sub.add_parser("demo", help="run a complete trial on the bundled captures and write its report",
+    p = sub.add_parser("demo", help=COMMANDS["demo"].help,
                        description=DEMO_HELP, formatter_class=FORMATTER)
     p.add_argument("-o", "--output", default="vpnid-demo", metavar="DIR", help="(default: %(default)s)")
     add_flow_options(p)

@@ -11,6 +11,7 @@ import tempfile
 import time
 from pathlib import Path
 
+from vpnid.classifier.cli.common import COMMANDS
 from vpnid.pcaps import CORPUS
 from vpnid.pcaps.lab import catalog, system
 from vpnid.pcaps.lab.netns import Lab, LabError
@@ -44,7 +45,7 @@ examples:
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
-    p = subparsers.add_parser("lab", help="regenerate labelled captures with real VPN software (root)",
+    p = subparsers.add_parser("lab", help=COMMANDS["lab"].help,
                               description=DESCRIPTION, epilog=EXAMPLES,
                               formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--out", type=Path, default=DEFAULT_OUT, help="where captures and manifest.csv go "
