@@ -38,7 +38,7 @@ from vpnid.classifier.labelling.labels import label
 from vpnid.classifier.running.pipeline import Options, classify_capture
 from vpnid.features.dissectors import catalog
 from vpnid.features.dissectors.base import FlowPacket, State
-from vpnid.features.dissectors.shadowsocks import MIN_CHUNK, Shadowsocks
+from vpnid.features.dissectors.shadowsocks import HEADER, LENGTH_LAYOUTS, MIN_CHUNK, Shadowsocks, length_fields
 from vpnid.features.flows import Flow, FlowTable
 from vpnid.features.packets import TCP_ACK, TCP_PSH, TCP_SYN
 from vpnid.features.risks import FULLY_ENCRYPTED
@@ -198,6 +198,21 @@ NEGATIVES: dict[str, tuple[Callable[[], Packets], str]] = {
     "Ethereum RLPx": (rlpx, "aligned sizes"),
     "BitTorrent MSE": (bittorrent_mse, "a 17-byte segment cannot hold an AEAD chunk"),
 }
+
+
+@pytest.mark.parametrize("size", [MIN_CHUNK, 1400, 70_000])
+def test_a_length_field_is_found_at_every_layout_and_none_in_high_bytes(size):
+    """Every layout's field holding the write's size (less 0..HEADER) is found, among leading bytes too
+    large to be a field's high byte (the case the quick rejection skips), and none where none was put."""
+    gen = random.Random(size)
+    for off, width, order in LENGTH_LAYOUTS:
+        for less in (0, HEADER):
+            if size - less >= 256**width:
+                continue  # does not fit the field
+            p = bytearray(gen.randint(0x80, 0xFF) for _ in range(size))
+            p[off : off + width] = (size - less).to_bytes(width, order)
+            assert (off, width, order) in length_fields(bytes(p)), (off, width, order, less)
+    assert length_fields(bytes(gen.randint(0x80, 0xFF) for _ in range(size))) == []
 
 
 @pytest.mark.parametrize("name", NEGATIVES)

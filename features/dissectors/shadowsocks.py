@@ -184,6 +184,11 @@ def aligned_sizes(sizes: tuple[list[int], list[int]]) -> str | None:
 def length_fields(p: bytes) -> list[tuple[int, int, str]]:
     """The LENGTH_LAYOUTS at which `p` holds its own size less a header of at most HEADER bytes."""
     n = len(p)
+    # A field of at most n has its most significant byte at most n >> 8 (for a 4-byte field, 0), and that
+    # byte lies within the first HEADER bytes: where none of them is that small (most ciphertext), no
+    # layout matches.
+    if n >= HEADER and min(p[:HEADER]) > n >> 8:
+        return []
     return [(off, width, order) for off, width, order in LENGTH_LAYOUTS
             if n - HEADER <= int.from_bytes(p[off : off + width], order) <= n]
 
