@@ -223,14 +223,12 @@ def _record_size(row: np.ndarray, w: int) -> int:  # pragma: no cover - compiled
 
 
 @njit(cache=True, nogil=True)
-def _skim_packet(row: np.ndarray, d: int, seq: int, payload: np.ndarray, budget: int) -> bool:  # pragma: no cover - compiled
-    """`Cstp.feed` on one packet in the state `Cstp.skims` allows (the suite known, both directions heard),
-    on a packed row: False where it would decide (the row is then left part-way)."""
-    row[SKIM_SEEN] += 1
-    base = SKIM_DIRECTION + d * DIRECTION_SLOTS
-    w = base + WALK_AT
+def walk_packed(row: np.ndarray, w: int, seq: int, payload: np.ndarray) -> tuple[bool, np.ndarray]:  # pragma: no cover - compiled
+    """`RecordWalker.push` on a walk packed at `row[w:]` (`RecordWalker.pack`): whether the bytes can be
+    TLS records, and the (content type, length) of each record the segment completes, one row each."""
+    done = np.empty((len(payload) // RECORD_HEADER + 1, 2), np.int64)  # each after the first takes a header
     if row[w + WALK_BROKEN]:
-        return row[SKIM_SEEN] < budget
+        return True, done[:0]
     cut = 0
     if row[w + WALK_NEXT] >= 0:  # `InOrderStream.append`
         ahead = (seq - row[w + WALK_NEXT]) % SEQ_MOD
@@ -239,11 +237,11 @@ def _skim_packet(row: np.ndarray, d: int, seq: int, payload: np.ndarray, budget:
             seq = row[w + WALK_NEXT]
         elif ahead:
             row[w + WALK_BROKEN] = 1
-            return row[SKIM_SEEN] < budget
+            return True, done[:0]
     n = len(payload)
     row[w + WALK_NEXT] = (seq + max(n - cut, 0)) % SEQ_MOD
-    q = cut
-    while q < n:  # `RecordWalker.push`, a record handed to `Cstp._application` as it completes
+    q, count = cut, 0
+    while q < n:
         have = row[w + WALK_HAVE]
         if have < RECORD_HEADER:
             row[w + WALK_BYTES + have] = payload[q]
@@ -252,7 +250,7 @@ def _skim_packet(row: np.ndarray, d: int, seq: int, payload: np.ndarray, budget:
             if have == RECORD_HEADER:
                 content, version = row[w + WALK_BYTES], row[w + WALK_BYTES + 1]
                 if not CONTENT_LOW <= content <= CONTENT_HIGH or version != 3 or _record_size(row, w) > MAX_RECORD:
-                    return False  # not TLS records: rejected
+                    return False, done[:count]
         else:
             take = min(RECORD_HEADER + _record_size(row, w) - have, n - q)
             for j in range(min(take, max(KEPT - have, 0))):
@@ -260,13 +258,34 @@ def _skim_packet(row: np.ndarray, d: int, seq: int, payload: np.ndarray, budget:
             have += take
             q += take
         row[w + WALK_HAVE] = have
-        if have < RECORD_HEADER:
-            continue
-        size = _record_size(row, w)
-        if have < RECORD_HEADER + size:
+        if have < RECORD_HEADER or have < RECORD_HEADER + _record_size(row, w):
             continue
         row[w + WALK_HAVE] = 0
-        if row[w + WALK_BYTES] != CONTENT_APPLICATION_DATA:
+        done[count, 0], done[count, 1] = row[w + WALK_BYTES], _record_size(row, w)
+        count += 1
+    return True, done[:count]
+
+
+@njit(inline="always")
+def packed_payload(offset: np.ndarray, length: np.ndarray, data: np.ndarray, extra: np.ndarray,
+                   p: int) -> np.ndarray:  # pragma: no cover - compiled
+    """Row `p`'s payload in `FlowPayloads` columns."""
+    a = offset[p]
+    return data[a : a + length[p]] if a < data.size else extra[a - data.size : a - data.size + length[p]]
+
+
+@njit(cache=True, nogil=True)
+def _skim_packet(row: np.ndarray, d: int, seq: int, payload: np.ndarray, budget: int) -> bool:  # pragma: no cover - compiled
+    """`Cstp.feed` on one packet in the state `Cstp.skims` allows (the suite known, both directions heard),
+    on a packed row: False where it would decide (the row is then left part-way)."""
+    row[SKIM_SEEN] += 1
+    base = SKIM_DIRECTION + d * DIRECTION_SLOTS
+    tls, records = walk_packed(row, base + WALK_AT, seq, payload)
+    if not tls:
+        return False  # rejected
+    for r in range(len(records)):  # each record as `Cstp._application` takes it
+        content, size = records[r, 0], records[r, 1]
+        if content != CONTENT_APPLICATION_DATA:
             continue
         if row[base + SKIP_AT]:
             row[base + SKIP_AT] -= 1
@@ -288,9 +307,7 @@ def _skim_run(row: np.ndarray, direction: np.ndarray, seq: np.ndarray, offset: n
     with `row` as after them."""
     for p in range(len(direction)):
         trial = row.copy()
-        a = offset[p]
-        payload = data[a : a + length[p]] if a < data.size else extra[a - data.size : a - data.size + length[p]]
-        if not _skim_packet(trial, direction[p], seq[p], payload, budget):
+        if not _skim_packet(trial, direction[p], seq[p], packed_payload(offset, length, data, extra, p), budget):
             return p
         row[:] = trial
     return len(direction)

@@ -58,8 +58,9 @@ import math
 from typing import ClassVar
 
 import numpy as np
+from numba import njit
 
-from vpnid.features.dissectors.base import Dissector, FlowPacket, PacketHeads, State
+from vpnid.features.dissectors.base import Dissector, FlowPacket, FlowPayloads, PacketHeads, State
 from vpnid.features.dissectors.cstp import (
     APPLICATION_HEADER,
     CONTENT_APPLICATION_DATA,
@@ -68,14 +69,17 @@ from vpnid.features.dissectors.cstp import (
     MID_FLOW_OVERHEADS,
     OPENVPN_SIZES,
     TLS13_SUITES,
+    WALK_SLOTS,
     Cstp,
     NonceSteps,
     RecordStreams,
     RecordWalker,
     narrow,
+    packed_payload,
     record_overhead,
     server_hello_suite,
     tls_tunnel_readings,
+    walk_packed,
 )
 from vpnid.features.dissectors.ipshape import MIN_SHAPED, Reading, Readings
 from vpnid.features.dissectors.openvpn import TCP_AEAD_DATA_FRAMINGS
@@ -117,6 +121,45 @@ MIN_ANSWERS = MIN_SHAPED // 2  # mid-flow: units the other way larger than the A
 # that sizes of random payloads all keep one remainder modulo the smallest alignment falls below ALPHA.
 MIN_SPREAD = math.ceil(math.log(1 / ALPHA) / math.log(min(ALIGNMENTS)))
 SEALED_READINGS = {Reading(OPENVPN, CHUNK_OVERHEAD, f): OPENVPN_SIZES for f in TCP_AEAD_DATA_FRAMINGS}
+
+# The TLS reading's state in the compiled stage (`OpenVPNWrapped.skim`): packets seen, whether the suite is
+# TLS 1.3, then per direction the application records still to skip and the walk (`RecordWalker.pack`).
+SKIM_SEEN, SKIM_TLS13, SKIM_DIRECTION = 0, 1, 2
+SKIP_AT, WALK_AT = 0, 1
+DIRECTION_SLOTS = WALK_AT + WALK_SLOTS
+
+
+@njit(cache=True, nogil=True)
+def _skim_packet(row: np.ndarray, d: int, seq: int, payload: np.ndarray, limit: int) -> bool:  # pragma: no cover - compiled
+    """`OpenVPNWrapped.feed` on one packet through TLS once the suite is known, on a packed row: False where
+    it would decide or give `_match` a unit to judge (the row is then left part-way)."""
+    row[SKIM_SEEN] += 1
+    base = SKIM_DIRECTION + d * DIRECTION_SLOTS
+    tls, records = walk_packed(row, base + WALK_AT, seq, payload)
+    if not tls:
+        return False  # rejected
+    for r in range(len(records)):  # each record as `OpenVPNWrapped._tls` takes it
+        if records[r, 0] != CONTENT_APPLICATION_DATA:
+            continue
+        if row[SKIM_TLS13] and d == 1 and row[SKIM_DIRECTION + SKIP_AT]:
+            continue
+        if not row[base + SKIP_AT]:
+            return False  # a unit
+        row[base + SKIP_AT] -= 1
+    return row[SKIM_SEEN] < limit
+
+
+@njit(cache=True, nogil=True)
+def _skim_run(row: np.ndarray, direction: np.ndarray, seq: np.ndarray, offset: np.ndarray, length: np.ndarray,
+              data: np.ndarray, extra: np.ndarray, limit: int) -> int:  # pragma: no cover - compiled
+    """`_skim_packet` over a flow's packets, up to the first it leaves to `on_packet`; returns how many it
+    took, with `row` as after them."""
+    for p in range(len(direction)):
+        trial = row.copy()
+        if not _skim_packet(trial, direction[p], seq[p], packed_payload(offset, length, data, extra, p), limit):
+            return p
+        row[:] = trial
+    return len(direction)
 
 
 class OpenVPNWrapped(Dissector):
@@ -160,8 +203,41 @@ class OpenVPNWrapped(Dissector):
         self._last = [0, 0]  # fully encrypted: the size of each direction's last segment
         self._units: list[tuple[int, int]] = []  # (direction, inner size), in order
         self._mid: MidFlow | None = None
+        self._packed: np.ndarray | None = None  # the TLS reading's state while the compiled stage holds it
+
+    def skims(self) -> bool:
+        """Through TLS, once the suite is known, a packet that completes no unit only walks records (an
+        HTTPS connection's handshake flights and its segments that end no record): the compiled stage's
+        work. `_match` judges units, so a packet that completes one goes to `on_packet`."""
+        return self._packed is not None or (self._wrapper == TLS_WRAPPER and self._overhead > 0)
+
+    def skim(self, packets: FlowPayloads) -> int:
+        if self._packed is None:
+            self._packed = np.array(self._pack(), np.int64)
+        taken = _skim_run(self._packed, packets.direction, packets.tcp_seq, packets.offset, packets.length,
+                          packets.data, packets.extra, min(self.budget, HANDSHAKE_PACKETS))
+        self.seen = int(self._packed[SKIM_SEEN])
+        return taken
+
+    def _pack(self) -> list[int]:
+        """The TLS reading's state as one row (`SKIM_SEEN`)."""
+        row = [self.seen, int(self._tls13)]
+        for d, walker in enumerate(self._walkers):
+            row += [self._skip[d], *walker.pack()]
+        return row
+
+    def _unpack(self) -> None:
+        """Take the state back from the compiled stage, for `on_packet`."""
+        row, self._packed = self._packed, None
+        assert row is not None
+        for d, walker in enumerate(self._walkers):
+            base = SKIM_DIRECTION + d * DIRECTION_SLOTS
+            self._skip[d] = int(row[base + SKIP_AT])
+            walker.unpack(row[base + WALK_AT : base + DIRECTION_SLOTS])
 
     def on_packet(self, pkt: FlowPacket) -> None:
+        if self._packed is not None:
+            self._unpack()
         d, p = pkt.direction, pkt.payload
         if self.seen == 1 and not pkt.opened:
             self._mid = MidFlow()
