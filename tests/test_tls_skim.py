@@ -102,8 +102,8 @@ def state(d: Skimmer) -> list:
     if d._packed is not None:
         d._unpack()
     if isinstance(d, Cstp):
-        return [d._pack(), [list(s.shaped[i].items()) for s in d._sizes.values() for i in (0, 1)]]
-    return [d._pack(), d._units, d._overhead]
+        return [d._pack().tolist(), [list(s.shaped[i].items()) for s in d._sizes.values() for i in (0, 1)]]
+    return [d._pack().tolist(), d._units, d._overhead]
 
 
 def https(rng: random.Random, suite: int, sizes: list[int]) -> list[tuple[int, bytes]]:
@@ -203,7 +203,7 @@ def test_unpacking_restores_the_walk_and_the_counts(cls: type[Skimmer]) -> None:
     d = feed_all(segs[: 14 if cls is Cstp else 6], cls)
     assert d.could and d.state is State.CANDIDATE
     before = state(d)
-    d._packed = np.array(d._pack(), np.int64)
+    d._packed = d._pack()
     d._unpack()
     assert state(d) == before
 

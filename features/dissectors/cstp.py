@@ -142,11 +142,11 @@ class RecordWalker(InOrderStream):
 
     __slots__ = ()
 
-    def pack(self) -> list[int]:
-        """The walk as a compiled stage keeps it: a WALK_SLOTS row (see `WALK_NEXT`)."""
+    def pack(self, row: np.ndarray) -> None:
+        """Write the walk as a compiled stage keeps it into `row`, WALK_SLOTS zeros (see `WALK_NEXT`)."""
         kept = self.buf[:KEPT]
-        return [-1 if self.next_seq is None else self.next_seq, int(self.broken), len(self.buf), *kept,
-                *[0] * (KEPT - len(kept))]
+        row[:WALK_BYTES] = -1 if self.next_seq is None else self.next_seq, self.broken, len(self.buf)
+        row[WALK_BYTES : WALK_BYTES + len(kept)] = np.frombuffer(kept, np.uint8)
 
     def unpack(self, row: np.ndarray) -> None:
         """Take the walk back from a row `pack` made and a compiled stage advanced. Bytes of the current
@@ -360,19 +360,23 @@ class Cstp(Dissector):
 
     def skim(self, packets: FlowPayloads) -> int:
         if self._packed is None:
-            self._packed = np.array(self._pack(), np.int64)
+            self._packed = self._pack()
         taken = _skim_run(self._packed, packets.direction, packets.tcp_seq, packets.offset, packets.length,
                           packets.data, packets.extra, self.budget)
         self.seen = int(self._packed[SKIM_SEEN])
         return taken
 
-    def _pack(self) -> list[int]:
+    def _pack(self) -> np.ndarray:
         """The state `skims` allows as one row (`SKIM_SEEN`)."""
         (overhead, sizes), = self._sizes.items()
-        row = [self.seen, overhead]
+        row = np.zeros(SKIM_DIRECTION + 2 * DIRECTION_SLOTS, np.int64)
+        row[:SKIM_DIRECTION] = self.seen, overhead
         for d, walker in enumerate(self._streams.walkers):
             assert walker is not None  # seen to open: both directions are walked from the start
-            row += [self._skip[d], *walker.pack(), *sizes.pack(d)]
+            base = SKIM_DIRECTION + d * DIRECTION_SLOTS
+            row[base + SKIP_AT] = self._skip[d]
+            walker.pack(row[base + WALK_AT : base + SIZES_AT])
+            sizes.pack(d, row[base + SIZES_AT : base + DIRECTION_SLOTS])
         return row
 
     def _unpack(self) -> None:

@@ -80,13 +80,17 @@ class InnerSizes:
     # order in which it first appeared (-1: not yet), which keeps `shaped`'s order of insertion (evidence
     # lists equal counts in that order).
 
-    def pack(self, direction: int) -> list[int]:
-        """`direction`'s counts as a row (see above)."""
+    def pack(self, direction: int, row: np.ndarray) -> None:
+        """Write `direction`'s counts into `row`, zeros (see above)."""
         recent, shaped = self.recent[direction], self.shaped[direction]
-        order = {s: i for i, s in enumerate(shaped)}
-        return [self.records[direction], self._shaped[direction], self._recent_shaped[direction], len(recent),
-                *recent, *[0] * (WINDOW - len(recent)), *[shaped[s] for s in sorted(self._sizes)],
-                *[order.get(s, -1) for s in sorted(self._sizes)]]
+        row[:RECENT] = self.records[direction], self._shaped[direction], self._recent_shaped[direction], len(recent)
+        row[RECENT : RECENT + len(recent)] = recent
+        k = len(self._sizes)
+        row[PACKED_FIXED + k : PACKED_FIXED + 2 * k] = -1
+        if shaped:
+            slot = sorted(self._sizes).index
+            for first, (s, n) in enumerate(shaped.items()):
+                row[PACKED_FIXED + slot(s)], row[PACKED_FIXED + k + slot(s)] = n, first
 
     def unpack(self, direction: int, row: np.ndarray) -> None:
         """Take `direction`'s counts back from a row `pack` made and a compiled stage advanced."""

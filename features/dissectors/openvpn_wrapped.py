@@ -213,17 +213,20 @@ class OpenVPNWrapped(Dissector):
 
     def skim(self, packets: FlowPayloads) -> int:
         if self._packed is None:
-            self._packed = np.array(self._pack(), np.int64)
+            self._packed = self._pack()
         taken = _skim_run(self._packed, packets.direction, packets.tcp_seq, packets.offset, packets.length,
                           packets.data, packets.extra, min(self.budget, HANDSHAKE_PACKETS))
         self.seen = int(self._packed[SKIM_SEEN])
         return taken
 
-    def _pack(self) -> list[int]:
+    def _pack(self) -> np.ndarray:
         """The TLS reading's state as one row (`SKIM_SEEN`)."""
-        row = [self.seen, int(self._tls13)]
+        row = np.zeros(SKIM_DIRECTION + 2 * DIRECTION_SLOTS, np.int64)
+        row[:SKIM_DIRECTION] = self.seen, self._tls13
         for d, walker in enumerate(self._walkers):
-            row += [self._skip[d], *walker.pack()]
+            base = SKIM_DIRECTION + d * DIRECTION_SLOTS
+            row[base + SKIP_AT] = self._skip[d]
+            walker.pack(row[base + WALK_AT : base + DIRECTION_SLOTS])
         return row
 
     def _unpack(self) -> None:
