@@ -17,7 +17,7 @@ Mid-flow, OpenVPN over TCP wrapped in TLS (stunnel) looks the same: one OpenVPN 
 packet behind OpenVPN's data framing. With the suite a guess, CSTP under one overhead and OpenVPN under
 another can read the same records as ACKs (TLS 1.3 + 27 bytes of OpenVPN framing is ChaCha20's 16 + 8
 bytes of CSTP, 20 bytes off: IPv4's 52-byte ACKs read as IPv6's 72). So every mid-flow reading of both
-tunnels is kept (`tls_tunnel_readings`), and the family named is the one whose reading explains the
+tunnels is kept (`MID_FLOW_READINGS`), and the family named is the one whose reading explains the
 records (`ipshape.Readings`); where neither leads, neither is named.
 
 When DTLS carries the data, the TLS connection stays quiet; the DTLS flow names it instead (see
@@ -80,11 +80,11 @@ NONCE_STEPS = 3  # records in a row, per direction, whose explicit nonce steps b
 OPENVPN_SIZES = ACK_SIZES | {PING_SIZE}  # an OpenVPN data packet's tunnel-shaped payloads
 
 
-def tls_tunnel_readings(overheads: tuple[int, ...]) -> dict[Reading, frozenset[int]]:
-    """The readings of TLS records that carry one tunnel packet each, under each guessed AEAD overhead:
-    CSTP's 8-byte header, and OpenVPN's TCP data framings."""
-    return {**{Reading(OPENCONNECT, t, CSTP_HEADER): SHAPED for t in overheads},
-            **{Reading(OPENVPN, t, f): OPENVPN_SIZES for t in overheads for f in TCP_AEAD_DATA_FRAMINGS}}
+# The readings of TLS records that carry one tunnel packet each, under each guessed AEAD overhead: CSTP's
+# 8-byte header, and OpenVPN's TCP data framings (with the tunnel-shaped inner sizes of each).
+MID_FLOW_READINGS = {**{Reading(OPENCONNECT, t, CSTP_HEADER): SHAPED for t in MID_FLOW_OVERHEADS},
+                     **{Reading(OPENVPN, t, f): OPENVPN_SIZES
+                        for t in MID_FLOW_OVERHEADS for f in TCP_AEAD_DATA_FRAMINGS}}
 
 
 class NonceSteps:
@@ -421,7 +421,7 @@ class Cstp(Dissector):
     def _join_mid_flow(self) -> None:
         """No ServerHello to read the suite from: try every AEAD overhead, from the next records on."""
         self._mid_flow, self._skip = True, [0, 0]
-        self._readings = Readings(tls_tunnel_readings(MID_FLOW_OVERHEADS))
+        self._readings = Readings(MID_FLOW_READINGS)
 
     def _server_hello(self, head: bytes) -> None:
         """The chosen suite fixes how many bytes each record adds to its plaintext."""

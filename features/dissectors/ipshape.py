@@ -163,11 +163,19 @@ class Readings:
     """One flow's units under several `Reading`s at once, each with the inner sizes its tunnel shows; `add`
     names a reading once it has its run and explains the flow better than every other family's reading."""
 
-    __slots__ = ("sizes", "units")
+    __slots__ = ("_readings", "_sizes", "units")
 
     def __init__(self, readings: dict[Reading, frozenset[int]]) -> None:
-        self.sizes = {r: InnerSizes(shaped) for r, shaped in readings.items()}
+        self._readings = readings
+        self._sizes: dict[Reading, InnerSizes] | None = None  # built at the first need: many flows give no unit
         self.units: tuple[Counter[int], Counter[int]] = (Counter(), Counter())  # unit sizes per direction
+
+    @property
+    def sizes(self) -> dict[Reading, InnerSizes]:
+        """Each reading's inner sizes."""
+        if self._sizes is None:
+            self._sizes = {r: InnerSizes(shaped) for r, shaped in self._readings.items()}
+        return self._sizes
 
     @property
     def records(self) -> int:
@@ -176,7 +184,7 @@ class Readings:
 
     def keep(self, which: Callable[[Reading], bool]) -> None:
         """Drop the readings that other evidence (a TLS 1.2 explicit nonce, say) rules out."""
-        self.sizes = {r: s for r, s in self.sizes.items() if which(r)}
+        self._sizes = {r: s for r, s in self.sizes.items() if which(r)}
 
     def add(self, direction: int, unit: int) -> tuple[Reading, str] | None:
         """Count one unit; returns the reading that has its run and leads, with the run's evidence."""

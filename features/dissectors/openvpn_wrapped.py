@@ -32,7 +32,7 @@ OpenVPN TCP data packet: the length word, the opcode byte, V2's peer-id, the AEA
 a compression byte (`openvpn.TCP_AEAD_DATA_FRAMINGS`: 23, 24, 26 or 27 bytes), then one IP packet or the
 16-byte ping; so the tunnel's pure TCP ACKs (40, 52, 60, 72) and pings give units of fixed sizes:
 - through TLS: record = inner + the suite's AEAD overhead, tried under each overhead as `cstp` does, and
-  read beside CSTP's framing (`cstp.tls_tunnel_readings`): OpenVPN is named only where its reading explains
+  read beside CSTP's framing (`cstp.MID_FLOW_READINGS`): OpenVPN is named only where its reading explains
   the records better than CSTP's (`ipshape.Readings`), and the other way round for CSTP;
 - through a fully encrypted proxy: write = inner + CHUNK_OVERHEAD (SIP004), random from the first byte
   (each direction's first segment without printable prefix, zeroed fields or a length field, as the cheap
@@ -66,7 +66,7 @@ from vpnid.features.dissectors.cstp import (
     CONTENT_APPLICATION_DATA,
     CONTENT_HANDSHAKE,
     CONTENT_TYPES,
-    MID_FLOW_OVERHEADS,
+    MID_FLOW_READINGS,
     OPENVPN_SIZES,
     TLS13_SUITES,
     WALK_SLOTS,
@@ -78,7 +78,6 @@ from vpnid.features.dissectors.cstp import (
     packed_payload,
     record_overhead,
     server_hello_suite,
-    tls_tunnel_readings,
     walk_packed,
 )
 from vpnid.features.dissectors.ipshape import MIN_SHAPED, Reading, Readings
@@ -461,7 +460,7 @@ class MidFlow:
                  "fields", "why_tls", "why_sealed")
 
     def __init__(self) -> None:
-        self.records: Readings | None = Readings(tls_tunnel_readings(MID_FLOW_OVERHEADS))
+        self.records: Readings | None = Readings(MID_FLOW_READINGS)
         self.nonces = NonceSteps()
         self.streams = RecordStreams(mid_flow=True)
         self.writes: Readings | None = Readings(SEALED_READINGS)
