@@ -12,7 +12,17 @@ import numpy as np
 import pytest
 
 from tests.flowbuild import P, table
-from tests.test_dissector_cstp import CHACHA, GCM, TLS13_AES, handshake, http_phase, tls_record, tunnel
+from tests.test_dissector_cstp import (
+    CBC,
+    CHACHA,
+    GCM,
+    TLS13_AES,
+    client_hello,
+    handshake,
+    http_phase,
+    tls_record,
+    tunnel,
+)
 from tests.test_dissector_openvpn_wrapped import openvpn_inner, through_tls
 from vpnid.features.dissectors import catalog
 from vpnid.features.dissectors.base import FlowPacket, FlowPayloads, State
@@ -93,6 +103,9 @@ def feed_skimming(segs: list[Segment], rng: random.Random, cls: type[Skimmer]) -
 
 
 def outcome(d: Skimmer) -> tuple:
+    """The verdict and what comes with it, as `on_packet` would see them (taken back from the compiled stage)."""
+    if d._packed is not None:
+        d._unpack()
     return d.state, d.confidence, tuple(d.evidence), dict(d.attributes), d.verdict_packet, d.seen, d.risks
 
 
@@ -146,7 +159,11 @@ def streams() -> list[tuple[str, list[tuple[int, bytes]]]]:
             ("ends inside a record", start + cut_short),
             ("wrapped openvpn tls13", through_tls(openvpn_inner())),
             ("wrapped openvpn gcm", through_tls(openvpn_inner(), GCM, tickets=False)),
-            ("https small first write", through_tls([(0, 90), (1, 4000), (1, 1200), (0, 300), (1, 900)]))]
+            ("https small first write", through_tls([(0, 90), (1, 4000), (1, 1200), (0, 300), (1, 900)])),
+            ("cbc suite", handshake(CBC) + http_phase(48)),
+            ("no server hello", [(0, client_hello()), (1, tls_record(22, b"\x0b" + rng.randbytes(900)))]
+             + http_phase(24) + tunnel(24)),
+            ("the client's data first", [(0, client_hello())] + http_phase(24)[::2] + tunnel(24))]
 
 
 CASES = [(name, cut, retransmit) for name, _ in streams() for cut, retransmit in
