@@ -574,10 +574,12 @@ class FlowTable:
             """Hand the flow's packets from position `k` on to its dissectors that can take them in bulk."""
             if k >= end:
                 return
+            packets = None  # made once, for the first dissector that takes them
             for d in flow.pending:
                 if type(d) in skimmers and not d.ahead and d.skims():
-                    d.ahead = d.skim(FlowPayloads(direction[k:end], seq[k:end], offset[k:end], length[k:end],
-                                                  t.data, t.extra))
+                    packets = packets or FlowPayloads(direction[k:end], seq[k:end], offset[k:end], length[k:end],
+                                                      t.data, t.extra)
+                    d.ahead = d.skim(packets)
                     flow.ahead = min(p.ahead for p in flow.pending)
 
         # Segment by segment: the screened rows come first in each (the cheap stage asks about a flow's first

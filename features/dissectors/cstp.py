@@ -17,7 +17,7 @@ Mid-flow, OpenVPN over TCP wrapped in TLS (stunnel) looks the same: one OpenVPN 
 packet behind OpenVPN's data framing. With the suite a guess, CSTP under one overhead and OpenVPN under
 another can read the same records as ACKs (TLS 1.3 + 27 bytes of OpenVPN framing is ChaCha20's 16 + 8
 bytes of CSTP, 20 bytes off: IPv4's 52-byte ACKs read as IPv6's 72). So every mid-flow reading of both
-tunnels is kept (`tls_tunnel_readings`), and the family named is the one whose reading explains the
+tunnels is kept (`MID_FLOW_READINGS`), and the family named is the one whose reading explains the
 records (`ipshape.Readings`); where neither leads, neither is named.
 
 When DTLS carries the data, the TLS connection stays quiet; the DTLS flow names it instead (see
@@ -65,6 +65,10 @@ GCM_OVERHEAD, CHACHA_OVERHEAD = 24, 16
 TLS13_SUITES = frozenset(range(0x1301, 0x1306))
 GCM_SUITES = frozenset([*range(0x009C, 0x00AE), *range(0xC02B, 0xC033), 0xD001, 0xD002])
 CHACHA_SUITES = frozenset(range(0xCCA8, 0xCCAF))
+SUITE_OVERHEADS = np.zeros(1 << 16, np.int64)  # per suite: the overhead, 0 for CBC and unknown suites
+SUITE_OVERHEADS[sorted(TLS13_SUITES)] = TLS13_OVERHEAD
+SUITE_OVERHEADS[sorted(GCM_SUITES)] = GCM_OVERHEAD
+SUITE_OVERHEADS[sorted(CHACHA_SUITES)] = CHACHA_OVERHEAD
 
 CSTP_HEADER = 8  # 'S' 'T' 'F' 0x01, length (2), type, 0
 SKIP_RECORDS = 4  # application records per direction before the tunnel starts (HTTP auth and CONNECT)
@@ -80,11 +84,11 @@ NONCE_STEPS = 3  # records in a row, per direction, whose explicit nonce steps b
 OPENVPN_SIZES = ACK_SIZES | {PING_SIZE}  # an OpenVPN data packet's tunnel-shaped payloads
 
 
-def tls_tunnel_readings(overheads: tuple[int, ...]) -> dict[Reading, frozenset[int]]:
-    """The readings of TLS records that carry one tunnel packet each, under each guessed AEAD overhead:
-    CSTP's 8-byte header, and OpenVPN's TCP data framings."""
-    return {**{Reading(OPENCONNECT, t, CSTP_HEADER): SHAPED for t in overheads},
-            **{Reading(OPENVPN, t, f): OPENVPN_SIZES for t in overheads for f in TCP_AEAD_DATA_FRAMINGS}}
+# The readings of TLS records that carry one tunnel packet each, under each guessed AEAD overhead: CSTP's
+# 8-byte header, and OpenVPN's TCP data framings (with the tunnel-shaped inner sizes of each).
+MID_FLOW_READINGS = {**{Reading(OPENCONNECT, t, CSTP_HEADER): SHAPED for t in MID_FLOW_OVERHEADS},
+                     **{Reading(OPENVPN, t, f): OPENVPN_SIZES
+                        for t in MID_FLOW_OVERHEADS for f in TCP_AEAD_DATA_FRAMINGS}}
 
 
 class NonceSteps:
@@ -119,22 +123,24 @@ def narrow(readings: Readings, nonces: NonceSteps, d: int, body: bytes) -> None:
 
 def record_overhead(suite: int) -> int | None:
     """Bytes an AEAD record adds to its plaintext under `suite`; None for CBC and unknown suites."""
-    if suite in TLS13_SUITES:
-        return TLS13_OVERHEAD
-    if suite in GCM_SUITES:
-        return GCM_OVERHEAD
-    if suite in CHACHA_SUITES:
-        return CHACHA_OVERHEAD
-    return None
+    return int(SUITE_OVERHEADS[suite]) or None
 
 
 def server_hello_suite(body: bytes) -> int | None:
     """The cipher suite chosen by a ServerHello handshake message (RFC 5246 section 7.4.1.3)."""
+    suite = _hello_suite(np.frombuffer(body, np.uint8))
+    return None if suite < 0 else suite
+
+
+@njit(cache=True, nogil=True)
+def _hello_suite(body: np.ndarray) -> int:  # pragma: no cover - compiled
+    """`server_hello_suite` of a handshake message's first bytes as an array (also in a compiled stage's
+    walk); -1 for None."""
     if len(body) < 4 + 2 + RANDOM_SIZE + 1 or body[0] != SERVER_HELLO:
-        return None
+        return -1
     pos = 4 + 2 + RANDOM_SIZE
-    pos += 1 + body[pos]  # session id
-    return int.from_bytes(body[pos : pos + 2], "big") if pos + 2 <= len(body) else None
+    pos += 1 + np.int64(body[pos])  # session id
+    return (np.int64(body[pos]) << 8) | np.int64(body[pos + 1]) if pos + 2 <= len(body) else -1
 
 
 class RecordWalker(InOrderStream):
@@ -142,11 +148,11 @@ class RecordWalker(InOrderStream):
 
     __slots__ = ()
 
-    def pack(self) -> list[int]:
-        """The walk as a compiled stage keeps it: a WALK_SLOTS row (see `WALK_NEXT`)."""
+    def pack(self, row: np.ndarray) -> None:
+        """Write the walk as a compiled stage keeps it into `row`, WALK_SLOTS zeros (see `WALK_NEXT`)."""
         kept = self.buf[:KEPT]
-        return [-1 if self.next_seq is None else self.next_seq, int(self.broken), len(self.buf), *kept,
-                *[0] * (KEPT - len(kept))]
+        row[:WALK_BYTES] = -1 if self.next_seq is None else self.next_seq, self.broken, len(self.buf)
+        row[WALK_BYTES : WALK_BYTES + len(kept)] = np.frombuffer(kept, np.uint8)
 
     def unpack(self, row: np.ndarray) -> None:
         """Take the walk back from a row `pack` made and a compiled stage advanced. Bytes of the current
@@ -207,11 +213,12 @@ class RecordStreams:
         return "the stream is not a sequence of TLS records" if records is None else records
 
 
-# `Cstp`'s state in its compiled stage (`Cstp.skim`): packets seen, the suite's overhead, then per direction
-# the application records still to skip, the walk (WALK_SLOTS) and the inner sizes (`InnerSizes.pack`).
-SKIM_SEEN, SKIM_OVERHEAD = 0, 1
-SKIM_DIRECTION = 2
-SKIP_AT, WALK_AT, SIZES_AT = 0, 1, 1 + WALK_SLOTS
+# `Cstp`'s state in its compiled stage (`Cstp.skim`): packets seen, the suite's overhead (0: no ServerHello
+# yet) and the suite, then per direction the application records still to skip, whether a packet was heard,
+# the walk (WALK_SLOTS) and the inner sizes (`InnerSizes.pack`).
+SKIM_SEEN, SKIM_OVERHEAD, SKIM_SUITE = 0, 1, 2
+SKIM_DIRECTION = 3
+SKIP_AT, HEARD_AT, WALK_AT, SIZES_AT = 0, 1, 2, 2 + WALK_SLOTS
 SKIM_SHAPED = np.array(sorted(SHAPED), np.int64)
 DIRECTION_SLOTS = SIZES_AT + PACKED_FIXED + 2 * len(SHAPED)
 
@@ -223,14 +230,13 @@ def _record_size(row: np.ndarray, w: int) -> int:  # pragma: no cover - compiled
 
 
 @njit(cache=True, nogil=True)
-def _skim_packet(row: np.ndarray, d: int, seq: int, payload: np.ndarray, budget: int) -> bool:  # pragma: no cover - compiled
-    """`Cstp.feed` on one packet in the state `Cstp.skims` allows (the suite known, both directions heard),
-    on a packed row: False where it would decide (the row is then left part-way)."""
-    row[SKIM_SEEN] += 1
-    base = SKIM_DIRECTION + d * DIRECTION_SLOTS
-    w = base + WALK_AT
+def walk_packed(row: np.ndarray, w: int, seq: int, payload: np.ndarray) -> tuple[bool, np.ndarray]:  # pragma: no cover - compiled
+    """`RecordWalker.push` on a walk packed at `row[w:]` (`RecordWalker.pack`): whether the bytes can be
+    TLS records, and for each record the segment completes a row (content type, length, the suite a
+    ServerHello chose or -1: `server_hello_suite` of its first bytes, which the next record overwrites)."""
+    done = np.empty((len(payload) // RECORD_HEADER + 1, 3), np.int64)  # each after the first takes a header
     if row[w + WALK_BROKEN]:
-        return row[SKIM_SEEN] < budget
+        return True, done[:0]
     cut = 0
     if row[w + WALK_NEXT] >= 0:  # `InOrderStream.append`
         ahead = (seq - row[w + WALK_NEXT]) % SEQ_MOD
@@ -239,11 +245,11 @@ def _skim_packet(row: np.ndarray, d: int, seq: int, payload: np.ndarray, budget:
             seq = row[w + WALK_NEXT]
         elif ahead:
             row[w + WALK_BROKEN] = 1
-            return row[SKIM_SEEN] < budget
+            return True, done[:0]
     n = len(payload)
     row[w + WALK_NEXT] = (seq + max(n - cut, 0)) % SEQ_MOD
-    q = cut
-    while q < n:  # `RecordWalker.push`, a record handed to `Cstp._application` as it completes
+    q, count = cut, 0
+    while q < n:
         have = row[w + WALK_HAVE]
         if have < RECORD_HEADER:
             row[w + WALK_BYTES + have] = payload[q]
@@ -252,7 +258,7 @@ def _skim_packet(row: np.ndarray, d: int, seq: int, payload: np.ndarray, budget:
             if have == RECORD_HEADER:
                 content, version = row[w + WALK_BYTES], row[w + WALK_BYTES + 1]
                 if not CONTENT_LOW <= content <= CONTENT_HIGH or version != 3 or _record_size(row, w) > MAX_RECORD:
-                    return False  # not TLS records: rejected
+                    return False, done[:count]
         else:
             take = min(RECORD_HEADER + _record_size(row, w) - have, n - q)
             for j in range(min(take, max(KEPT - have, 0))):
@@ -260,13 +266,49 @@ def _skim_packet(row: np.ndarray, d: int, seq: int, payload: np.ndarray, budget:
             have += take
             q += take
         row[w + WALK_HAVE] = have
-        if have < RECORD_HEADER:
-            continue
-        size = _record_size(row, w)
-        if have < RECORD_HEADER + size:
+        if have < RECORD_HEADER or have < RECORD_HEADER + _record_size(row, w):
             continue
         row[w + WALK_HAVE] = 0
-        if row[w + WALK_BYTES] != CONTENT_APPLICATION_DATA:
+        content, size = row[w + WALK_BYTES], _record_size(row, w)
+        body = row[w + WALK_BYTES + RECORD_HEADER : w + WALK_BYTES + RECORD_HEADER + min(size, HEAD)]
+        done[count, 0], done[count, 1] = content, size
+        done[count, 2] = _hello_suite(body) if content == CONTENT_HANDSHAKE else -1
+        count += 1
+    return True, done[:count]
+
+
+@njit(inline="always")
+def packed_payload(offset: np.ndarray, length: np.ndarray, data: np.ndarray, extra: np.ndarray,
+                   p: int) -> np.ndarray:  # pragma: no cover - compiled
+    """Row `p`'s payload in `FlowPayloads` columns."""
+    a = offset[p]
+    return data[a : a + length[p]] if a < data.size else extra[a - data.size : a - data.size + length[p]]
+
+
+@njit(cache=True, nogil=True)
+def _skim_packet(row: np.ndarray, d: int, seq: int, payload: np.ndarray, budget: int,
+                 overheads: np.ndarray) -> bool:  # pragma: no cover - compiled
+    """`Cstp.feed` on one packet in the state `Cstp.skims` allows (the connection opened by the client's
+    handshake record), on a packed row: False where it would decide or join mid-flow (the row is then left
+    part-way). `overheads`: SUITE_OVERHEADS."""
+    row[SKIM_SEEN] += 1
+    base = SKIM_DIRECTION + d * DIRECTION_SLOTS
+    row[base + HEARD_AT] = 1
+    answered = row[SKIM_DIRECTION + DIRECTION_SLOTS + HEARD_AT]  # the server heard
+    tls, records = walk_packed(row, base + WALK_AT, seq, payload)
+    if not tls:
+        return False  # rejected
+    for r in range(len(records)):  # each record as `Cstp.on_packet` takes it
+        content, size, suite = records[r, 0], records[r, 1], records[r, 2]
+        if not row[SKIM_OVERHEAD]:  # `Cstp._server_hello`
+            if d == 1 and content == CONTENT_HANDSHAKE:
+                if suite < 0 or not overheads[suite]:
+                    return False  # joins mid-flow, or rejected
+                row[SKIM_OVERHEAD], row[SKIM_SUITE] = overheads[suite], suite
+            elif d == 0 and content == CONTENT_APPLICATION_DATA and not answered:
+                return False  # joins mid-flow
+            continue
+        if content != CONTENT_APPLICATION_DATA:  # `Cstp._application` from here on
             continue
         if row[base + SKIP_AT]:
             row[base + SKIP_AT] -= 1
@@ -283,14 +325,13 @@ def _skim_packet(row: np.ndarray, d: int, seq: int, payload: np.ndarray, budget:
 
 @njit(cache=True, nogil=True)
 def _skim_run(row: np.ndarray, direction: np.ndarray, seq: np.ndarray, offset: np.ndarray, length: np.ndarray,
-              data: np.ndarray, extra: np.ndarray, budget: int) -> int:  # pragma: no cover - compiled
+              data: np.ndarray, extra: np.ndarray, budget: int, overheads: np.ndarray) -> int:  # pragma: no cover - compiled
     """`_skim_packet` over a flow's packets, up to the first that would decide; returns how many it took,
     with `row` as after them."""
     for p in range(len(direction)):
         trial = row.copy()
-        a = offset[p]
-        payload = data[a : a + length[p]] if a < data.size else extra[a - data.size : a - data.size + length[p]]
-        if not _skim_packet(trial, direction[p], seq[p], payload, budget):
+        payload = packed_payload(offset, length, data, extra, p)
+        if not _skim_packet(trial, direction[p], seq[p], payload, budget, overheads):
             return p
         row[:] = trial
     return len(direction)
@@ -337,38 +378,45 @@ class Cstp(Dissector):
         self._packed: np.ndarray | None = None  # the state while the compiled stage holds it (`skim`)
 
     def skims(self) -> bool:
-        """Once the suite is known and both directions heard, every packet only walks records and counts
-        inner sizes until one decides: the compiled stage's work (ordinary HTTPS spends its life here)."""
-        return self._packed is not None or (self._readings is None and len(self._sizes) == 1 and all(self._heard))
+        """From the client's opening handshake record on, every packet only walks records, reads the
+        ServerHello's suite and counts inner sizes until one decides or the connection turns out to be joined
+        mid-flow: the compiled stage's work (ordinary HTTPS spends its life here)."""
+        return self._packed is not None or (self._readings is None and self.seen > 0)
 
     def skim(self, packets: FlowPayloads) -> int:
         if self._packed is None:
-            self._packed = np.array(self._pack(), np.int64)
+            self._packed = self._pack()
         taken = _skim_run(self._packed, packets.direction, packets.tcp_seq, packets.offset, packets.length,
-                          packets.data, packets.extra, self.budget)
+                          packets.data, packets.extra, self.budget, SUITE_OVERHEADS)
         self.seen = int(self._packed[SKIM_SEEN])
         return taken
 
-    def _pack(self) -> list[int]:
+    def _pack(self) -> np.ndarray:
         """The state `skims` allows as one row (`SKIM_SEEN`)."""
-        (overhead, sizes), = self._sizes.items()
-        row = [self.seen, overhead]
+        (overhead, sizes), = self._sizes.items() or [(0, InnerSizes())]
+        row = np.zeros(SKIM_DIRECTION + 2 * DIRECTION_SLOTS, np.int64)
+        row[:SKIM_DIRECTION] = self.seen, overhead, 0
         for d, walker in enumerate(self._streams.walkers):
-            assert walker is not None  # seen to open: both directions are walked from the start
-            row += [self._skip[d], *walker.pack(), *sizes.pack(d)]
+            assert walker is not None  # opened by the client's handshake record: both directions are walked
+            base = SKIM_DIRECTION + d * DIRECTION_SLOTS
+            row[base : base + WALK_AT] = self._skip[d], self._heard[d]
+            walker.pack(row[base + WALK_AT : base + SIZES_AT])
+            sizes.pack(d, row[base + SIZES_AT : base + DIRECTION_SLOTS])
         return row
 
     def _unpack(self) -> None:
         """Take the state back from the compiled stage, for `on_packet`."""
         row, self._packed = self._packed, None
         assert row is not None
-        sizes = next(iter(self._sizes.values()))
+        if row[SKIM_OVERHEAD] and not self._sizes:  # the compiled stage read the ServerHello
+            self._suite(int(row[SKIM_SUITE]), int(row[SKIM_OVERHEAD]))
         for d, walker in enumerate(self._streams.walkers):
             assert walker is not None
             base = SKIM_DIRECTION + d * DIRECTION_SLOTS
-            self._skip[d] = int(row[base + SKIP_AT])
+            self._skip[d], self._heard[d] = int(row[base + SKIP_AT]), bool(row[base + HEARD_AT])
             walker.unpack(row[base + WALK_AT : base + SIZES_AT])
-            sizes.unpack(d, row[base + SIZES_AT : base + DIRECTION_SLOTS])
+            for sizes in self._sizes.values():
+                sizes.unpack(d, row[base + SIZES_AT : base + DIRECTION_SLOTS])
 
     def on_packet(self, pkt: FlowPacket) -> None:
         if self._packed is not None:
@@ -400,7 +448,7 @@ class Cstp(Dissector):
     def _join_mid_flow(self) -> None:
         """No ServerHello to read the suite from: try every AEAD overhead, from the next records on."""
         self._mid_flow, self._skip = True, [0, 0]
-        self._readings = Readings(tls_tunnel_readings(MID_FLOW_OVERHEADS))
+        self._readings = Readings(MID_FLOW_READINGS)
 
     def _server_hello(self, head: bytes) -> None:
         """The chosen suite fixes how many bytes each record adds to its plaintext."""
@@ -410,8 +458,11 @@ class Cstp(Dissector):
         elif (overhead := record_overhead(suite)) is None:
             self.reject(f"cipher suite 0x{suite:04x} has no fixed per-record overhead")
         else:
-            self._sizes = {overhead: InnerSizes()}
-            self.attributes["tls_suite"] = f"0x{suite:04x}"
+            self._suite(suite, overhead)
+
+    def _suite(self, suite: int, overhead: int) -> None:
+        self._sizes = {overhead: InnerSizes()}
+        self.attributes["tls_suite"] = f"0x{suite:04x}"
 
     def _application(self, pkt: FlowPacket, size: int, head: bytes) -> None:
         d = pkt.direction

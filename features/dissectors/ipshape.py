@@ -80,13 +80,17 @@ class InnerSizes:
     # order in which it first appeared (-1: not yet), which keeps `shaped`'s order of insertion (evidence
     # lists equal counts in that order).
 
-    def pack(self, direction: int) -> list[int]:
-        """`direction`'s counts as a row (see above)."""
+    def pack(self, direction: int, row: np.ndarray) -> None:
+        """Write `direction`'s counts into `row`, zeros (see above)."""
         recent, shaped = self.recent[direction], self.shaped[direction]
-        order = {s: i for i, s in enumerate(shaped)}
-        return [self.records[direction], self._shaped[direction], self._recent_shaped[direction], len(recent),
-                *recent, *[0] * (WINDOW - len(recent)), *[shaped[s] for s in sorted(self._sizes)],
-                *[order.get(s, -1) for s in sorted(self._sizes)]]
+        row[:RECENT] = self.records[direction], self._shaped[direction], self._recent_shaped[direction], len(recent)
+        row[RECENT : RECENT + len(recent)] = recent
+        k = len(self._sizes)
+        row[PACKED_FIXED + k : PACKED_FIXED + 2 * k] = -1
+        if shaped:
+            slot = sorted(self._sizes).index
+            for first, (s, n) in enumerate(shaped.items()):
+                row[PACKED_FIXED + slot(s)], row[PACKED_FIXED + k + slot(s)] = n, first
 
     def unpack(self, direction: int, row: np.ndarray) -> None:
         """Take `direction`'s counts back from a row `pack` made and a compiled stage advanced."""
@@ -159,11 +163,19 @@ class Readings:
     """One flow's units under several `Reading`s at once, each with the inner sizes its tunnel shows; `add`
     names a reading once it has its run and explains the flow better than every other family's reading."""
 
-    __slots__ = ("sizes", "units")
+    __slots__ = ("_readings", "_sizes", "units")
 
     def __init__(self, readings: dict[Reading, frozenset[int]]) -> None:
-        self.sizes = {r: InnerSizes(shaped) for r, shaped in readings.items()}
+        self._readings = readings
+        self._sizes: dict[Reading, InnerSizes] | None = None  # built at the first need: many flows give no unit
         self.units: tuple[Counter[int], Counter[int]] = (Counter(), Counter())  # unit sizes per direction
+
+    @property
+    def sizes(self) -> dict[Reading, InnerSizes]:
+        """Each reading's inner sizes."""
+        if self._sizes is None:
+            self._sizes = {r: InnerSizes(shaped) for r, shaped in self._readings.items()}
+        return self._sizes
 
     @property
     def records(self) -> int:
@@ -172,7 +184,7 @@ class Readings:
 
     def keep(self, which: Callable[[Reading], bool]) -> None:
         """Drop the readings that other evidence (a TLS 1.2 explicit nonce, say) rules out."""
-        self.sizes = {r: s for r, s in self.sizes.items() if which(r)}
+        self._sizes = {r: s for r, s in self.sizes.items() if which(r)}
 
     def add(self, direction: int, unit: int) -> tuple[Reading, str] | None:
         """Count one unit; returns the reading that has its run and leads, with the run's evidence."""

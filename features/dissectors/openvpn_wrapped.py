@@ -32,7 +32,7 @@ OpenVPN TCP data packet: the length word, the opcode byte, V2's peer-id, the AEA
 a compression byte (`openvpn.TCP_AEAD_DATA_FRAMINGS`: 23, 24, 26 or 27 bytes), then one IP packet or the
 16-byte ping; so the tunnel's pure TCP ACKs (40, 52, 60, 72) and pings give units of fixed sizes:
 - through TLS: record = inner + the suite's AEAD overhead, tried under each overhead as `cstp` does, and
-  read beside CSTP's framing (`cstp.tls_tunnel_readings`): OpenVPN is named only where its reading explains
+  read beside CSTP's framing (`cstp.MID_FLOW_READINGS`): OpenVPN is named only where its reading explains
   the records better than CSTP's (`ipshape.Readings`), and the other way round for CSTP;
 - through a fully encrypted proxy: write = inner + CHUNK_OVERHEAD (SIP004), random from the first byte
   (each direction's first segment without printable prefix, zeroed fields or a length field, as the cheap
@@ -58,24 +58,28 @@ import math
 from typing import ClassVar
 
 import numpy as np
+from numba import njit
 
-from vpnid.features.dissectors.base import Dissector, FlowPacket, PacketHeads, State
+from vpnid.features.dissectors.base import Dissector, FlowPacket, FlowPayloads, PacketHeads, State
 from vpnid.features.dissectors.cstp import (
     APPLICATION_HEADER,
     CONTENT_APPLICATION_DATA,
     CONTENT_HANDSHAKE,
     CONTENT_TYPES,
-    MID_FLOW_OVERHEADS,
+    MID_FLOW_READINGS,
     OPENVPN_SIZES,
-    TLS13_SUITES,
+    SUITE_OVERHEADS,
+    TLS13_OVERHEAD,
+    WALK_SLOTS,
     Cstp,
     NonceSteps,
     RecordStreams,
     RecordWalker,
     narrow,
+    packed_payload,
     record_overhead,
     server_hello_suite,
-    tls_tunnel_readings,
+    walk_packed,
 )
 from vpnid.features.dissectors.ipshape import MIN_SHAPED, Reading, Readings
 from vpnid.features.dissectors.openvpn import TCP_AEAD_DATA_FRAMINGS
@@ -117,6 +121,53 @@ MIN_ANSWERS = MIN_SHAPED // 2  # mid-flow: units the other way larger than the A
 # that sizes of random payloads all keep one remainder modulo the smallest alignment falls below ALPHA.
 MIN_SPREAD = math.ceil(math.log(1 / ALPHA) / math.log(min(ALIGNMENTS)))
 SEALED_READINGS = {Reading(OPENVPN, CHUNK_OVERHEAD, f): OPENVPN_SIZES for f in TCP_AEAD_DATA_FRAMINGS}
+
+# The TLS reading's state in the compiled stage (`OpenVPNWrapped.skim`): packets seen, the suite's overhead
+# (0: no ServerHello yet), then per direction the application records still to skip and the walk
+# (`RecordWalker.pack`).
+SKIM_SEEN, SKIM_OVERHEAD, SKIM_DIRECTION = 0, 1, 2
+SKIP_AT, WALK_AT = 0, 1
+DIRECTION_SLOTS = WALK_AT + WALK_SLOTS
+
+
+@njit(cache=True, nogil=True)
+def _skim_packet(row: np.ndarray, d: int, seq: int, payload: np.ndarray, limit: int,
+                 overheads: np.ndarray) -> bool:  # pragma: no cover - compiled
+    """`OpenVPNWrapped.feed` on one packet through TLS, on a packed row: False where it would decide or give
+    `_match` a unit to judge (the row is then left part-way). `overheads`: SUITE_OVERHEADS."""
+    row[SKIM_SEEN] += 1
+    base = SKIM_DIRECTION + d * DIRECTION_SLOTS
+    tls, records = walk_packed(row, base + WALK_AT, seq, payload)
+    if not tls:
+        return False  # rejected
+    for r in range(len(records)):  # each record as `OpenVPNWrapped._tls` takes it
+        content, suite = records[r, 0], records[r, 2]
+        if d == 1 and content == CONTENT_HANDSHAKE and not row[SKIM_OVERHEAD]:
+            if suite < 0 or not overheads[suite]:
+                return False  # rejected
+            row[SKIM_OVERHEAD] = overheads[suite]
+            row[SKIM_DIRECTION + SKIP_AT] = row[SKIM_OVERHEAD] == TLS13_OVERHEAD  # the client's Finished
+        elif content == CONTENT_APPLICATION_DATA and row[SKIM_OVERHEAD]:
+            if row[SKIM_OVERHEAD] == TLS13_OVERHEAD and d == 1 and row[SKIM_DIRECTION + SKIP_AT]:
+                continue
+            if not row[base + SKIP_AT]:
+                return False  # a unit
+            row[base + SKIP_AT] -= 1
+    return row[SKIM_SEEN] < limit
+
+
+@njit(cache=True, nogil=True)
+def _skim_run(row: np.ndarray, direction: np.ndarray, seq: np.ndarray, offset: np.ndarray, length: np.ndarray,
+              data: np.ndarray, extra: np.ndarray, limit: int, overheads: np.ndarray) -> int:  # pragma: no cover - compiled
+    """`_skim_packet` over a flow's packets, up to the first it leaves to `on_packet`; returns how many it
+    took, with `row` as after them."""
+    for p in range(len(direction)):
+        trial = row.copy()
+        payload = packed_payload(offset, length, data, extra, p)
+        if not _skim_packet(trial, direction[p], seq[p], payload, limit, overheads):
+            return p
+        row[:] = trial
+    return len(direction)
 
 
 class OpenVPNWrapped(Dissector):
@@ -160,8 +211,46 @@ class OpenVPNWrapped(Dissector):
         self._last = [0, 0]  # fully encrypted: the size of each direction's last segment
         self._units: list[tuple[int, int]] = []  # (direction, inner size), in order
         self._mid: MidFlow | None = None
+        self._packed: np.ndarray | None = None  # the TLS reading's state while the compiled stage holds it
+
+    def skims(self) -> bool:
+        """Through TLS, a packet that completes no unit only walks records and reads the ServerHello's suite
+        (an HTTPS connection's handshake flights and its segments that end no record): the compiled stage's
+        work. `_match` judges units, so a packet that completes one goes to `on_packet`."""
+        return self._packed is not None or self._wrapper == TLS_WRAPPER
+
+    def skim(self, packets: FlowPayloads) -> int:
+        if self._packed is None:
+            self._packed = self._pack()
+        taken = _skim_run(self._packed, packets.direction, packets.tcp_seq, packets.offset, packets.length,
+                          packets.data, packets.extra, min(self.budget, HANDSHAKE_PACKETS), SUITE_OVERHEADS)
+        self.seen = int(self._packed[SKIM_SEEN])
+        return taken
+
+    def _pack(self) -> np.ndarray:
+        """The TLS reading's state as one row (`SKIM_SEEN`)."""
+        row = np.zeros(SKIM_DIRECTION + 2 * DIRECTION_SLOTS, np.int64)
+        row[:SKIM_DIRECTION] = self.seen, self._overhead
+        for d, walker in enumerate(self._walkers):
+            base = SKIM_DIRECTION + d * DIRECTION_SLOTS
+            row[base + SKIP_AT] = self._skip[d]
+            walker.pack(row[base + WALK_AT : base + DIRECTION_SLOTS])
+        return row
+
+    def _unpack(self) -> None:
+        """Take the state back from the compiled stage, for `on_packet`."""
+        row, self._packed = self._packed, None
+        assert row is not None
+        self._overhead = int(row[SKIM_OVERHEAD])
+        self._tls13 = self._overhead == TLS13_OVERHEAD
+        for d, walker in enumerate(self._walkers):
+            base = SKIM_DIRECTION + d * DIRECTION_SLOTS
+            self._skip[d] = int(row[base + SKIP_AT])
+            walker.unpack(row[base + WALK_AT : base + DIRECTION_SLOTS])
 
     def on_packet(self, pkt: FlowPacket) -> None:
+        if self._packed is not None:
+            self._unpack()
         d, p = pkt.direction, pkt.payload
         if self.seen == 1 and not pkt.opened:
             self._mid = MidFlow()
@@ -205,7 +294,7 @@ class OpenVPNWrapped(Dissector):
                 if overhead is None:
                     self.reject("no ServerHello with an AEAD suite (fixed per-record overhead)")
                     return
-                self._overhead, self._tls13 = overhead, suite in TLS13_SUITES
+                self._overhead, self._tls13 = overhead, overhead == TLS13_OVERHEAD
                 self._skip = [1, 0] if self._tls13 else [0, 0]
             elif content == CONTENT_APPLICATION_DATA and self._overhead:
                 if self._tls13 and d == 1 and self._skip[0]:
@@ -382,7 +471,7 @@ class MidFlow:
                  "fields", "why_tls", "why_sealed")
 
     def __init__(self) -> None:
-        self.records: Readings | None = Readings(tls_tunnel_readings(MID_FLOW_OVERHEADS))
+        self.records: Readings | None = Readings(MID_FLOW_READINGS)
         self.nonces = NonceSteps()
         self.streams = RecordStreams(mid_flow=True)
         self.writes: Readings | None = Readings(SEALED_READINGS)

@@ -1,8 +1,8 @@
-"""Cstp's compiled stage (`Cstp.skim`) takes packets exactly as `feed` would: on real TLS bytes (records
-split across segments and across the stage's runs, retransmissions, a gap, a bad header, bulk records,
-the budget), a dissector that skims wherever it may ends in the same state, with the same evidence and
-verdict packet, as one fed every packet; through the flow table, with chunks cut anywhere, the flows
-get the same verdicts as when no dissector skims."""
+"""The compiled stages of the TLS-carried tunnels (`Cstp.skim`, `OpenVPNWrapped.skim`) take packets exactly
+as `feed` would: on real TLS bytes (records split across segments and across the stage's runs,
+retransmissions, a gap, a bad header, bulk records, the budget), a dissector that skims wherever it may
+ends in the same state, with the same evidence and verdict packet, as one fed every packet; through the
+flow table, with chunks cut anywhere, the flows get the same verdicts as when no dissector skims."""
 
 from __future__ import annotations
 
@@ -12,14 +12,28 @@ import numpy as np
 import pytest
 
 from tests.flowbuild import P, table
-from tests.test_dissector_cstp import CHACHA, GCM, TLS13_AES, handshake, http_phase, tls_record, tunnel
+from tests.test_dissector_cstp import (
+    CBC,
+    CHACHA,
+    GCM,
+    TLS13_AES,
+    client_hello,
+    handshake,
+    http_phase,
+    tls_record,
+    tunnel,
+)
+from tests.test_dissector_openvpn_wrapped import openvpn_inner, through_tls
 from vpnid.features.dissectors import catalog
 from vpnid.features.dissectors.base import FlowPacket, FlowPayloads, State
 from vpnid.features.dissectors.cstp import Cstp, record_overhead
+from vpnid.features.dissectors.openvpn_wrapped import OpenVPNWrapped
 from vpnid.features.flows import FlowTable
 from vpnid.features.packets import TCP_ACK, TCP_PSH, TCP_SYN
 
 Segment = tuple[int, int, bytes]  # direction, TCP sequence number, payload
+Skimmer = Cstp | OpenVPNWrapped
+SKIMMERS = (Cstp, OpenVPNWrapped)
 
 
 def segments(stream: list[tuple[int, bytes]], rng: random.Random, cut: int | None = None,
@@ -45,9 +59,9 @@ def segments(stream: list[tuple[int, bytes]], rng: random.Random, cut: int | Non
     return out
 
 
-def feed_all(segs: list[Segment]) -> Cstp:
+def feed_all(segs: list[Segment], cls: type[Skimmer]) -> Skimmer:
     """The reference: every packet through `feed`; `could` counts those fed where `skims()` held."""
-    d = Cstp()
+    d = cls()
     d.could = 0
     for i, (direction, seq, payload) in enumerate(segs, 1):
         d.could += d.skims()
@@ -74,10 +88,10 @@ def payloads(segs: list[Segment], rng: random.Random) -> FlowPayloads:
                         np.frombuffer(data, np.uint8), np.frombuffer(extra or b"\0", np.uint8))
 
 
-def feed_skimming(segs: list[Segment], rng: random.Random) -> tuple[Cstp, int]:
+def feed_skimming(segs: list[Segment], rng: random.Random, cls: type[Skimmer]) -> tuple[Skimmer, int]:
     """Every packet through `feed`, but wherever `skims()` holds the next packets (a random run of them, as
     a chunk would end) go to `skim` first; returns the dissector and how many packets `skim` took."""
-    d, skimmed = Cstp(), 0
+    d, skimmed = cls(), 0
     for i, (direction, seq, payload) in enumerate(segs, 1):
         if not d.ahead and d.skims():
             run = segs[i - 1 : i - 1 + rng.randint(1, 12)]
@@ -88,16 +102,21 @@ def feed_skimming(segs: list[Segment], rng: random.Random) -> tuple[Cstp, int]:
     return d, skimmed
 
 
-def outcome(d: Cstp) -> tuple:
+def outcome(d: Skimmer) -> tuple:
+    """The verdict and what comes with it, as `on_packet` would see them (taken back from the compiled stage)."""
+    if d._packed is not None:
+        d._unpack()
     return d.state, d.confidence, tuple(d.evidence), dict(d.attributes), d.verdict_packet, d.seen, d.risks
 
 
-def state(d: Cstp) -> list[int]:
-    """Everything the dissector carries on to its next packet (taken back from the compiled stage), and
-    the order of the inner sizes its evidence would list."""
+def state(d: Skimmer) -> list:
+    """Everything the dissector carries on to its next packet (taken back from the compiled stage): Cstp's
+    inner sizes in the order its evidence would list them, OpenVPNWrapped's units."""
     if d._packed is not None:
         d._unpack()
-    return [d._pack(), [list(s.shaped[i].items()) for s in d._sizes.values() for i in (0, 1)]]
+    if isinstance(d, Cstp):
+        return [d._pack().tolist(), [list(s.shaped[i].items()) for s in d._sizes.values() for i in (0, 1)]]
+    return [d._pack().tolist(), d._units, d._overhead]
 
 
 def https(rng: random.Random, suite: int, sizes: list[int]) -> list[tuple[int, bytes]]:
@@ -137,52 +156,73 @@ def streams() -> list[tuple[str, list[tuple[int, bytes]]]]:
             ("chatty", start + records(0, [300] * 50)),
             ("a run in the last records", start + window_run),
             ("sizes tied", start + tied),
-            ("ends inside a record", start + cut_short)]
+            ("ends inside a record", start + cut_short),
+            ("wrapped openvpn tls13", through_tls(openvpn_inner())),
+            ("wrapped openvpn gcm", through_tls(openvpn_inner(), GCM, tickets=False)),
+            ("https small first write", through_tls([(0, 90), (1, 4000), (1, 1200), (0, 300), (1, 900)])),
+            ("cbc suite", handshake(CBC) + http_phase(48)),
+            ("no server hello", [(0, client_hello()), (1, tls_record(22, b"\x0b" + rng.randbytes(900)))]
+             + http_phase(24) + tunnel(24)),
+            ("the client's data first", [(0, client_hello())] + http_phase(24)[::2] + tunnel(24))]
 
 
 CASES = [(name, cut, retransmit) for name, _ in streams() for cut, retransmit in
          ((None, False), (1, False), (0, False), (0, True), (1448, True))]
 
 
+@pytest.mark.parametrize("cls", SKIMMERS)
 @pytest.mark.parametrize("name, cut, retransmit", CASES)
 @pytest.mark.parametrize("seed", range(3))
-def test_skimming_ends_where_feeding_every_packet_ends(name: str, cut: int | None, retransmit: bool, seed: int) -> None:
+def test_skimming_ends_where_feeding_every_packet_ends(cls: type[Skimmer], name: str, cut: int | None,
+                                                       retransmit: bool, seed: int) -> None:
     stream = dict(streams())[name]
     rng = random.Random(seed)
     segs = segments(stream, rng, cut, retransmit)
-    want = feed_all(segs)
-    got, skimmed = feed_skimming(segs, random.Random(seed))
+    want = feed_all(segs, cls)
+    got, skimmed = feed_skimming(segs, random.Random(seed), cls)
     assert outcome(got) == outcome(want)
     if want.state is State.CANDIDATE:
         assert state(got) == state(want)
-    if want.could > 1:  # the first such packet did not decide: the compiled stage took it
+    if want.could > 1 and cls is Cstp:  # the first such packet did not decide: the compiled stage took it
         assert skimmed
 
 
+def gapped(cls: type[Skimmer], rng: random.Random) -> tuple[list[Segment], int, int]:
+    """A stream for `cls` as segments, the direction that loses one and where it may: Cstp's client
+    ACK records in the tunnel, OpenVPNWrapped's server flight of the outer handshake (its hard reset is
+    then never read)."""
+    if cls is Cstp:
+        return segments(handshake(GCM) + http_phase(24) + tunnel(24, acks=40), rng), 0, 20
+    return segments(through_tls(openvpn_inner()), rng, 200), 1, 2
+
+
+@pytest.mark.parametrize("cls", SKIMMERS)
 @pytest.mark.parametrize("seed", range(3))
-def test_a_gap_breaks_its_direction_for_good(seed: int) -> None:
+def test_a_gap_breaks_its_direction_for_good(cls: type[Skimmer], seed: int) -> None:
     """A segment that skips bytes breaks its direction's framing for good, also where the bytes it skipped
-    come next and it is sent again (out of order): the client's pure-ACK records then no longer count."""
+    come next and it is sent again (out of order): that direction's records then no longer count."""
     rng = random.Random(seed)
-    segs = segments(handshake(GCM) + http_phase(24) + tunnel(24, acks=40), rng)
-    first, second = [i for i in range(20 + seed, len(segs)) if segs[i][0] == 0][:2]
+    segs, direction, start = gapped(cls, rng)
+    first, second = [i for i in range(start + seed, len(segs)) if segs[i][0] == direction][:2]
     for cut in (segs[:first] + segs[first + 1 :], segs[:first] + [segs[second]] + segs[first:]):
-        want = feed_all(cut)
-        got, skimmed = feed_skimming(cut, random.Random(seed))
+        want = feed_all(cut, cls)
+        got, skimmed = feed_skimming(cut, random.Random(seed), cls)
         assert outcome(got) == outcome(want) and skimmed
         assert want.state is State.REJECTED
 
 
-def test_unpacking_restores_the_walk_and_the_counts() -> None:
+@pytest.mark.parametrize("cls", SKIMMERS)
+def test_unpacking_restores_the_walk_and_the_counts(cls: type[Skimmer]) -> None:
     """A round trip through the packed row changes nothing a later packet could see."""
     rng = random.Random(5)
-    segs = segments(handshake(GCM) + http_phase(24) + tunnel(24, acks=4), rng, 0, retransmit=True)
-    d = feed_all(segs[:14])
-    assert d.could
-    before = (d._pack(), [list(s.shaped[i].items()) for s in d._sizes.values() for i in (0, 1)])
-    d._packed = np.array(d._pack(), np.int64)
+    stream = handshake(GCM) + http_phase(24) + tunnel(24, acks=4) if cls is Cstp else through_tls(openvpn_inner())
+    segs = segments(stream, rng, 0, retransmit=True)
+    d = feed_all(segs[: 14 if cls is Cstp else 6], cls)
+    assert d.could and d.state is State.CANDIDATE
+    before = state(d)
+    d._packed = d._pack()
     d._unpack()
-    assert (d._pack(), [list(s.shaped[i].items()) for s in d._sizes.values() for i in (0, 1)]) == before
+    assert state(d) == before
 
 
 def flow_table_packets(stream: list[tuple[int, bytes]], rng: random.Random, port: int) -> list[P]:
@@ -215,12 +255,15 @@ def test_the_flow_table_gives_the_same_verdicts_with_the_compiled_stage_as_witho
     pkts = sorted((p for port, (_, stream) in enumerate(streams(), 443) for p in flow_table_packets(stream, rng, port)),
                   key=lambda p: p.ts)
     cuts = sorted(rng.sample(range(1, len(pkts)), 6))
-    taken = []
-    skim = Cstp.skim
-    monkeypatch.setattr(Cstp, "skim", lambda self, packets: taken.append(skim(self, packets)) or taken[-1])
+    taken = {cls: [] for cls in SKIMMERS}
+    for cls in SKIMMERS:
+        monkeypatch.setattr(cls, "skim", lambda self, packets, skim=cls.skim: taken[type(self)].append(skim(self, packets))
+                            or taken[type(self)][-1])
     got = verdicts(pkts, cuts)
-    monkeypatch.setattr(Cstp, "skims", lambda self: False)
+    for cls in SKIMMERS:
+        monkeypatch.setattr(cls, "skims", lambda self: False)
     assert got == verdicts(pkts, cuts)
-    assert sum(taken) > 100
+    assert sum(taken[Cstp]) > 100 and sum(taken[OpenVPNWrapped]) > 20
     label = {dport: v and v[0] for _, dport, v, *_ in got}
-    assert [label[p] for p in (443, 444, 446, 447)] == ["openconnect"] * 2 + [None] * 2  # the tunnels, not HTTPS
+    # The tunnels, not HTTPS.
+    assert [label[p] for p in (443, 444, 446, 447, 456, 457)] == ["openconnect"] * 2 + [None] * 2 + ["openvpn"] * 2
