@@ -22,10 +22,10 @@ from importlib.resources import files
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from vpnid.classifier.labelling.compiled import CompiledModel, compile_model
 from vpnid.classifier.labelling.judgement import ModelError
 
 if TYPE_CHECKING:
+    from vpnid.classifier.labelling.compiled import CompiledModel
     from vpnid.classifier.labelling.model import FlowModel
 
 DEFAULT_MODEL = Path(str(files("vpnid") / "models" / "vpnid.skops"))
@@ -66,6 +66,9 @@ def load_identified(path: str | Path) -> tuple[CompiledModel | FlowModel, str]:
         raise ModelError(f"{path}: no such model file") from None
     except OSError as e:
         raise ModelError(f"{path}: not a vpnid model or damaged ({type(e).__name__}: {e})") from None
+    # the compiled predictor loads numba, which `vpnid --version` (model_sha256) does without
+    from vpnid.classifier.labelling.compiled import CompiledModel, compile_model
+
     digest = hashlib.sha256(data).hexdigest()
     where = cache_dir()
     cached = where / f"model-{digest}.npz" if where and (_private(where) or not where.exists()) else None
