@@ -34,6 +34,7 @@ from vpnid.classifier.audit.registry.store import open_store
 from vpnid.classifier.audit.trials import TrialStore
 from vpnid.classifier.cli.main import main
 from vpnid.classifier.labelling import loading
+from vpnid.classifier.labelling.compiled import CompiledModel
 from vpnid.classifier.labelling.loading import DEFAULT_MODEL
 from vpnid.classifier.labelling.model import FILE_FORMAT, MARKER, FlowModel
 from vpnid.classifier.running.live import tcpdump_command
@@ -319,8 +320,8 @@ def test_9_an_edited_or_foreign_cache_entry_is_rebuilt_from_the_model(tmp_path, 
     assert loading.load(DEFAULT_MODEL).thresholds == first.thresholds  # rebuilt, not trusted
     entry.chmod(0o666)  # writable by others: not used, whatever it holds
     with np.load(entry) as z:
-        assert loading.CompiledModel.read(entry, str(z["sha256"])) is not None
-    monkeypatch.setattr(loading.CompiledModel, "read", lambda *_a: pytest.fail("read a cache entry others can write"))
+        assert CompiledModel.read(entry, str(z["sha256"])) is not None
+    monkeypatch.setattr(CompiledModel, "read", lambda *_a: pytest.fail("read a cache entry others can write"))
     assert loading.load(DEFAULT_MODEL).thresholds == first.thresholds
 
 
